@@ -1,0 +1,323 @@
+"""The wire contract: one JSON message per physical GPU per scrape (topic ``migmeter.snapshots.v1``).
+
+Every source produces these objects and the processor decodes them with :func:`from_json`,
+so encoding, decoding and validation live here and nowhere else. A snapshot carries the
+whole MIG layout of its GPU, which is what lets the processor detect layout changes by
+diffing two consecutive snapshots of the same GPU.
+
+Decoding is strict where a wrong value would corrupt chargeback (version, ratios, slices,
+timestamps) and lenient where it cannot (unknown fields are ignored, so producers may add
+fields without breaking older processors).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from migmeter.errors import BadSnapshot
+
+__all__ = [
+    "WIRE_VERSION",
+    "MAX_MESSAGE_BYTES",
+    "MAX_INSTANCES",
+    "FULL_GPU_GI_ID",
+    "RATIO_FIELDS",
+    "Metrics",
+    "Tenant",
+    "Instance",
+    "Snapshot",
+    "from_json",
+    "from_dict",
+    "format_ts",
+    "parse_ts",
+]
+
+WIRE_VERSION = 1
+# A real GPU has at most 7 GPU instances; a message far larger than a full layout is an
+# attack or a bug, and must not be parsed into memory.
+MAX_MESSAGE_BYTES = 256 * 1024
+MAX_INSTANCES = 64
+# A scrape interval beyond a day would make one sample cover days of chargeback.
+MAX_INTERVAL_S = 86_400.0
+# The pseudo-instance of a GPU without MIG (DCGM has no GPU_I_ID for it).
+FULL_GPU_GI_ID = -1
+
+RATIO_FIELDS = ("gr_engine_active", "sm_active", "tensor_active", "dram_active")
+_MIB_FIELDS = ("fb_used_mib", "fb_free_mib")
+
+
+@dataclass(frozen=True, slots=True)
+class Metrics:
+    """Per-instance activity. Ratios are 0..1 relative to the instance; None = not reported."""
+
+    gr_engine_active: float | None = None
+    sm_active: float | None = None
+    tensor_active: float | None = None
+    dram_active: float | None = None
+    fb_used_mib: float | None = None
+    fb_free_mib: float | None = None
+
+    def to_dict(self) -> dict[str, float]:
+        return {k: getattr(self, k) for k in RATIO_FIELDS + _MIB_FIELDS if getattr(self, k) is not None}
+
+
+@dataclass(frozen=True, slots=True)
+class Tenant:
+    """Who the instance is assigned to; all empty = unassigned."""
+
+    namespace: str = ""
+    pod: str = ""
+    container: str = ""
+
+    @property
+    def assigned(self) -> bool:
+        return bool(self.namespace or self.pod)
+
+
+@dataclass(frozen=True, slots=True)
+class Instance:
+    """One GPU instance (GI), or the whole GPU as a pseudo-instance when MIG is off."""
+
+    gi_id: int
+    profile: str
+    slices: int
+    metrics: Metrics = field(default_factory=Metrics)
+    tenant: Tenant = field(default_factory=Tenant)
+    sm_count: int | None = None
+    mem_total_mib: float | None = None
+    placement_start: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "gi_id": self.gi_id,
+            "profile": self.profile,
+            "slices": self.slices,
+            "metrics": self.metrics.to_dict(),
+            "tenant": {"namespace": self.tenant.namespace, "pod": self.tenant.pod, "container": self.tenant.container},
+        }
+        for k in ("sm_count", "mem_total_mib", "placement_start"):
+            v = getattr(self, k)
+            if v is not None:
+                d[k] = v
+        return d
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """One physical GPU at one scrape. ``ts`` is an aware UTC datetime, ms precision on the wire."""
+
+    ts: datetime
+    interval_s: float
+    source: str
+    cluster: str
+    host: str
+    gpu_uuid: str
+    gpu_index: int
+    gpu_model: str
+    mig_enabled: bool
+    total_slices: int
+    instances: tuple[Instance, ...] = ()
+    v: int = WIRE_VERSION
+
+    @property
+    def key(self) -> bytes:
+        """Kafka key: the GPU UUID, so one GPU's snapshots stay in one partition, in order."""
+        return self.gpu_uuid.encode()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "v": self.v,
+            "ts": format_ts(self.ts),
+            "interval_s": self.interval_s,
+            "source": self.source,
+            "cluster": self.cluster,
+            "host": self.host,
+            "gpu_uuid": self.gpu_uuid,
+            "gpu_index": self.gpu_index,
+            "gpu_model": self.gpu_model,
+            "mig_enabled": self.mig_enabled,
+            "total_slices": self.total_slices,
+            "instances": [i.to_dict() for i in self.instances],
+        }
+
+    def to_json(self) -> bytes:
+        return json.dumps(self.to_dict(), separators=(",", ":"), allow_nan=False).encode()
+
+    def validate(self) -> Snapshot:
+        """Raise BadSnapshot if the object breaks the contract; return self so calls chain."""
+        _check_snapshot(self)
+        return self
+
+
+def format_ts(ts: datetime) -> str:
+    """UTC, millisecond precision, 'Z' suffix: the only timestamp form on the wire."""
+    if ts.tzinfo is None:
+        raise BadSnapshot("ts must be timezone-aware")
+    return ts.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def parse_ts(value: object) -> datetime:
+    if not isinstance(value, str) or len(value) > 40:
+        raise BadSnapshot("ts must be an ISO-8601 string")
+    try:
+        ts = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise BadSnapshot(f"ts is not ISO-8601: {value[:40]!r}") from None
+    if ts.tzinfo is None:
+        raise BadSnapshot("ts has no timezone (must be UTC)")
+    return ts.astimezone(timezone.utc)
+
+
+def from_json(data: bytes | str) -> Snapshot:
+    """Decode and validate one wire message; every failure is a BadSnapshot with a reason."""
+    if isinstance(data, str):
+        data = data.encode()
+    if len(data) > MAX_MESSAGE_BYTES:
+        raise BadSnapshot(f"message is {len(data)} bytes, over the {MAX_MESSAGE_BYTES}-byte limit")
+    try:
+        obj = json.loads(data, parse_constant=_reject_constant)
+    except BadSnapshot:
+        raise
+    except (ValueError, RecursionError) as exc:
+        raise BadSnapshot(f"not JSON: {str(exc)[:120]}") from None
+    if not isinstance(obj, dict):
+        raise BadSnapshot("message is not a JSON object")
+    return from_dict(obj)
+
+
+def from_dict(obj: dict[str, Any]) -> Snapshot:
+    v = obj.get("v")
+    if v != WIRE_VERSION:
+        raise BadSnapshot(f"unsupported wire version v={v!r} (this processor reads v={WIRE_VERSION})")
+    raw_instances = _req(obj, "instances", list)
+    if len(raw_instances) > MAX_INSTANCES:
+        raise BadSnapshot(f"{len(raw_instances)} instances, over the limit of {MAX_INSTANCES}")
+    snap = Snapshot(
+        ts=parse_ts(obj.get("ts")),
+        interval_s=_number(obj, "interval_s"),
+        source=_req(obj, "source", str),
+        cluster=_req(obj, "cluster", str),
+        host=_req(obj, "host", str),
+        gpu_uuid=_req(obj, "gpu_uuid", str),
+        gpu_index=_int(obj, "gpu_index"),
+        gpu_model=_req(obj, "gpu_model", str),
+        mig_enabled=_req(obj, "mig_enabled", bool),
+        total_slices=_int(obj, "total_slices"),
+        instances=tuple(_instance(i) for i in raw_instances),
+    )
+    _check_snapshot(snap)
+    return snap
+
+
+def _reject_constant(name: str) -> float:
+    raise BadSnapshot(f"non-finite number {name} in message")
+
+
+def _req(obj: dict[str, Any], key: str, typ: type) -> Any:
+    if key not in obj:
+        raise BadSnapshot(f"missing field {key!r}")
+    value = obj[key]
+    # bool is an int subclass; never accept one for the other.
+    if not isinstance(value, typ) or (typ is not bool and isinstance(value, bool)):
+        raise BadSnapshot(f"field {key!r} must be {typ.__name__}, got {type(value).__name__}")
+    if isinstance(value, str) and len(value) > 256:
+        raise BadSnapshot(f"field {key!r} is longer than 256 characters")
+    return value
+
+
+def _int(obj: dict[str, Any], key: str) -> int:
+    return int(_req(obj, key, int))
+
+
+def _number(obj: dict[str, Any], key: str, optional: bool = False) -> Any:
+    if key not in obj or obj[key] is None:
+        if optional:
+            return None
+        raise BadSnapshot(f"missing field {key!r}")
+    value = obj[key]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise BadSnapshot(f"field {key!r} must be a finite number")
+    return value
+
+
+def _instance(raw: Any) -> Instance:
+    if not isinstance(raw, dict):
+        raise BadSnapshot("instance is not an object")
+    metrics_raw = raw.get("metrics") or {}
+    tenant_raw = raw.get("tenant") or {}
+    if not isinstance(metrics_raw, dict) or not isinstance(tenant_raw, dict):
+        raise BadSnapshot("instance metrics/tenant must be objects")
+    metrics = Metrics(**{k: _number(metrics_raw, k, optional=True) for k in RATIO_FIELDS + _MIB_FIELDS})
+    tenant = Tenant(
+        namespace=_opt_str(tenant_raw, "namespace"),
+        pod=_opt_str(tenant_raw, "pod"),
+        container=_opt_str(tenant_raw, "container"),
+    )
+    return Instance(
+        gi_id=_int(raw, "gi_id"),
+        profile=_req(raw, "profile", str),
+        slices=_int(raw, "slices"),
+        metrics=metrics,
+        tenant=tenant,
+        sm_count=_opt_int(raw, "sm_count"),
+        mem_total_mib=_number(raw, "mem_total_mib", optional=True),
+        placement_start=_opt_int(raw, "placement_start"),
+    )
+
+
+def _opt_str(obj: dict[str, Any], key: str) -> str:
+    if obj.get(key) is None:
+        return ""
+    return str(_req(obj, key, str))
+
+
+def _opt_int(obj: dict[str, Any], key: str) -> int | None:
+    if obj.get(key) is None:
+        return None
+    return _int(obj, key)
+
+
+def _check_snapshot(s: Snapshot) -> None:
+    if s.v != WIRE_VERSION:
+        raise BadSnapshot(f"unsupported wire version v={s.v!r}")
+    if s.ts.tzinfo is None:
+        raise BadSnapshot("ts must be timezone-aware UTC")
+    if not (0 < s.interval_s <= MAX_INTERVAL_S):
+        raise BadSnapshot(f"interval_s={s.interval_s} outside (0, {MAX_INTERVAL_S}]")
+    if not s.gpu_uuid:
+        raise BadSnapshot("gpu_uuid is empty")
+    if not (1 <= s.total_slices <= 8):
+        raise BadSnapshot(f"total_slices={s.total_slices} outside 1..8")
+    if len(s.instances) > MAX_INSTANCES:
+        raise BadSnapshot(f"{len(s.instances)} instances, over the limit of {MAX_INSTANCES}")
+    seen: set[int] = set()
+    used = 0
+    for inst in s.instances:
+        if inst.gi_id in seen:
+            raise BadSnapshot(f"duplicate gi_id {inst.gi_id}")
+        seen.add(inst.gi_id)
+        if not (1 <= inst.slices <= s.total_slices):
+            raise BadSnapshot(f"gi {inst.gi_id}: slices={inst.slices} outside 1..{s.total_slices}")
+        used += inst.slices
+        for name in RATIO_FIELDS:
+            value = getattr(inst.metrics, name)
+            if value is not None and not (0.0 <= value <= 1.0):
+                raise BadSnapshot(f"gi {inst.gi_id}: {name}={value} outside 0..1")
+        for name in _MIB_FIELDS:
+            value = getattr(inst.metrics, name)
+            if value is not None and value < 0:
+                raise BadSnapshot(f"gi {inst.gi_id}: {name}={value} is negative")
+    if used > s.total_slices:
+        raise BadSnapshot(f"instances use {used} slices, more than the GPU's {s.total_slices}")
+    if not s.mig_enabled:
+        if len(s.instances) != 1 or s.instances[0].gi_id != FULL_GPU_GI_ID or s.instances[0].slices != s.total_slices:
+            raise BadSnapshot(
+                f"a GPU without MIG must carry exactly one pseudo-instance gi_id={FULL_GPU_GI_ID} "
+                f"with slices=total_slices"
+            )
+    elif any(i.gi_id < 0 for i in s.instances):
+        raise BadSnapshot("MIG instances need gi_id >= 0")

@@ -1,0 +1,107 @@
+"""The ``migmeter`` command: parses arguments and calls library code, nothing else.
+
+Each subcommand lives in its own module exposing ``configure(parser)`` (adds its flags and
+sub-subcommands) and ``run(args) -> int`` (the exit code). The table below is the whole CLI.
+Exit codes: 0 ok, 1 the work failed, 2 bad usage or configuration, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+from typing import Protocol
+
+from migmeter import __version__
+from migmeter.errors import ConfigError, MigmeterError
+
+__all__ = ["main", "build_parser", "COMMANDS"]
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+# name -> (module implementing it, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "stack": ("migmeter.stack_cli", "run the local Kafka + TimescaleDB stack (up, down, status, env)"),
+    "db": ("migmeter.db_cli", "warehouse schema: migrate, retention"),
+    "collect": ("collector.cli", "read GPUs (dcgm, nvml, prometheus, simulate) and publish snapshots"),
+    "process": ("processor.cli", "consume snapshots, write exactly-once aggregates to TimescaleDB"),
+    "report": ("processor.report_cli", "chargeback, utilization and layout reports"),
+    "price": ("processor.price_cli", "GPU-hour prices used by chargeback"),
+    "promql": ("collector.promql_cli", "MIG-weighted Prometheus recording and alert rules"),
+    "demo": ("migmeter.demo", "simulated fleet end to end on the local stack, then reports"),
+}
+
+
+class _Command(Protocol):
+    def configure(self, parser: argparse.ArgumentParser) -> None: ...
+
+    def run(self, args: argparse.Namespace) -> int: ...
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="migmeter",
+        description="MIG-aware GPU metering: collectors -> Kafka -> processor -> TimescaleDB -> reports.",
+        epilog="Environment: MIGMETER_KAFKA_BOOTSTRAP (default 127.0.0.1:9092), "
+        "MIGMETER_DATABASE_URL (default: the local stack's PostgreSQL). "
+        "Run 'migmeter COMMAND --help' for each command.",
+    )
+    parser.add_argument("--version", action="version", version=f"migmeter {__version__}")
+    parser.add_argument(
+        "--log-level",
+        default="INFO",
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="log verbosity (default INFO); logs go to stderr",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module_name, help_text) in COMMANDS.items():
+        module = _load(module_name)
+        if module is None:
+            continue
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        module.configure(p)
+        p.set_defaults(_run=module.run)
+    return parser
+
+
+def _load(module_name: str) -> _Command | None:
+    try:
+        return importlib.import_module(module_name)  # type: ignore[return-value]
+    except ModuleNotFoundError as exc:
+        # Only a command whose module is absent is left out; a broken import elsewhere raises.
+        if exc.name == module_name:
+            return None
+        raise
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=getattr(logging, args.log_level),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    run = getattr(args, "_run", None)
+    if run is None:
+        parser.print_help()
+        return EXIT_USAGE
+    try:
+        return int(run(args))
+    except ConfigError as exc:
+        logging.getLogger("migmeter").error("%s", exc)
+        return EXIT_USAGE
+    except MigmeterError as exc:
+        logging.getLogger("migmeter").error("%s", exc)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Processor: Kafka snapshots -> mergeable window aggregates and layout events -> TimescaleDB."""
