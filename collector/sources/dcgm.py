@@ -364,7 +364,12 @@ def fetch_bounded(url: str, timeout_s: float, max_bytes: int) -> bytes:
         return body
     deadline = time.monotonic() + timeout_s
     request = urllib.request.Request(url, headers={"Accept": "text/plain;version=0.0.4"})
-    with urllib.request.urlopen(request, timeout=timeout_s) as resp:  # noqa: S310 - scheme checked by callers
+    try:
+        resp = urllib.request.urlopen(request, timeout=timeout_s)  # noqa: S310 - scheme checked by callers
+    except urllib.error.HTTPError as exc:
+        exc.close()  # it holds the error body's socket
+        raise
+    with resp:
         length = resp.headers.get("Content-Length")
         if length and length.isdigit() and int(length) > max_bytes:
             raise BodyTooLarge(f"Content-Length {length} is over {max_bytes} bytes")
