@@ -77,6 +77,8 @@ _MAX_LEADING_BAD_LINES = 50
 # Read the HTTP body in pieces so a trickling endpoint is bounded by a total deadline, not
 # only by the per-read socket timeout.
 _READ_CHUNK = 64 * 1024
+# How much of an HTTP error body goes into the error message.
+_ERROR_DETAIL_BYTES = 300
 
 # (metric name, labels, value) of one sample; all samples of one call share one timestamp.
 LabelledSample = tuple[str, Mapping[str, str], float]
@@ -367,8 +369,14 @@ def fetch_bounded(url: str, timeout_s: float, max_bytes: int) -> bytes:
     try:
         resp = urllib.request.urlopen(request, timeout=timeout_s)  # noqa: S310 - scheme checked by callers
     except urllib.error.HTTPError as exc:
-        exc.close()  # it holds the error body's socket
-        raise
+        # Keep the start of the error body (Prometheus explains itself there), then free the socket.
+        try:
+            detail = exc.read(_ERROR_DETAIL_BYTES).decode("utf-8", errors="replace").strip()
+        except OSError:
+            detail = ""
+        finally:
+            exc.close()
+        raise OSError(f"HTTP {exc.code} {exc.reason}: {detail}") from None
     with resp:
         length = resp.headers.get("Content-Length")
         if length and length.isdigit() and int(length) > max_bytes:
@@ -439,7 +447,7 @@ class DcgmSource:
             log.warning("dcgm endpoint %s timed out: %s", shown, exc)
             return None
         except urllib.error.URLError as exc:
-            if isinstance(getattr(exc, "reason", None), TimeoutError):
+            if isinstance(exc.reason, TimeoutError):
                 self.stats.skip("endpoint_timeout")
             else:
                 self.stats.skip("endpoint_error")
