@@ -74,6 +74,9 @@ MAX_FB_MIB = 10 * 1024 * 1024
 # A body whose first lines are all unparseable is not an exposition (an HTML error page, a
 # login form); stop parsing it line by line instead of counting a million bad lines.
 _MAX_LEADING_BAD_LINES = 50
+# The wire contract refuses strings over 256 characters (host, UUID, model, profile, tenant);
+# a label that long is garbage, and a snapshot carrying it would only be dead-lettered later.
+_MAX_LABEL_CHARS = 256
 # Read the HTTP body in pieces so a trickling endpoint is bounded by a total deadline, not
 # only by the per-read socket timeout.
 _READ_CHUNK = 64 * 1024
@@ -146,16 +149,19 @@ def _tenant(labels: Mapping[str, str]) -> Tenant:
     )
 
 
-def _gi_id(labels: Mapping[str, str]) -> int | None | str:
-    """The GI id, None for a GPU-level row, or "bad" for a label that is not an id."""
+def _gi_id(labels: Mapping[str, str]) -> int | None:
+    """The GI id, or None for a GPU-level row; ValueError for a label that is not an id."""
     raw = labels.get("GPU_I_ID", "").strip()
     if not raw:
         return None
-    try:
-        gi = int(raw)
-    except ValueError:
-        return "bad"
-    return gi if gi >= 0 else "bad"
+    gi = int(raw)
+    if gi < 0:
+        raise ValueError(f"negative GPU_I_ID {gi}")
+    return gi
+
+
+def _labels_too_long(labels: Mapping[str, str]) -> bool:
+    return any(len(v) > _MAX_LABEL_CHARS for v in labels.values())
 
 
 def _collect(samples: Iterable[LabelledSample], stats: ReadStats) -> dict[str, _Gpu]:
@@ -168,8 +174,12 @@ def _collect(samples: Iterable[LabelledSample], stats: ReadStats) -> dict[str, _
             if field_name is not None:
                 stats.skip("missing_uuid")
             continue
-        gi = _gi_id(labels)
-        if gi == "bad":
+        try:
+            gi = _gi_id(labels)
+        except ValueError:
+            stats.skip("bad_label")
+            continue
+        if _labels_too_long(labels):
             stats.skip("bad_label")
             continue
         gpu = gpus.get(uuid)
@@ -189,11 +199,10 @@ def _collect(samples: Iterable[LabelledSample], stats: ReadStats) -> dict[str, _
             row = gpu.gpu_row
             if name == MIG_MODE_METRIC and value == 1.0:
                 gpu.mig_mode = True
+        elif gi in gpu.instances:
+            row = gpu.instances[gi]
         else:
-            assert isinstance(gi, int)
-            row = gpu.instances.get(gi) or gpu.instances.setdefault(
-                gi, _Row(profile=labels.get("GPU_I_PROFILE", "").strip())
-            )
+            row = gpu.instances[gi] = _Row(profile=labels.get("GPU_I_PROFILE", "").strip())
         # The row exists (layout is known) even when it carries no metric we read.
         if not row.tenant.assigned:
             row.tenant = _tenant(labels)

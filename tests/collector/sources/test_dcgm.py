@@ -27,7 +27,10 @@ H100 = 'modelName="NVIDIA H100 80GB HBM3"'
 
 
 def parse(text: str, stats: ReadStats | None = None, **kw: object) -> list[Snapshot]:
-    return parse_scrape(text, cluster="test", ts=TS, interval_s=15.0, stats=stats, **kw)  # type: ignore[arg-type]
+    """parse_scrape, plus the check that every snapshot it returns survives the wire unchanged."""
+    snaps = parse_scrape(text, cluster="test", ts=TS, interval_s=15.0, stats=stats, **kw)  # type: ignore[arg-type]
+    assert [from_json(s.to_json()) for s in snaps] == snaps
+    return snaps
 
 
 def gi_row(metric: str, value: str, gi: int, profile: str, *, uuid: str = UUID_A, extra: str = "") -> str:
@@ -413,3 +416,13 @@ def test_all_endpoints_failing_raises_source_unavailable(exporter: str) -> None:
     with pytest.raises(SourceUnavailable):
         src.read()
     assert src.stats.skipped == {"endpoint_error": 2}
+
+
+def test_label_longer_than_the_wire_allows_is_skipped_and_counted() -> None:
+    stats = ReadStats()
+    text = lines(gi_row("DCGM_FI_PROF_GR_ENGINE_ACTIVE", "0.5", 1, "3g.40gb", extra=f',pod="{"p" * 300}"'),
+                 gi_row("DCGM_FI_PROF_GR_ENGINE_ACTIVE", "0.6", 2, "3g.40gb"))
+    (s,) = parse(text, stats)
+    assert [i.gi_id for i in s.instances] == [2]
+    assert from_json(s.to_json()) == s
+    assert stats.skipped == {"bad_label": 1}
