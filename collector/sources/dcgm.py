@@ -23,6 +23,7 @@ import math
 import time
 import urllib.error
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -46,6 +47,7 @@ __all__ = [
     "parse_scrape",
     "fetch_bounded",
     "DcgmSource",
+    "MAX_PARALLEL_FETCHES",
 ]
 
 log = logging.getLogger(__name__)
@@ -74,6 +76,10 @@ MAX_FB_MIB = 10 * 1024 * 1024
 # A body whose first lines are all unparseable is not an exposition (an HTML error page, a
 # login form); stop parsing it line by line instead of counting a million bad lines.
 _MAX_LEADING_BAD_LINES = 50
+# Endpoints are fetched in parallel so a fleet of slow or hanging exporters costs about one
+# timeout per round, not one per endpoint; bounded so a huge URL list does not spawn
+# hundreds of threads.
+MAX_PARALLEL_FETCHES = 16
 # The wire contract refuses strings over 256 characters (host, UUID, model, profile, tenant);
 # a label that long is garbage, and a snapshot carrying it would only be dead-lettered later.
 _MAX_LABEL_CHARS = 256
@@ -440,34 +446,35 @@ class DcgmSource:
         self._get: HttpGet = http_get or fetch_bounded
         self._clock = clock or (lambda: datetime.now(timezone.utc))
         self.stats = ReadStats()
+        self._pool: ThreadPoolExecutor | None = None
 
-    def _read_one(self, url: str) -> list[Snapshot] | None:
-        """Snapshots of one endpoint, or None when the endpoint gave nothing usable."""
-        shown = redact_url(url)
+    def _fetch(self, url: str) -> tuple[datetime, bytes | Exception]:
+        """Runs in a pool thread: the scrape time and the body, or what went wrong (counted later)."""
         ts = self._clock()
         try:
-            body = self._get(url, self.timeout_s, self.max_bytes)
-        except BodyTooLarge as exc:
-            self.stats.skip("body_too_large")
-            log.warning("dcgm endpoint %s: %s", shown, exc)
+            return ts, self._get(url, self.timeout_s, self.max_bytes)
+        except Exception as exc:  # reported by _parse_one in the caller's thread, never lost
+            return ts, exc
+
+    def _count_failure(self, shown: str, exc: Exception) -> None:
+        if isinstance(exc, BodyTooLarge):
+            reason = "body_too_large"
+        elif isinstance(exc, TimeoutError) or (
+            isinstance(exc, urllib.error.URLError) and isinstance(exc.reason, TimeoutError)
+        ):
+            reason = "endpoint_timeout"  # socket.timeout is TimeoutError since 3.10
+        else:
+            reason = "endpoint_error"  # refused, HTTP 5xx, broken status line, unreadable file...
+        self.stats.skip(reason)
+        log.warning("dcgm endpoint %s: %s: %s", shown, reason, exc)
+
+    def _parse_one(self, url: str, ts: datetime, body: bytes | Exception) -> list[Snapshot] | None:
+        """Snapshots of one endpoint, or None when the endpoint gave nothing usable."""
+        shown = redact_url(url)
+        if isinstance(body, Exception):
+            self._count_failure(shown, body)
             return None
-        except TimeoutError as exc:  # socket.timeout is TimeoutError since 3.10
-            self.stats.skip("endpoint_timeout")
-            log.warning("dcgm endpoint %s timed out: %s", shown, exc)
-            return None
-        except urllib.error.URLError as exc:
-            if isinstance(exc.reason, TimeoutError):
-                self.stats.skip("endpoint_timeout")
-            else:
-                self.stats.skip("endpoint_error")
-            log.warning("dcgm endpoint %s failed: %s", shown, exc)
-            return None
-        except (OSError, ValueError) as exc:  # ValueError: http.client on a broken status line
-            self.stats.skip("endpoint_error")
-            log.warning("dcgm endpoint %s failed: %s", shown, exc)
-            return None
-        head = body.lstrip()[:1]
-        if head in (b"<", b"{", b"["):
+        if body.lstrip()[:1] in (b"<", b"{", b"["):
             self.stats.skip("not_exposition")
             log.warning("dcgm endpoint %s did not return the Prometheus text format (HTML or JSON)", shown)
             return None
@@ -481,11 +488,21 @@ class DcgmSource:
         return snaps
 
     def read(self) -> list[Snapshot]:
-        """One round over every endpoint; raises SourceUnavailable only when all of them failed."""
+        """One round over every endpoint, fetched in parallel, parsed in URL order.
+
+        Raises SourceUnavailable only when every endpoint failed; each failure is counted.
+        """
+        if len(self.urls) == 1:
+            fetched = [self._fetch(self.urls[0])]
+        else:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max_workers=min(MAX_PARALLEL_FETCHES, len(self.urls)),
+                                                thread_name_prefix="dcgm-fetch")
+            fetched = list(self._pool.map(self._fetch, self.urls))
         out: list[Snapshot] = []
         failed = 0
-        for url in self.urls:
-            snaps = self._read_one(url)
+        for url, (ts, body) in zip(self.urls, fetched):
+            snaps = self._parse_one(url, ts, body)
             if snaps is None:
                 failed += 1
             else:
@@ -495,4 +512,7 @@ class DcgmSource:
         return out
 
     def close(self) -> None:
-        """Nothing to release: every read opens and closes its own connections."""
+        """Stop the fetch threads; connections are per request and already closed."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None

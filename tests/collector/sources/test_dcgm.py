@@ -416,6 +416,7 @@ def test_all_endpoints_failing_raises_source_unavailable(exporter: str) -> None:
     with pytest.raises(SourceUnavailable):
         src.read()
     assert src.stats.skipped == {"endpoint_error": 2}
+    src.close()
 
 
 def test_label_longer_than_the_wire_allows_is_skipped_and_counted() -> None:
