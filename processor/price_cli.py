@@ -1,0 +1,78 @@
+"""``migmeter price``: set, list and delete the GPU-hour prices chargeback uses.
+
+``price set MODEL PRICE --from DATE`` is idempotent (same model and date replace the price);
+``price list`` also names GPU models that have usage but no price at all, since their cost
+shows as '-' in every report until someone prices them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import psycopg
+
+from migmeter import settings
+from migmeter.errors import MigmeterError
+from processor import prices
+from processor.render import FORMATS, Column, Report, render
+
+__all__ = ["configure", "run"]
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--database-url", help="PostgreSQL URL (default: $MIGMETER_DATABASE_URL or the local stack)")
+    sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    s = sub.add_parser("set", help="price of one GPU of MODEL per hour, from a UTC day on")
+    s.add_argument("model", help="GPU model exactly as reported (see `migmeter price list`), e.g. 'NVIDIA A100-SXM4-80GB'")
+    s.add_argument("price", help="price of one whole GPU for one hour (a MIG slice costs its share)")
+    s.add_argument("--from", dest="effective_from", required=True, help="first UTC day it applies (YYYY-MM-DD)")
+    s.add_argument("--currency", default=prices.DEFAULT_CURRENCY, help="three-letter code (default USD)")
+    ls = sub.add_parser("list", help="all prices, and models seen without a price")
+    ls.add_argument("--model", help="only this model")
+    ls.add_argument("--format", choices=FORMATS, default="table")
+    d = sub.add_parser("delete", help="remove one dated price (e.g. a typo)")
+    d.add_argument("model")
+    d.add_argument("--from", dest="effective_from", required=True, help="the day of the price to remove (YYYY-MM-DD)")
+
+
+def run(args: argparse.Namespace) -> int:
+    url = settings.database_url(args.database_url)
+    try:
+        with psycopg.connect(url, connect_timeout=10) as conn:
+            return _dispatch(conn, args)
+    except psycopg.errors.InsufficientPrivilege:
+        raise MigmeterError("this database role may not change prices; use the warehouse owner's login") from None
+    except psycopg.OperationalError as exc:
+        raise MigmeterError(f"cannot reach {settings.redact_url(url)}: {str(exc).strip()[:200]}") from None
+
+
+def _dispatch(conn: psycopg.Connection[object], args: argparse.Namespace) -> int:
+    if args.action == "set":
+        p = prices.Price(
+            gpu_model=args.model,
+            price_per_gpu_hour=prices.parse_price(args.price),
+            currency=prices.parse_currency(args.currency),
+            effective_from=prices.parse_day(args.effective_from),
+        )
+        prices.set_price(conn, p)
+        conn.commit()
+        print(f"{p.gpu_model}: {p.price_per_gpu_hour} {p.currency} per GPU-hour from {p.effective_from}")
+        return 0
+    if args.action == "delete":
+        day = prices.parse_day(args.effective_from)
+        if prices.delete_price(conn, args.model, day):
+            conn.commit()
+            print(f"deleted the price of {args.model} from {day}")
+            return 0
+        print(f"no price of {args.model} from {day}", file=sys.stderr)
+        return 1
+    rows = prices.list_prices(conn, args.model)
+    report = Report(
+        "GPU-hour prices",
+        (Column("gpu_model"), Column("price_per_gpu_hour", "number"), Column("currency"), Column("effective_from", "day")),
+        tuple((p.gpu_model, p.price_per_gpu_hour, p.currency, p.effective_from) for p in rows),
+        tuple(f"warning: no price for GPU model {m!r}" for m in prices.unpriced_models(conn)),
+    )
+    sys.stdout.write(render(report, args.format))
+    return 0

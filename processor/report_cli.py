@@ -1,0 +1,129 @@
+"""``migmeter report``: chargeback, utilization, layout and idle-capacity reports.
+
+Only parses arguments and calls :mod:`processor.reports`; ``--by`` and ``--format`` are
+argparse choices (a hostile value is refused before any SQL exists), filters are passed to
+the database as parameters. The reports read only the BI views, so a read-only login
+(``migmeter_reader``) can run them: ``--database-url`` or ``MIGMETER_DATABASE_URL``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+import psycopg
+
+from migmeter import settings
+from migmeter.errors import ConfigError, MigmeterError
+from processor import plot, reports
+from processor.render import FORMATS, Report, render
+
+__all__ = ["configure", "run"]
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="report", metavar="REPORT", required=True)
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--format", choices=FORMATS, default="table", help="table (default), csv or json")
+        p.add_argument("--database-url", help="PostgreSQL URL (default: $MIGMETER_DATABASE_URL or the local stack)")
+        p.add_argument("--cluster", help="only this cluster (the collectors' --cluster); default all")
+
+    cb = sub.add_parser("chargeback", help="allocated/used GPU-hours and cost per tenant for one month (UTC)")
+    cb.add_argument("--month", required=True, help="YYYY-MM")
+    cb.add_argument("--by", choices=sorted(reports.CHARGEBACK_BY), default="namespace", help="namespace (default) or pod")
+    cb.add_argument("--plot", type=Path, metavar="FILE.png", help="also draw allocated GPU-hours per day and tenant")
+    common(cb)
+
+    ut = sub.add_parser("utilization", help="simple, weighted, whole-GPU utilization and allocation over time")
+    ut.add_argument("--from", dest="start", required=True, help="start (date or ISO time, UTC)")
+    ut.add_argument("--to", dest="end", required=True, help="end, exclusive (date or ISO time, UTC)")
+    target = ut.add_mutually_exclusive_group()
+    target.add_argument("--gpu", help="one GPU by UUID")
+    target.add_argument("--host", help="the GPUs of one host")
+    ut.add_argument("--by", choices=sorted(reports.UTILIZATION_BY), default="hour", help="hour (default) or day")
+    ut.add_argument("--plot", type=Path, metavar="FILE.png", help="also draw the four measures over time")
+    common(ut)
+
+    la = sub.add_parser("layout", help="MIG layout of a GPU at a time (as-of), or its changes over a period")
+    la.add_argument("--gpu", required=True, help="GPU UUID")
+    when = la.add_mutually_exclusive_group()
+    when.add_argument("--at", help="instant (date or ISO time, UTC); default now")
+    when.add_argument("--from", dest="start", help="with --to: list the layout at --from and the changes until --to")
+    la.add_argument("--to", dest="end", help="end of the period, exclusive")
+    common(la)
+
+    idle = sub.add_parser("idle", help="allocated-but-unused slice-hours per tenant and GPU, most idle first")
+    idle.add_argument("--month", required=True, help="YYYY-MM")
+    idle.add_argument("--top", type=int, default=20, help="how many lines (default 20)")
+    common(idle)
+
+
+def _emit(report: Report, fmt: str) -> None:
+    sys.stdout.write(render(report, fmt))
+
+
+def run(args: argparse.Namespace) -> int:
+    url = settings.database_url(args.database_url)
+    try:
+        with psycopg.connect(url, connect_timeout=10) as conn:
+            conn.read_only = True
+            return _dispatch(conn, args)
+    except psycopg.OperationalError as exc:
+        raise MigmeterError(f"cannot query {settings.redact_url(url)}: {str(exc).strip()[:200]}") from None
+
+
+def _dispatch(conn: psycopg.Connection[object], args: argparse.Namespace) -> int:
+    if args.report == "chargeback":
+        month = reports.parse_month(args.month)
+        report = reports.chargeback(conn, month, by=args.by, cluster=args.cluster)
+        _emit(report, args.format)
+        if args.plot:
+            daily = reports.chargeback_daily(conn, month, cluster=args.cluster)
+            out = plot.plot_chargeback(
+                daily.column("day"), daily.column("namespace"), daily.column("alloc_gpu_hours"), args.plot,
+                f"Allocated GPU-hours per day, {month:%Y-%m}",
+            )
+            print(f"plot written to {out}", file=sys.stderr)
+        return 0
+    if args.report == "utilization":
+        start, end = reports.parse_time(args.start), reports.parse_time(args.end)
+        report = reports.utilization(conn, start, end, by=args.by, gpu=args.gpu, host=args.host, cluster=args.cluster)
+        _emit(report, args.format)
+        if args.plot:
+            rows = [r for r in report.as_dicts() if r["bucket"] != "total"]
+            out = plot.plot_utilization(
+                [r["bucket"] for r in rows],
+                {
+                    name: [r[f"{key}_pct"] for r in rows]
+                    for name, key in (("simple mean", "simple_util"), ("weighted (allocated)", "weighted_util"),
+                                      ("whole GPU", "whole_util"), ("allocation", "allocation"))
+                },
+                args.plot,
+                report.title,
+            )
+            print(f"plot written to {out}", file=sys.stderr)
+        return 0
+    if args.report == "layout":
+        if args.start or args.end:
+            if not (args.start and args.end):
+                raise ConfigError("--from and --to go together")
+            start, end = reports.parse_time(args.start), reports.parse_time(args.end)
+            before = reports.layout_at(conn, args.gpu, start)
+            changes = reports.layout_changes(conn, args.gpu, start, end)
+            if args.format == "json":  # one JSON document, not two concatenated
+                sys.stdout.write("[" + render(before, "json") + "," + render(changes, "json") + "]\n")
+            else:
+                _emit(before, args.format)
+                sys.stdout.write("\n")
+                _emit(changes, args.format)
+            return 0
+        at = reports.parse_time(args.at) if args.at else datetime.now(timezone.utc)
+        _emit(reports.layout_at(conn, args.gpu, at), args.format)
+        return 0
+    if args.report == "idle":
+        _emit(reports.idle_capacity(conn, reports.parse_month(args.month), cluster=args.cluster, top=args.top), args.format)
+        return 0
+    raise ConfigError(f"unknown report {args.report!r}")
