@@ -1,0 +1,391 @@
+"""Mergeable window aggregates: every stored measure is a sum (or a min/max), never a ratio.
+
+Because each measure is a sum, a bucket can be written in parts — by several micro-batches,
+late data, a restarted processor — and the parts add up to exactly what one pass over all
+samples would give. Ratios (weighted utilization, whole-GPU utilization, simple mean,
+allocation) are computed only in ``result()`` or in the database views, from the sums.
+
+Time-weighting: a snapshot represents ``interval_s`` seconds (dt) of its GPU. Each sample is
+weighted by its dt and lands wholly in the bucket containing its ``ts``; it is never split
+across a bucket edge. Buckets are ``[start, start + width)`` in UTC (1 minute, 1 hour, 1 day).
+
+Per snapshot of a GPU with instances i (w_i = slices_i / total_slices, u_i = gr_engine_active):
+
+- instance: seconds += dt, alloc += w·dt, and where u is known util_seconds += dt,
+  busy += u·dt, busy_gpu += w·u·dt; samples += 1; min/max of u; peak framebuffer use.
+- GPU: seconds += dt (physical capacity); alloc += Σw_i·dt; busy += Σw_i·u_i·dt;
+  util_alloc += Σ w_i·dt over instances with known u; simple mean (Σu_i/n)·dt over the
+  snapshots that have at least one known u. MIG on with no instances adds alloc 0.
+- tenant (per GPU, so one processor writes each row): alloc/busy GPU-seconds per tenant;
+  unassigned instances under namespace '' and pod ''.
+
+The processor folds a batch at 1-minute grain only and derives 1h and 1d by merging the
+1-minute partials (:func:`rollup`), which is exact because merge is associative.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, ClassVar, NamedTuple, TypeVar
+
+from collector.snapshot import Snapshot
+
+__all__ = [
+    "GRAINS",
+    "bucket_start",
+    "InstanceKey",
+    "TenantKey",
+    "GpuKey",
+    "InstanceSums",
+    "TenantSums",
+    "GpuSums",
+    "GpuRatios",
+    "Aggregates",
+    "fold_snapshot",
+    "rollup",
+]
+
+# Grain name -> bucket width in seconds. 1m is what the processor folds; 1h and 1d are rollups.
+GRAINS: dict[str, int] = {"1m": 60, "1h": 3600, "1d": 86400}
+
+
+def bucket_start(epoch_s: float, width_s: int) -> int:
+    """Start (epoch seconds, UTC) of the ``width_s`` bucket containing ``epoch_s``: [start, start+width)."""
+    return int(epoch_s // width_s) * width_s
+
+
+class InstanceKey(NamedTuple):
+    bucket: int
+    gpu_uuid: str
+    gi_id: int
+    profile: str
+    namespace: str
+    pod: str
+
+
+class TenantKey(NamedTuple):
+    bucket: int
+    gpu_uuid: str
+    namespace: str
+    pod: str
+
+
+class GpuKey(NamedTuple):
+    bucket: int
+    gpu_uuid: str
+
+
+def _min(a: float | None, b: float | None) -> float | None:
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return a if a <= b else b
+
+
+def _max(a: float | None, b: float | None) -> float | None:
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return a if a >= b else b
+
+
+class _Mergeable:
+    """Merge by field role: ATTRS (last seen wins), SUMS (add), MINS / MAXS (None = no value).
+
+    The same role lists drive the database upsert (``processor.sink``), so the in-memory merge
+    and the SQL merge cannot disagree.
+    """
+
+    __slots__ = ()
+    ATTRS: ClassVar[tuple[str, ...]]
+    SUMS: ClassVar[tuple[str, ...]]
+    MINS: ClassVar[tuple[str, ...]]
+    MAXS: ClassVar[tuple[str, ...]]
+
+    def absorb(self, other: Any) -> None:
+        """In-place merge; ``other`` is the later part, so its attributes win."""
+        for name in self.ATTRS:
+            setattr(self, name, getattr(other, name))
+        for name in self.SUMS:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        for name in self.MINS:
+            setattr(self, name, _min(getattr(self, name), getattr(other, name)))
+        for name in self.MAXS:
+            setattr(self, name, _max(getattr(self, name), getattr(other, name)))
+
+
+_S = TypeVar("_S", "InstanceSums", "TenantSums", "GpuSums")
+_K = TypeVar("_K", InstanceKey, TenantKey, GpuKey)
+
+
+@dataclass(slots=True)
+class InstanceSums(_Mergeable):
+    """Sums for one (bucket, GPU, GI, profile, tenant). Attributes are the last seen values."""
+
+    ATTRS: ClassVar[tuple[str, ...]] = ("cluster", "gpu_model", "slices", "total_slices", "container")
+    SUMS: ClassVar[tuple[str, ...]] = (
+        "seconds", "alloc_gpu_seconds", "util_seconds", "busy_seconds", "busy_gpu_seconds", "samples",
+    )
+    MINS: ClassVar[tuple[str, ...]] = ("util_min",)
+    MAXS: ClassVar[tuple[str, ...]] = ("util_max", "fb_used_max_mib")
+
+    cluster: str
+    gpu_model: str
+    slices: int
+    total_slices: int
+    container: str
+    seconds: float = 0.0
+    alloc_gpu_seconds: float = 0.0
+    util_seconds: float = 0.0
+    busy_seconds: float = 0.0
+    busy_gpu_seconds: float = 0.0
+    samples: int = 0
+    util_min: float | None = None
+    util_max: float | None = None
+    fb_used_max_mib: float | None = None
+
+    def add(self, dt: float, w: float, u: float | None, fb_used_mib: float | None) -> None:
+        """Fold one instance sample of ``dt`` seconds, share ``w`` of the GPU, utilization ``u``."""
+        self.seconds += dt
+        self.alloc_gpu_seconds += w * dt
+        self.samples += 1
+        if u is not None:
+            self.util_seconds += dt
+            self.busy_seconds += u * dt
+            self.busy_gpu_seconds += w * u * dt
+            self.util_min = _min(self.util_min, u)
+            self.util_max = _max(self.util_max, u)
+        if fb_used_mib is not None:
+            self.fb_used_max_mib = _max(self.fb_used_max_mib, fb_used_mib)
+
+    def merge(self, other: InstanceSums) -> InstanceSums:
+        """Pure, associative merge of two parts of the same row."""
+        return _merged(self, other)
+
+    def utilization(self) -> float | None:
+        """The instance's own utilization (0..1) over the time its utilization was known."""
+        return self.busy_seconds / self.util_seconds if self.util_seconds else None
+
+
+@dataclass(slots=True)
+class TenantSums(_Mergeable):
+    """Sums for one (bucket, GPU, tenant): what chargeback bills."""
+
+    ATTRS: ClassVar[tuple[str, ...]] = ("cluster", "gpu_model")
+    SUMS: ClassVar[tuple[str, ...]] = (
+        "seconds", "alloc_gpu_seconds", "util_alloc_gpu_seconds", "busy_gpu_seconds", "samples",
+    )
+    MINS: ClassVar[tuple[str, ...]] = ()
+    MAXS: ClassVar[tuple[str, ...]] = ()
+
+    cluster: str
+    gpu_model: str
+    seconds: float = 0.0
+    alloc_gpu_seconds: float = 0.0
+    util_alloc_gpu_seconds: float = 0.0
+    busy_gpu_seconds: float = 0.0
+    samples: int = 0
+
+    def add(self, dt: float, w: float, u: float | None) -> None:
+        self.seconds += dt
+        self.alloc_gpu_seconds += w * dt
+        self.samples += 1
+        if u is not None:
+            self.util_alloc_gpu_seconds += w * dt
+            self.busy_gpu_seconds += w * u * dt
+
+    def merge(self, other: TenantSums) -> TenantSums:
+        return _merged(self, other)
+
+
+class GpuRatios(NamedTuple):
+    """The four per-GPU figures of DESIGN.md, as ratios 0..1 (None where undefined)."""
+
+    weighted: float | None  # Σw·u / Σw (allocated capacity)
+    whole: float | None  # Σw·u (unallocated slices idle)
+    simple: float | None  # Σu/n (misleading; for comparison)
+    allocation: float | None  # Σw
+
+
+@dataclass(slots=True)
+class GpuSums(_Mergeable):
+    """Sums for one (bucket, physical GPU)."""
+
+    ATTRS: ClassVar[tuple[str, ...]] = ("cluster", "host", "gpu_model", "total_slices")
+    SUMS: ClassVar[tuple[str, ...]] = (
+        "seconds", "mig_seconds", "alloc_gpu_seconds", "util_alloc_gpu_seconds", "busy_gpu_seconds",
+        "simple_util_seconds", "simple_seconds", "instance_samples", "snapshots",
+    )
+    MINS: ClassVar[tuple[str, ...]] = ("alloc_min", "whole_util_min")
+    MAXS: ClassVar[tuple[str, ...]] = ("alloc_max", "whole_util_max")
+
+    cluster: str
+    host: str
+    gpu_model: str
+    total_slices: int
+    seconds: float = 0.0
+    mig_seconds: float = 0.0
+    alloc_gpu_seconds: float = 0.0
+    util_alloc_gpu_seconds: float = 0.0
+    busy_gpu_seconds: float = 0.0
+    simple_util_seconds: float = 0.0
+    simple_seconds: float = 0.0
+    instance_samples: int = 0
+    snapshots: int = 0
+    alloc_min: float | None = None
+    alloc_max: float | None = None
+    whole_util_min: float | None = None
+    whole_util_max: float | None = None
+
+    def add_snapshot(
+        self,
+        dt: float,
+        mig_enabled: bool,
+        alloc: float,
+        util_alloc: float,
+        busy: float,
+        simple_mean: float | None,
+        n_instances: int,
+        all_known: bool,
+    ) -> None:
+        """Fold one snapshot's per-GPU totals (Σw, Σw over known u, Σw·u, mean u)."""
+        self.seconds += dt
+        if mig_enabled:
+            self.mig_seconds += dt
+        self.alloc_gpu_seconds += alloc * dt
+        self.util_alloc_gpu_seconds += util_alloc * dt
+        self.busy_gpu_seconds += busy * dt
+        if simple_mean is not None:
+            self.simple_util_seconds += simple_mean * dt
+            self.simple_seconds += dt
+        self.instance_samples += n_instances
+        self.snapshots += 1
+        self.alloc_min = _min(self.alloc_min, alloc)
+        self.alloc_max = _max(self.alloc_max, alloc)
+        if all_known:
+            self.whole_util_min = _min(self.whole_util_min, busy)
+            self.whole_util_max = _max(self.whole_util_max, busy)
+
+    def merge(self, other: GpuSums) -> GpuSums:
+        return _merged(self, other)
+
+    def result(self) -> GpuRatios:
+        """Ratios from the sums; the same arithmetic as the ``gpu_utilization_*`` views."""
+        return GpuRatios(
+            weighted=self.busy_gpu_seconds / self.util_alloc_gpu_seconds if self.util_alloc_gpu_seconds else None,
+            whole=self.busy_gpu_seconds / self.seconds if self.seconds else None,
+            simple=self.simple_util_seconds / self.simple_seconds if self.simple_seconds else None,
+            allocation=self.alloc_gpu_seconds / self.seconds if self.seconds else None,
+        )
+
+
+def _merged(a: _S, b: _S) -> _S:
+    out = _copy(a)
+    out.absorb(b)
+    return out
+
+
+def _copy(s: _S) -> _S:
+    return type(s)(**{name: getattr(s, name) for name in s.__slots__})
+
+
+@dataclass(slots=True)
+class Aggregates:
+    """Partials of one batch at one grain, keyed like the tables' primary keys."""
+
+    instances: dict[InstanceKey, InstanceSums]
+    tenants: dict[TenantKey, TenantSums]
+    gpus: dict[GpuKey, GpuSums]
+
+    @classmethod
+    def empty(cls) -> Aggregates:
+        return cls({}, {}, {})
+
+    def __len__(self) -> int:
+        return len(self.instances) + len(self.tenants) + len(self.gpus)
+
+
+def fold_snapshot(snap: Snapshot, agg: Aggregates, width_s: int = GRAINS["1m"]) -> None:
+    """Fold one (already validated, not duplicate) snapshot into ``agg`` at bucket width ``width_s``.
+
+    This is the processor's hot path: one pass over the instances, no allocation beyond the
+    dictionary entries of new rows.
+    """
+    dt = snap.interval_s
+    b = bucket_start(snap.ts.timestamp(), width_s)
+    gpu = snap.gpu_uuid
+    total = snap.total_slices
+    cluster = snap.cluster
+    model = snap.gpu_model
+    instances_d = agg.instances
+    tenants_d = agg.tenants
+    alloc = util_alloc = busy = u_sum = 0.0
+    n_known = 0
+    for inst in snap.instances:
+        w = inst.slices / total
+        metrics = inst.metrics
+        u = metrics.gr_engine_active
+        tenant = inst.tenant
+        ns, pod = tenant.namespace, tenant.pod
+        ikey = InstanceKey(b, gpu, inst.gi_id, inst.profile, ns, pod)
+        isum = instances_d.get(ikey)
+        if isum is None:
+            isum = instances_d[ikey] = InstanceSums(cluster, model, inst.slices, total, tenant.container)
+        else:
+            isum.container = tenant.container
+        isum.add(dt, w, u, metrics.fb_used_mib)
+        tkey = TenantKey(b, gpu, ns, pod)
+        tsum = tenants_d.get(tkey)
+        if tsum is None:
+            tsum = tenants_d[tkey] = TenantSums(cluster, model)
+        tsum.add(dt, w, u)
+        alloc += w
+        if u is not None:
+            util_alloc += w
+            busy += w * u
+            u_sum += u
+            n_known += 1
+    n = len(snap.instances)
+    gkey = GpuKey(b, gpu)
+    gsum = agg.gpus.get(gkey)
+    if gsum is None:
+        gsum = agg.gpus[gkey] = GpuSums(cluster, snap.host, model, total)
+    else:
+        gsum.host = snap.host
+    gsum.add_snapshot(
+        dt,
+        snap.mig_enabled,
+        alloc,
+        util_alloc,
+        busy,
+        u_sum / n_known if n_known else None,
+        n,
+        n_known == n,
+    )
+
+
+def rollup(src: Aggregates, width_s: int) -> Aggregates:
+    """Merge finer partials into coarser buckets of ``width_s`` (exact: merge is associative).
+
+    ``src`` is iterated in insertion order (the order samples were folded), so "last seen"
+    attributes stay the latest ones.
+    """
+    out = Aggregates.empty()
+    _roll(src.instances.items(), out.instances, width_s)
+    _roll(src.tenants.items(), out.tenants, width_s)
+    _roll(src.gpus.items(), out.gpus, width_s)
+    return out
+
+
+def _roll(items: Iterable[tuple[_K, _S]], dst: dict[_K, _S], width_s: int) -> None:
+    for key, sums in items:
+        coarse = key._replace(bucket=bucket_start(key.bucket, width_s))
+        have = dst.get(coarse)
+        if have is None:
+            dst[coarse] = _copy(sums)
+        else:
+            have.absorb(sums)
+

@@ -1,0 +1,171 @@
+"""Aggregates: known values, bucketing, associativity of merge, rollup exactness."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from processor.aggregate import (
+    GRAINS,
+    Aggregates,
+    GpuKey,
+    GpuSums,
+    InstanceSums,
+    TenantSums,
+    bucket_start,
+    fold_snapshot,
+    rollup,
+)
+from tests.processor.build import KNOWN_VALUES, at, inst, mig, whole
+
+
+def _fold(*snaps):  # type: ignore[no-untyped-def]
+    agg = Aggregates.empty()
+    for s in snaps:
+        fold_snapshot(s, agg)
+    return agg
+
+
+@pytest.mark.parametrize(("layout", "expected"), KNOWN_VALUES)
+def test_known_values(layout, expected):  # type: ignore[no-untyped-def]
+    snap = mig(at(0), [inst(i, p, u / 100) for i, (p, u) in enumerate(layout)])
+    (gsum,) = _fold(snap).gpus.values()
+    r = gsum.result()
+    simple, weighted, whole_gpu = expected
+    assert round(r.simple * 100, 2) == simple
+    assert round(r.weighted * 100, 2) == weighted
+    assert round(r.whole * 100, 2) == whole_gpu
+
+
+def test_known_values_hold_over_many_samples_in_one_bucket():
+    layout, (simple, weighted, whole_gpu) = KNOWN_VALUES[0]
+    snaps = [mig(at(t), [inst(i, p, u / 100) for i, (p, u) in enumerate(layout)]) for t in (0, 15, 30, 45)]
+    (gsum,) = _fold(*snaps).gpus.values()
+    assert gsum.snapshots == 4 and gsum.seconds == 60
+    assert round(gsum.result().weighted * 100, 2) == weighted
+    assert round(gsum.result().whole * 100, 2) == whole_gpu
+    assert round(gsum.result().simple * 100, 2) == simple
+
+
+def test_a30_four_slices():
+    # A30: 2g at 50 % and 1g at 100 %, one slice unallocated.
+    snap = mig(at(0), [inst(0, "2g.12gb", 0.5), inst(1, "1g.6gb", 1.0)], total=4, model="A30")
+    agg = _fold(snap)
+    r = next(iter(agg.gpus.values())).result()
+    assert r.allocation == pytest.approx(0.75)
+    assert r.whole == pytest.approx((2 * 0.5 + 1 * 1.0) / 4)  # 50 %
+    assert r.weighted == pytest.approx((2 * 0.5 + 1 * 1.0) / 3)  # 66.67 %
+    assert r.simple == pytest.approx(0.75)
+    assert sum(t.alloc_gpu_seconds for t in agg.tenants.values()) == pytest.approx(0.75 * 15)
+
+
+def test_mig_on_without_instances_has_allocation_zero():
+    (gsum,) = _fold(mig(at(0), [])).gpus.values()
+    r = gsum.result()
+    assert r.allocation == 0 and r.whole == 0
+    assert r.weighted is None and r.simple is None
+    assert gsum.seconds == 15 and gsum.mig_seconds == 15
+
+
+def test_whole_gpu_is_weight_one():
+    agg = _fold(whole(at(0), 0.4, ns="team", pod="p"))
+    (gsum,) = agg.gpus.values()
+    assert gsum.result() == (pytest.approx(0.4), pytest.approx(0.4), pytest.approx(0.4), 1.0)
+    assert gsum.mig_seconds == 0
+    (tsum,) = agg.tenants.values()
+    assert tsum.alloc_gpu_seconds == 15 and tsum.busy_gpu_seconds == pytest.approx(6)
+
+
+def test_unknown_utilization_is_left_out_of_weighted_but_counts_as_allocated():
+    agg = _fold(mig(at(0), [inst(0, "1g.10gb", 0.5), inst(1, "3g.40gb", None)]))
+    (gsum,) = agg.gpus.values()
+    assert gsum.alloc_gpu_seconds == pytest.approx(4 / 7 * 15)
+    assert gsum.util_alloc_gpu_seconds == pytest.approx(1 / 7 * 15)
+    assert gsum.result().weighted == pytest.approx(0.5)
+    assert gsum.whole_util_min is None  # not every instance known
+    inst_unknown = next(s for k, s in agg.instances.items() if k.gi_id == 1)
+    assert inst_unknown.util_seconds == 0 and inst_unknown.utilization() is None
+
+
+@pytest.mark.parametrize(
+    ("seconds", "width", "start"),
+    [(0, 60, 0), (59.999, 60, 0), (60, 60, 60), (3599.9, 3600, 0), (86400 * 3 + 5, 86400, 86400 * 3)],
+)
+def test_bucket_start_is_half_open(seconds, width, start):  # type: ignore[no-untyped-def]
+    base = at(0).timestamp()
+    assert bucket_start(base + seconds, width) == base + start
+
+
+def test_sample_lands_wholly_in_the_bucket_of_its_ts():
+    # ts at 00:00:59 with a 15 s interval: all 15 s go to the 00:00 bucket, none to 00:01.
+    agg = _fold(mig(at(59), [inst(0, "7g.40gb", 1.0)]), mig(at(60), [inst(0, "7g.40gb", 1.0)]))
+    assert sorted((k.bucket - at(0).timestamp(), s.seconds) for k, s in agg.gpus.items()) == [(0, 15), (60, 15)]
+
+
+def test_tenant_changes_inside_a_bucket_split_the_instance_rows():
+    agg = _fold(mig(at(0), [inst(0, "1g.10gb", 0.2, "a", "p1")]), mig(at(15), [inst(0, "1g.10gb", 0.2, "b", "p2")]))
+    assert sorted((k.namespace, s.samples) for k in agg.instances for s in [agg.instances[k]]) == [("a", 1), ("b", 1)]
+    assert len(agg.tenants) == 2
+
+
+def _random_sums(rng: random.Random, cls):  # type: ignore[no-untyped-def]
+    agg = Aggregates.empty()
+    for t in range(rng.randint(1, 5)):
+        u = rng.choice([None, rng.random()])
+        fold_snapshot(mig(at(t * 15), [inst(0, "2g.20gb", u, "ns", "p", fb_used=rng.random() * 100)]), agg)
+    pick = {InstanceSums: agg.instances, TenantSums: agg.tenants, GpuSums: agg.gpus}[cls]
+    return next(iter(pick.values()))
+
+
+def _sums_equal(a, b):  # type: ignore[no-untyped-def]
+    for name in a.__slots__:
+        x, y = getattr(a, name), getattr(b, name)
+        if isinstance(x, float):
+            assert x == pytest.approx(y, rel=1e-12, abs=1e-12), name
+        else:
+            assert x == y, name
+
+
+@pytest.mark.parametrize("cls", [InstanceSums, TenantSums, GpuSums])
+def test_merge_is_associative_and_pure(cls):  # type: ignore[no-untyped-def]
+    rng = random.Random(7)
+    for _ in range(50):
+        a, b, c = (_random_sums(rng, cls) for _ in range(3))
+        before = [getattr(a, n) for n in a.__slots__]
+        _sums_equal(a.merge(b).merge(c), a.merge(b.merge(c)))
+        assert [getattr(a, n) for n in a.__slots__] == before  # merge did not touch its inputs
+
+
+def test_batches_merged_equal_one_pass():
+    """Folding in two parts and merging equals folding everything at once (the sink's premise)."""
+    snaps = [mig(at(t), [inst(0, "3g.40gb", (t % 7) / 7, "a", "x"), inst(1, "4g.40gb", None)]) for t in range(0, 600, 15)]
+    one = _fold(*snaps)
+    p1, p2 = _fold(*snaps[:17]), _fold(*snaps[17:])
+    for key, whole_sum in one.gpus.items():
+        parts = [p.gpus[key] for p in (p1, p2) if key in p.gpus]
+        merged = parts[0] if len(parts) == 1 else parts[0].merge(parts[1])
+        _sums_equal(merged, whole_sum)
+
+
+def test_rollup_is_exact_and_keeps_grain_totals():
+    snaps = [mig(at(t), [inst(0, "1g.10gb", 0.5, "a", "x"), inst(1, "2g.20gb", 0.25)]) for t in range(0, 7200, 15)]
+    fine = _fold(*snaps)
+    hourly = rollup(fine, GRAINS["1h"])
+    daily = rollup(hourly, GRAINS["1d"])
+    assert len(hourly.gpus) == 2 and len(daily.gpus) == 1
+    assert {k.bucket for k in hourly.gpus} == {bucket_start(at(0).timestamp(), 3600), bucket_start(at(3600).timestamp(), 3600)}
+    for agg in (hourly, daily):
+        for table in ("instances", "tenants", "gpus"):
+            for field in ("seconds", "alloc_gpu_seconds", "busy_gpu_seconds"):
+                assert sum(getattr(s, field) for s in getattr(agg, table).values()) == pytest.approx(
+                    sum(getattr(s, field) for s in getattr(fine, table).values()))
+    (day,) = daily.gpus.values()
+    assert day.snapshots == len(snaps) and day.instance_samples == 2 * len(snaps)
+    assert GpuKey(bucket_start(at(0).timestamp(), 86400), "GPU-a") in daily.gpus
+
+
+@pytest.mark.parametrize("cls", [InstanceSums, TenantSums, GpuSums])
+def test_every_field_has_exactly_one_merge_role(cls):  # type: ignore[no-untyped-def]
+    roles = cls.ATTRS + cls.SUMS + cls.MINS + cls.MAXS
+    assert sorted(roles) == sorted(cls.__slots__)

@@ -1,0 +1,96 @@
+"""BatchFold: merged / duplicate / dead-letter decisions, the clock rule, partition progress."""
+
+from __future__ import annotations
+
+import pytest
+
+from collector.snapshot import from_json
+from migmeter.errors import BadSnapshot
+from processor.fold import DEAD_LETTER, DUPLICATE, MERGED, BatchFold
+from processor.layout import GpuState
+from tests.processor.build import at, inst, mig
+
+NOW = at(86400).timestamp()  # the processor's clock in these tests: one day after T0
+
+
+def _fold(states=None, stored=None, **kw):  # type: ignore[no-untyped-def]
+    return BatchFold(states or {}, stored or {}, clock=lambda: NOW, **kw)
+
+
+def _add(fold, offset, snap, partition=0):  # type: ignore[no-untyped-def]
+    return fold.add("t", partition, offset, snap.key, snap.to_json(), snap)
+
+
+def test_duplicates_and_late_but_newer():
+    f = _fold()
+    s = [mig(at(t), [inst(0, "1g.10gb", 0.5)]) for t in (0, 15, 30)]
+    assert [_add(f, 0, s[0]), _add(f, 1, s[2]), _add(f, 2, s[2]), _add(f, 3, s[1])] == [MERGED, MERGED, DUPLICATE,
+                                                                                          DUPLICATE]
+    batch = f.finish()
+    assert batch.progress[("t", 0)].snapshots == 2 and batch.progress[("t", 0)].duplicates == 2
+    assert batch.states["GPU-a"].last_ts == at(30)
+
+
+def test_stored_state_makes_old_snapshots_duplicates():
+    stored = GpuState.from_row(at(30), True, {"0": {"profile": "1g.10gb", "slices": 1}})
+    f = _fold({"GPU-a": stored}, {("t", 0): 7})
+    assert _add(f, 7, mig(at(30), [inst(0, "1g.10gb", 0.5)])) == DUPLICATE
+    assert _add(f, 8, mig(at(45), [inst(0, "1g.10gb", 0.5)])) == MERGED
+    p = f.finish().progress[("t", 0)]
+    assert (p.expected, p.next_offset, p.snapshots, p.duplicates) == (7, 9, 1, 1)
+
+
+def test_future_clock_is_dead_lettered_with_reason():
+    f = _fold(max_future_skew_s=300)
+    assert _add(f, 0, mig(at(86400 + 299), [])) == MERGED
+    assert _add(f, 1, mig(at(86400 + 301), [])) == DEAD_LETTER
+    (dl,) = f.finish().dead_letters
+    assert dl.kind == "clock_future" and "ahead of the processor clock" in dl.reason and dl.offset == 1
+
+
+def test_backward_jump_beyond_skew_is_dead_lettered_not_a_duplicate():
+    f = _fold(max_backward_skew_s=3600)
+    _add(f, 0, mig(at(7200), []))
+    assert _add(f, 1, mig(at(7200 - 3600), [])) == DUPLICATE  # exactly at the limit: a duplicate
+    assert _add(f, 2, mig(at(7200 - 3601), [])) == DEAD_LETTER
+    batch = f.finish()
+    assert [d.kind for d in batch.dead_letters] == ["clock_backward"]
+    assert "behind the GPU's last ts" in batch.dead_letters[0].reason
+
+
+def test_bad_record_is_counted_and_kept_with_its_payload():
+    f = _fold()
+    try:
+        from_json(b"{not json")
+    except BadSnapshot as exc:
+        assert f.add("t", 3, 41, b"k", b"{not json", exc) == DEAD_LETTER
+    batch = f.finish()
+    (dl,) = batch.dead_letters
+    assert (dl.topic, dl.partition, dl.offset, dl.key, dl.payload, dl.kind) == ("t", 3, 41, b"k", b"{not json", "decode")
+    assert dl.reason.startswith("not JSON")
+    assert batch.progress[("t", 3)].dead_letters == 1 and batch.progress[("t", 3)].next_offset == 42
+    assert batch.records == 1
+
+
+def test_every_record_is_accounted_for():
+    f = _fold()
+    for off in range(30):
+        snap = mig(at(15 * (off % 10)), [inst(0, "1g.10gb", 0.5)], gpu=f"GPU-{off % 3}")
+        _add(f, off, snap, partition=off % 2)
+    b = f.finish()
+    assert b.records == 30 == len(f)
+    # Per GPU the ts indexes arrive as e.g. 0,3,6,9,2,5,...: only the 4 increasing ones merge.
+    assert sum(p.snapshots for p in b.progress.values()) == 12
+    assert sum(p.duplicates for p in b.progress.values()) == 18
+    assert {tp: p.next_offset for tp, p in b.progress.items()} == {("t", 0): 29, ("t", 1): 30}
+    assert b.instance_samples == sum(p.snapshots for p in b.progress.values())
+
+
+def test_finish_gives_all_three_grains_with_equal_totals():
+    f = _fold()
+    for t in range(0, 7200, 15):
+        _add(f, t, mig(at(t), [inst(0, "3g.40gb", 0.5, "a", "p")]))
+    aggs = f.finish().aggregates
+    assert [len(aggs[g].gpus) for g in ("1m", "1h", "1d")] == [120, 2, 1]
+    totals = {g: sum(s.busy_gpu_seconds for s in a.gpus.values()) for g, a in aggs.items()}
+    assert totals["1m"] == pytest.approx(totals["1h"]) == pytest.approx(totals["1d"]) == pytest.approx(0.5 * 3 / 7 * 7200)
