@@ -38,6 +38,7 @@ import math
 import socket
 from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
+from functools import partial
 from types import ModuleType
 from typing import Any
 
@@ -120,9 +121,10 @@ class NvmlSource:
     ) -> None:
         if nvml is None:
             try:
-                import pynvml as nvml
+                import pynvml  # type: ignore[import-untyped]
             except ImportError as exc:
                 raise SourceUnavailable("the nvml source needs nvidia-ml-py: pip install nvidia-ml-py") from exc
+            nvml = pynvml
         self._nvml: Any = nvml
         self.cluster = cluster
         self.interval_s = float(interval_s)
@@ -137,8 +139,8 @@ class NvmlSource:
         self._warned: set[tuple[str, str]] = set()
         self._closed = False
         try:
-            nvml.nvmlInit()
-        except nvml.NVMLError as exc:
+            self._nvml.nvmlInit()
+        except self._nvml.NVMLError as exc:
             raise SourceUnavailable(
                 f"NVML did not start ({_err_name(exc)}: {exc}); is the NVIDIA driver installed and "
                 "libnvidia-ml.so.1 visible to this process (in a container: the NVIDIA runtime)?"
@@ -269,7 +271,7 @@ class NvmlSource:
             if info.gpm:
                 key = (gpu_uuid, gi_id, slices, mem_mb)
                 live.add(key)
-                ratios = self._gpm(key, lambda s, d=dev, g=gi_id: nvml.nvmlGpmMigSampleGet(d, g, s))
+                ratios = self._gpm(key, partial(nvml.nvmlGpmMigSampleGet, dev, gi_id))
             else:
                 self.stats.skip("utilization:gpm_unsupported")
             instances[gi_id] = Instance(
@@ -290,7 +292,7 @@ class NvmlSource:
         if info.gpm:
             key = (gpu_uuid, FULL_GPU_GI_ID, 0, 0)
             live.add(key)
-            ratios = self._gpm(key, lambda s: nvml.nvmlGpmSampleGet(dev, s))
+            ratios = self._gpm(key, partial(nvml.nvmlGpmSampleGet, dev))
         if ratios.get("gr_engine_active") is None:
             try:
                 ratios["gr_engine_active"] = min(1.0, max(0.0, nvml.nvmlDeviceGetUtilizationRates(dev).gpu / 100.0))
