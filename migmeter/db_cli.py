@@ -50,6 +50,22 @@ def _run_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------- retention
+# Lives in processor/retention.py (it knows the hypertables); imported lazily.
+
+
+def _configure_retention(parser: argparse.ArgumentParser) -> None:
+    from processor.retention import configure_cli
+
+    configure_cli(parser)
+
+
+def _run_retention(args: argparse.Namespace) -> int:
+    from processor.retention import run_cli
+
+    return run_cli(args)
+
+
 # ----------------------------------------------------------------------------- table
 
 _Configure = Callable[[argparse.ArgumentParser], None]
@@ -58,6 +74,8 @@ _Run = Callable[[argparse.Namespace], int]
 # action -> (help, configure, run)
 _ACTIONS: dict[str, tuple[str, _Configure, _Run]] = {
     "migrate": ("apply pending sql/NNN_*.sql migrations in order (idempotent)", _configure_migrate, _run_migrate),
+    "retention": ("drop usage chunks older than each granularity's limit (drop_chunks; idempotent)",
+                  _configure_retention, _run_retention),
 }
 
 

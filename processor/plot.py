@@ -78,11 +78,11 @@ def plot_chargeback(
 def plot_utilization(
     buckets: Sequence[datetime], series: dict[str, Sequence[float | None]], out: Path, title: str
 ) -> Path:
-    """Lines of utilization ratios over time (simple mean, weighted, whole-GPU, allocation), in %."""
+    """Lines of utilization over time (simple mean, weighted, whole-GPU, allocation), values in % (0..100)."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(10, 5))
     for name, values in series.items():
-        ax.plot(list(buckets), [None if v is None else float(v) * 100 for v in values], label=name)
+        ax.plot(list(buckets), [None if v is None else float(v) for v in values], label=name)
     ax.set_ylabel("%")
     ax.set_ylim(0, 105)
     ax.set_title(title)
