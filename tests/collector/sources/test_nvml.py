@@ -275,3 +275,10 @@ def test_close_is_idempotent_and_read_after_close_fails() -> None:
     assert state.shutdowns == 1
     with pytest.raises(SourceUnavailable):
         src.read()
+
+
+def test_device_listing_failure_is_source_unavailable() -> None:
+    src, state = source(a100_whole())
+    state.initialized = False  # the driver went away under a running collector
+    with pytest.raises(SourceUnavailable, match="cannot list GPUs"):
+        src.read()

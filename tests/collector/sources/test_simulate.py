@@ -185,3 +185,16 @@ def test_layout_menus_respect_nvidia_placements(menu, total, slots, allowed) -> 
             cells = set(range(start, start + size[n]))
             assert cells <= set(range(slots)) and not (cells & used), layout
             used |= cells
+
+
+def test_a_tenant_never_survives_a_reconfiguration() -> None:
+    """Layouts change at tenant boundaries: each pod lives on one GPU instance of one layout."""
+    fleet = SimulatedFleet(seed=9, reconfigure_every_s=2 * 3600, interval_s=60)
+    homes: dict[str, set[object]] = defaultdict(set)
+    for r in _days(fleet, 2):
+        for s in r:
+            for i in s.instances:
+                if i.tenant.assigned:
+                    homes[i.tenant.pod].add((s.gpu_uuid, i.gi_id, i.profile, _layout(s)))
+    assert len(homes) > 50
+    assert all(len(h) == 1 for h in homes.values())
