@@ -1,0 +1,366 @@
+"""The exactly-once sink: one folded batch -> one PostgreSQL transaction.
+
+Exactly-once comes from storing the Kafka offsets in the same transaction as the data they
+cover, and advancing them only by compare-and-set. :meth:`Sink.write` runs these steps:
+
+1. Offsets compare-and-set, first (fail fast, and the row locks serialize two processors that
+   both believe they own a partition): ``UPDATE sink_offsets ... WHERE partition = p AND
+   next_offset = <where this batch started>``; a partition without a row is ``INSERT ... ON
+   CONFLICT DO NOTHING``. Any row count other than 1 raises :class:`OffsetConflict`: another
+   processor owns the partition now; the caller rolls back, re-reads offsets and re-seeks.
+   That fences a stalled "zombie" processor.
+2. COPY the 1m/1h/1d usage partials into per-connection TEMP staging tables.
+3. Merge them additively: ``INSERT ... SELECT FROM staging ON CONFLICT (key) DO UPDATE SET
+   x = t.x + EXCLUDED.x`` (LEAST/GREATEST for min/max; attributes take the newer value).
+   The column roles come from ``processor.aggregate`` so memory and SQL merge alike.
+4. Append layout events; close and open instance intervals.
+5. Upsert ``gpus`` and ``gpu_state`` (last ts and layout: what duplicate detection reads).
+6. Record dead letters (the exactly-once record; the topic is only the notification).
+7. COMMIT. If the commit's outcome is unknown (connection lost during COMMIT), the caller
+   re-reads the offsets: they say whether it happened.
+
+Any failure leaves the database as before the batch. Identifiers come only from the fixed
+table specs below, never from input; values are always parameters or COPY data.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from migmeter import settings
+from migmeter.errors import SinkError
+from processor.aggregate import GpuSums, InstanceKey, InstanceSums, TenantKey, TenantSums, GpuKey
+from processor.fold import FoldedBatch
+from processor.layout import GpuState
+
+__all__ = ["Sink", "OffsetConflict", "DatabaseUnavailable", "TableSpec", "USAGE_TABLES", "DEAD_LETTER_PAYLOAD_MAX"]
+
+log = logging.getLogger("migmeter.processor.sink")
+
+# Keep enough of a rejected record to diagnose it, not a 256 KiB blob per row.
+DEAD_LETTER_PAYLOAD_MAX = 4096
+# A stuck lock or a runaway statement must not hang the processor forever; the batch is
+# retried after a timeout like after any other failure.
+STATEMENT_TIMEOUT_MS = 120_000
+
+
+class OffsetConflict(SinkError):
+    """The stored offset of a partition is not where this batch started: another processor owns it."""
+
+
+class DatabaseUnavailable(SinkError):
+    """The database could not be reached or the connection broke; the batch may be retried."""
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    """How one table merges: key columns, then columns by merge role."""
+
+    name: str
+    keys: tuple[str, ...]
+    attrs: tuple[str, ...] = ()
+    sums: tuple[str, ...] = ()
+    mins: tuple[str, ...] = ()
+    maxs: tuple[str, ...] = ()
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        return self.keys + self.attrs + self.sums + self.mins + self.maxs
+
+    @property
+    def stage(self) -> str:
+        return f"_stage_{self.name}"
+
+    def upsert_sql(self) -> sql.Composed:
+        t, ex = sql.Identifier("t"), sql.Identifier("excluded")
+
+        def col(table: sql.Identifier, c: str) -> sql.Composable:
+            return sql.SQL("{}.{}").format(table, sql.Identifier(c))
+
+        sets: list[sql.Composable] = []
+        for c in self.attrs:
+            sets.append(sql.SQL("{} = {}").format(sql.Identifier(c), col(ex, c)))
+        for c in self.sums:
+            sets.append(sql.SQL("{} = {} + {}").format(sql.Identifier(c), col(t, c), col(ex, c)))
+        for c in self.mins:
+            sets.append(sql.SQL("{} = LEAST({}, {})").format(sql.Identifier(c), col(t, c), col(ex, c)))
+        for c in self.maxs:
+            sets.append(sql.SQL("{} = GREATEST({}, {})").format(sql.Identifier(c), col(t, c), col(ex, c)))
+        cols = sql.SQL(", ").join(map(sql.Identifier, self.columns))
+        return sql.SQL("INSERT INTO {table} AS t ({cols}) SELECT {cols} FROM {stage} "
+                       "ON CONFLICT ({keys}) DO UPDATE SET {sets}").format(
+            table=sql.Identifier(self.name), cols=cols, stage=sql.Identifier(self.stage),
+            keys=sql.SQL(", ").join(map(sql.Identifier, self.keys)), sets=sql.SQL(", ").join(sets))
+
+
+def _usage_spec(name: str, key_type: Any, sums_type: Any) -> TableSpec:
+    return TableSpec(name, tuple(key_type._fields), sums_type.ATTRS, sums_type.SUMS, sums_type.MINS, sums_type.MAXS)
+
+
+# (table, which Aggregates dict feeds it) for every grain; order = write order.
+USAGE_TABLES: tuple[tuple[str, TableSpec, str], ...] = tuple(
+    (grain, spec, attr)
+    for grain in ("1m", "1h", "1d")
+    for spec, attr in (
+        (_usage_spec(f"instance_usage_{grain}", InstanceKey, InstanceSums), "instances"),
+        (_usage_spec(f"tenant_usage_{grain}", TenantKey, TenantSums), "tenants"),
+        (_usage_spec(f"gpu_usage_{grain}", GpuKey, GpuSums), "gpus"),
+    )
+)
+_GPUS = TableSpec("gpus", ("gpu_uuid",), ("cluster", "host", "gpu_index", "gpu_model", "total_slices", "mig_enabled"),
+                  mins=("first_seen",), maxs=("last_seen",))
+_GPU_STATE = TableSpec("gpu_state", ("gpu_uuid",),
+                       ("last_ts", "mig_enabled", "layout", "source_partition", "source_offset", "updated_at"))
+_INTERVAL_COLUMNS = ("gpu_uuid", "gi_id", "cluster", "profile", "slices", "total_slices", "namespace", "pod",
+                     "container", "valid_from", "valid_to")
+_EVENT_COLUMNS = ("ts", "gpu_uuid", "cluster", "event", "gi_id", "before", "after", "source_partition",
+                  "source_offset")
+
+_CAS_UPDATE = """
+UPDATE sink_offsets
+   SET next_offset = %(next)s, snapshots = snapshots + %(snapshots)s, duplicates = duplicates + %(duplicates)s,
+       dead_letters = dead_letters + %(dead)s, updated_at = now()
+ WHERE consumer_group = %(group)s AND topic = %(topic)s AND partition = %(partition)s AND next_offset = %(expected)s
+"""
+_CAS_INSERT = """
+INSERT INTO sink_offsets (consumer_group, topic, partition, next_offset, snapshots, duplicates, dead_letters)
+VALUES (%(group)s, %(topic)s, %(partition)s, %(next)s, %(snapshots)s, %(duplicates)s, %(dead)s)
+ON CONFLICT DO NOTHING
+"""
+# Close the open interval of each (gpu, gi): ended by a layout change, or superseded by a
+# newly opened one (defensive: if state and intervals ever disagreed, the unique index on open
+# intervals would otherwise fail every retry of the batch).
+_CLOSE_INTERVALS = """
+UPDATE instance_intervals AS iv SET valid_to = v.ts
+  FROM (SELECT * FROM unnest(%s::text[], %s::int[], %s::timestamptz[])) AS v(gpu_uuid, gi_id, ts)
+ WHERE iv.gpu_uuid = v.gpu_uuid AND iv.gi_id = v.gi_id AND iv.valid_to IS NULL AND iv.valid_from <= v.ts
+"""
+_INSERT_DEAD_LETTER = """
+INSERT INTO dead_letters (topic, partition, "offset", consumer_group, reason, key, payload, payload_bytes)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING
+"""
+
+
+class Sink:
+    """Writes folded batches for one consumer group into one database; owns one connection."""
+
+    def __init__(self, url: str, consumer_group: str, connect_timeout_s: float = 10.0) -> None:
+        self.url = url
+        self.consumer_group = consumer_group
+        self.connect_timeout_s = connect_timeout_s
+        self._conn: psycopg.Connection[Any] | None = None
+        self._ts_cache: dict[int, datetime] = {}
+
+    def __repr__(self) -> str:
+        return f"Sink({settings.redact_url(self.url)!r}, group={self.consumer_group!r})"
+
+    # -- connection ------------------------------------------------------------------------
+
+    def _connection(self) -> psycopg.Connection[Any]:
+        if self._conn is not None and not self._conn.closed:
+            return self._conn
+        self._conn = None
+        try:
+            conn = psycopg.connect(self.url, connect_timeout=max(1, int(self.connect_timeout_s)),
+                                   application_name="migmeter-process")
+            with conn.transaction():
+                conn.execute(sql.SQL("SET statement_timeout = {}").format(sql.Literal(STATEMENT_TIMEOUT_MS)))
+                for spec in _staged_specs():
+                    conn.execute(sql.SQL("CREATE TEMP TABLE IF NOT EXISTS {} (LIKE {} INCLUDING DEFAULTS) "
+                                         "ON COMMIT DELETE ROWS").format(sql.Identifier(spec.stage),
+                                                                         sql.Identifier(spec.name)))
+        except psycopg.OperationalError as exc:
+            raise DatabaseUnavailable(f"cannot connect to {settings.redact_url(self.url)}: {_first_line(exc)}") from None
+        except psycopg.Error as exc:
+            raise SinkError(f"preparing the connection failed: {_first_line(exc)}") from None
+        log.info("connected to %s", settings.redact_url(self.url))
+        self._conn = conn
+        return conn
+
+    def close(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            finally:
+                self._conn = None
+
+    def _discard(self) -> None:
+        """Drop a connection in an unknown state; the next call reconnects."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                conn.close()
+            except psycopg.Error:
+                pass
+
+    # -- reads -----------------------------------------------------------------------------
+
+    def read_offsets(self, topic: str, partitions: Iterable[int]) -> dict[int, int | None]:
+        """Stored next offset per partition (None = this group never committed it)."""
+        parts = sorted(set(partitions))
+        rows = self._read(
+            "SELECT partition, next_offset FROM sink_offsets WHERE consumer_group = %s AND topic = %s "
+            "AND partition = ANY(%s)", (self.consumer_group, topic, parts))
+        stored: dict[int, int | None] = dict.fromkeys(parts)
+        stored.update({int(p): int(o) for p, o in rows})
+        return stored
+
+    def load_states(self, gpu_uuids: Iterable[str]) -> dict[str, GpuState]:
+        """Stored state of these GPUs; GPUs never seen are absent from the result."""
+        uuids = list(gpu_uuids)
+        if not uuids:
+            return {}
+        rows = self._read("SELECT gpu_uuid, last_ts, mig_enabled, layout, source_partition, source_offset "
+                          "FROM gpu_state WHERE gpu_uuid = ANY(%s)", (uuids,))
+        return {r[0]: GpuState.from_row(r[1], r[2], r[3], r[4], r[5]) for r in rows}
+
+    def _read(self, query: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+        conn = self._connection()
+        try:
+            with conn.transaction():
+                return conn.execute(query, params).fetchall()
+        except psycopg.OperationalError as exc:
+            self._discard()
+            raise DatabaseUnavailable(f"reading failed: {_first_line(exc)}") from None
+        except psycopg.Error as exc:
+            self._discard()
+            raise SinkError(f"reading failed: {_first_line(exc)}") from None
+
+    # -- the batch transaction -------------------------------------------------------------
+
+    def write(self, batch: FoldedBatch) -> dict[str, int]:
+        """Write ``batch`` in one transaction; returns rows merged per table.
+
+        Raises OffsetConflict (nothing written; re-read offsets and re-seek), DatabaseUnavailable
+        (nothing written, or the commit outcome is unknown: re-read offsets before going on)
+        or SinkError (the database refused the batch).
+        """
+        conn = self._connection()
+        rows: dict[str, int] = {}
+        try:
+            with conn.transaction():
+                with conn.cursor() as cur:
+                    # Step 1: offsets compare-and-set.
+                    self._advance_offsets(cur, batch)
+                    # Steps 2-3: COPY partials into staging, merge additively.
+                    for grain, spec, attr in USAGE_TABLES:
+                        parts = getattr(batch.aggregates[grain], attr)
+                        if parts:
+                            rows[spec.name] = self._merge(cur, spec, _usage_rows(parts, spec, self._bucket_ts))
+                    # Step 4: layout events and intervals.
+                    if batch.events:
+                        self._copy(cur, "layout_events", _EVENT_COLUMNS, (
+                            (e.ts, e.gpu_uuid, e.cluster, e.event, e.gi_id, _json(e.before), _json(e.after),
+                             e.source_partition, e.source_offset) for e in batch.events))
+                        rows["layout_events"] = len(batch.events)
+                    if batch.intervals:
+                        rows["instance_intervals"] = self._write_intervals(cur, batch)
+                    # Step 5: GPUs and their state.
+                    if batch.gpus:
+                        rows["gpus"] = self._merge(cur, _GPUS, (
+                            (u, g.cluster, g.host, g.gpu_index, g.gpu_model, g.total_slices, g.mig_enabled,
+                             g.first_seen, g.last_seen) for u, g in batch.gpus.items()))
+                    if batch.states:
+                        rows["gpu_state"] = self._merge(cur, _GPU_STATE, (
+                            (u, s.last_ts, s.mig_enabled, json.dumps(s.layout_json()), s.source_partition,
+                             s.source_offset, _now()) for u, s in batch.states.items()))
+                    # Step 6: dead letters, exactly once.
+                    if batch.dead_letters:
+                        cur.executemany(_INSERT_DEAD_LETTER, [
+                            (d.topic, d.partition, d.offset, self.consumer_group, d.reason[:1000], d.key,
+                             d.payload[:DEAD_LETTER_PAYLOAD_MAX], len(d.payload)) for d in batch.dead_letters])
+                        rows["dead_letters"] = len(batch.dead_letters)
+            # Step 7: the commit happened when the transaction block exited without error.
+        except OffsetConflict:
+            raise
+        except psycopg.OperationalError as exc:
+            self._discard()
+            raise DatabaseUnavailable(f"batch not written (or commit outcome unknown): {_first_line(exc)}") from None
+        except psycopg.Error as exc:
+            self._discard()
+            raise SinkError(f"database refused the batch: {_first_line(exc)}") from None
+        return rows
+
+    def _advance_offsets(self, cur: psycopg.Cursor[Any], batch: FoldedBatch) -> None:
+        for (topic, partition), p in sorted(batch.progress.items()):
+            params = {"group": self.consumer_group, "topic": topic, "partition": partition, "next": p.next_offset,
+                      "expected": p.expected, "snapshots": p.snapshots, "duplicates": p.duplicates,
+                      "dead": p.dead_letters}
+            cur.execute(_CAS_UPDATE if p.expected is not None else _CAS_INSERT, params)
+            if cur.rowcount != 1:
+                raise OffsetConflict(
+                    f"{topic}[{partition}]: stored offset is no longer "
+                    f"{'absent' if p.expected is None else p.expected}; another processor owns the partition")
+
+    def _merge(self, cur: psycopg.Cursor[Any], spec: TableSpec, rows: Iterable[Sequence[Any]]) -> int:
+        n = self._copy(cur, spec.stage, spec.columns, rows)
+        cur.execute(spec.upsert_sql())
+        return n
+
+    @staticmethod
+    def _copy(cur: psycopg.Cursor[Any], table: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> int:
+        n = 0
+        stmt = sql.SQL("COPY {} ({}) FROM STDIN").format(sql.Identifier(table),
+                                                         sql.SQL(", ").join(map(sql.Identifier, columns)))
+        with cur.copy(stmt) as copy:
+            for row in rows:
+                copy.write_row(row)
+                n += 1
+        return n
+
+    def _write_intervals(self, cur: psycopg.Cursor[Any], batch: FoldedBatch) -> int:
+        book = batch.intervals
+        closes = dict(book.closes)
+        for iv in book.opened:
+            closes.setdefault((iv.gpu_uuid, iv.gi_id), iv.valid_from)
+        if closes:
+            keys = list(closes)
+            cur.execute(_CLOSE_INTERVALS, ([k[0] for k in keys], [k[1] for k in keys], list(closes.values())))
+        n = cur.rowcount if closes else 0
+        if book.opened:
+            n += self._copy(cur, "instance_intervals", _INTERVAL_COLUMNS, (
+                (iv.gpu_uuid, iv.gi_id, iv.cluster, iv.profile, iv.slices, iv.total_slices, iv.namespace, iv.pod,
+                 iv.container, iv.valid_from, iv.valid_to) for iv in book.opened))
+        return n
+
+    def _bucket_ts(self, epoch_s: int) -> datetime:
+        ts = self._ts_cache.get(epoch_s)
+        if ts is None:
+            if len(self._ts_cache) > 100_000:  # a long-running process sees ever new buckets
+                self._ts_cache.clear()
+            ts = self._ts_cache[epoch_s] = datetime.fromtimestamp(epoch_s, tz=timezone.utc)
+        return ts
+
+
+def _staged_specs() -> Iterator[TableSpec]:
+    for _, spec, _ in USAGE_TABLES:
+        yield spec
+    yield _GPUS
+    yield _GPU_STATE
+
+
+def _usage_rows(parts: dict[Any, Any], spec: TableSpec, bucket_ts: Any) -> Iterator[tuple[Any, ...]]:
+    value_cols = spec.columns[len(spec.keys):]
+    for key, sums in parts.items():
+        yield (bucket_ts(key[0]), *key[1:], *(getattr(sums, c) for c in value_cols))
+
+
+def _json(obj: dict[str, Any] | None) -> str | None:
+    return None if obj is None else json.dumps(obj, separators=(",", ":"))
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else exc.__class__.__name__
