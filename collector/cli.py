@@ -1,0 +1,433 @@
+"""``migmeter collect``: read GPUs from one source and publish snapshots to Kafka (or stdout).
+
+Only argument parsing and wiring live here; the loop is :func:`collector.run.run_loop`,
+publishing is :mod:`collector.publish`. Sources are imported when chosen, so a source whose
+module (or optional dependency) is missing only breaks that source.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import re
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from collector.metrics import DEFAULT_METRICS_ADDR, DEFAULT_METRICS_PORT, CollectorMetrics, serve
+from collector.publish import (
+    DEFAULT_FLUSH_TIMEOUT_S,
+    ENV_SASL_MECHANISM,
+    ENV_SASL_PASSWORD,
+    ENV_SASL_PASSWORD_FILE,
+    ENV_SASL_USERNAME,
+    ENV_SECURITY_PROTOCOL,
+    ENV_SSL_CAFILE,
+    KafkaPublisher,
+    Publisher,
+    StdoutPublisher,
+    describe_security,
+    kafka_security,
+)
+from collector.run import DEFAULT_LOG_EVERY_S, RunSummary, run_loop
+from collector.sources.base import Source
+from collector.spool import DEFAULT_MAX_BYTES, FULL_POLICIES, Spool
+from migmeter import settings
+from migmeter.errors import ConfigError
+
+__all__ = ["configure", "run", "ENV_CLUSTER", "ENV_SPOOL_DIR", "SOURCES", "parse_time", "default_spool_dir"]
+
+log = logging.getLogger("migmeter.collector")
+
+ENV_CLUSTER = "MIGMETER_CLUSTER"
+ENV_SPOOL_DIR = "MIGMETER_SPOOL_DIR"
+SOURCES = ("dcgm", "nvml", "prometheus", "simulate")
+# dcgm-exporter refreshes its fields every 30 s by default and Prometheus commonly scrapes
+# every 15-30 s; 15 s matches a typical scrape so the warehouse sees what Prometheus sees.
+DEFAULT_INTERVAL_S = 15.0
+_RELATIVE_TIME = re.compile(r"^now(?:-(\d+(?:\.\d+)?)([smhd]))?$")
+_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.description = (
+        "Read GPUs from one source every --interval seconds and publish one snapshot per GPU\n"
+        "to Kafka (key = GPU UUID). When Kafka is down, snapshots wait in an on-disk spool and\n"
+        "are sent in order when it is back. Serves its own /metrics (health, and the MIG\n"
+        "weights migmeter_instance_slices / migmeter_gpu_total_slices for PromQL)."
+    )
+    parser.epilog = (
+        "examples:\n"
+        "  migmeter collect --source simulate --once --stdout\n"
+        "  migmeter collect --source dcgm --url http://gpu-node-1:9400/metrics --cluster prod\n"
+        "  migmeter collect --source prometheus --url http://prometheus:9090 --start now-7d --step 60\n"
+        "exit codes: 0 ok, 1 failed (nothing could be read, or snapshots were lost without a\n"
+        "spool), 2 usage or configuration error."
+    )
+    g = parser.add_argument_group("source")
+    g.add_argument("--source", required=True, choices=SOURCES, help="where GPU data comes from (required)")
+    g.add_argument(
+        "--url", action="append", default=[], metavar="URL",
+        help="dcgm: an exporter endpoint (http(s)://HOST:9400/metrics or file:PATH of a saved scrape), "
+        "repeatable; prometheus: the server's base URL (exactly one)",
+    )
+    g.add_argument(
+        "--cluster", default=os.environ.get(ENV_CLUSTER) or "default",
+        help=f"site name written into every snapshot (env {ENV_CLUSTER}; default 'default')",
+    )
+    g.add_argument(
+        "--interval", type=_positive_float, default=DEFAULT_INTERVAL_S, metavar="S",
+        help=f"seconds between rounds, and the interval each snapshot stands for (default {DEFAULT_INTERVAL_S:g})",
+    )
+    g.add_argument(
+        "--total-slices", action="append", default=[], metavar="MODEL=N",
+        help="compute slices of a GPU model the built-in table lacks (MODEL matches as a substring "
+        "of the model name, N in 1..8), repeatable; e.g. --total-slices 'RTX PRO 6000=4'",
+    )
+    g.add_argument(
+        "--scrape-timeout", type=_positive_float, default=None, metavar="S",
+        help="HTTP timeout of one dcgm endpoint (default 5) or one Prometheus query (default 30)",
+    )
+
+    g = parser.add_argument_group("run")
+    g.add_argument("--once", action="store_true", help="run one round, then exit (no /metrics server)")
+    g.add_argument("--rounds", type=_positive_int, default=None, metavar="N", help="run N rounds, then exit")
+    g.add_argument(
+        "--log-every", type=_positive_float, default=DEFAULT_LOG_EVERY_S, metavar="S",
+        help=f"seconds between progress lines on stderr (default {DEFAULT_LOG_EVERY_S:g}); a summary is logged at exit",
+    )
+
+    g = parser.add_argument_group("publishing")
+    g.add_argument(
+        "--stdout", action="store_true",
+        help="print snapshots as JSON lines (the wire format) on stdout instead of publishing to Kafka",
+    )
+    g.add_argument(
+        "--bootstrap", default=None, metavar="HOST:PORT[,...]",
+        help=f"Kafka bootstrap servers (env {settings.ENV_KAFKA_BOOTSTRAP}; default {settings.DEFAULT_KAFKA_BOOTSTRAP})",
+    )
+    g.add_argument("--topic", default=settings.SNAPSHOT_TOPIC, help=f"Kafka topic (default {settings.SNAPSHOT_TOPIC})")
+    g.add_argument(
+        "--flush-timeout", type=_positive_float, default=DEFAULT_FLUSH_TIMEOUT_S, metavar="S",
+        help="seconds a round waits for Kafka acknowledgements before spooling its snapshots "
+        f"(default {DEFAULT_FLUSH_TIMEOUT_S:g})",
+    )
+
+    g = parser.add_argument_group("Kafka security (TLS/SASL; credentials only from the environment or a file)")
+    g.add_argument(
+        "--security-protocol", choices=("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"), default=None,
+        help=f"(env {ENV_SECURITY_PROTOCOL}; default PLAINTEXT)",
+    )
+    g.add_argument(
+        "--sasl-mechanism", default=None, metavar="NAME",
+        help=f"PLAIN, SCRAM-SHA-256, SCRAM-SHA-512, ... (env {ENV_SASL_MECHANISM}); user and password from "
+        f"env {ENV_SASL_USERNAME} and {ENV_SASL_PASSWORD}",
+    )
+    g.add_argument(
+        "--sasl-password-file", default=None, metavar="PATH",
+        help=f"read the SASL password from this file instead (env {ENV_SASL_PASSWORD_FILE})",
+    )
+    g.add_argument("--ssl-cafile", default=None, metavar="PATH", help=f"CA bundle for TLS (env {ENV_SSL_CAFILE})")
+    g.add_argument("--ssl-certfile", default=None, metavar="PATH", help="client certificate for mutual TLS")
+    g.add_argument("--ssl-keyfile", default=None, metavar="PATH", help="client key for mutual TLS")
+
+    g = parser.add_argument_group("spool (snapshots Kafka could not take yet)")
+    g.add_argument(
+        "--spool-dir", default=None, metavar="DIR",
+        help=f"on-disk spool folder, one per collector (env {ENV_SPOOL_DIR}; default "
+        "$XDG_STATE_HOME/migmeter/spool-CLUSTER, i.e. ~/.local/state/migmeter/spool-CLUSTER)",
+    )
+    g.add_argument("--no-spool", action="store_true", help="no spool: snapshots Kafka cannot take are dropped and counted")
+    g.add_argument(
+        "--spool-max-mb", type=_positive_float, default=DEFAULT_MAX_BYTES / 2**20, metavar="MB",
+        help=f"bound on the spool's contents in MiB (default {DEFAULT_MAX_BYTES // 2**20})",
+    )
+    g.add_argument(
+        "--spool-full", choices=FULL_POLICIES, default="block",
+        help="when the spool is full: 'block' stops reading GPUs until Kafka takes some (default), "
+        "'drop-oldest' discards the oldest snapshots (counted and logged)",
+    )
+
+    g = parser.add_argument_group("/metrics")
+    g.add_argument(
+        "--metrics-addr", default=DEFAULT_METRICS_ADDR,
+        help=f"address to serve /metrics on (default {DEFAULT_METRICS_ADDR}; 0.0.0.0 for remote Prometheus)",
+    )
+    g.add_argument(
+        "--metrics-port", type=_port, default=DEFAULT_METRICS_PORT,
+        help=f"port to serve /metrics on (default {DEFAULT_METRICS_PORT}, next to dcgm-exporter's 9400; 0 disables)",
+    )
+
+    g = parser.add_argument_group("prometheus source (backfill from a Prometheus that scrapes dcgm-exporter)")
+    g.add_argument(
+        "--start", default=None, metavar="TIME",
+        help="prometheus: first step (required); simulate: simulated start (default 2025-01-06T00:00Z). "
+        "ISO-8601 UTC, 'now' or 'now-6h' (s, m, h, d)",
+    )
+    g.add_argument("--end", default="now", metavar="TIME", help="prometheus: last step (default now)")
+    g.add_argument(
+        "--step", type=_positive_float, default=None, metavar="S",
+        help="prometheus: seconds between evaluation steps (default --interval)",
+    )
+
+    g = parser.add_argument_group("simulate source (a deterministic fleet, no GPU needed)")
+    g.add_argument("--seed", type=int, default=1, help="fleet seed: same seed, same fleet and readings (default 1)")
+    g.add_argument("--hosts", type=_positive_int, default=2, help="simulated hosts (default 2)")
+    g.add_argument("--gpus-per-host", type=_positive_int, default=4, help="GPUs per simulated host (default 4)")
+    g.add_argument(
+        "--models", default=None, metavar="M1,M2",
+        help="comma-separated GPU models, assigned round-robin (default A100-SXM4-80GB,H100-80GB-HBM3,A30)",
+    )
+    g.add_argument(
+        "--speed", type=_non_negative_float, default=1.0,
+        help="simulated seconds per wall second: rounds come every interval/speed (default 1; 0 = no waiting)",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    _quiet_kafka_client_logs()
+    overrides = _total_slices(args.total_slices)
+    source, pace = _make_source(args, overrides)
+    stop = threading.Event()
+    metrics = CollectorMetrics()
+    try:
+        publisher = _make_publisher(args, stop, metrics)
+    except BaseException:
+        source.close()
+        raise
+    max_rounds = 1 if args.once else args.rounds
+    stop_server = None if args.once else serve(metrics, args.metrics_port, args.metrics_addr)
+    if stop_server is not None:
+        log.info("serving /metrics on http://%s:%d/metrics", args.metrics_addr, args.metrics_port)
+    try:
+        with _stop_on_signals(stop):
+            summary = run_loop(
+                source, publisher,
+                interval_s=args.step if args.source == "prometheus" and args.step else args.interval,
+                speed=pace, max_rounds=max_rounds, metrics=metrics, stop=stop,
+                flush_timeout_s=args.flush_timeout, log_every_s=args.log_every,
+            )
+    finally:
+        if stop_server is not None:
+            stop_server()
+    return _exit_code(summary, spooled=getattr(publisher, "spool", None) is not None)
+
+
+# ---------------------------------------------------------------------------- wiring
+
+
+def _make_source(args: argparse.Namespace, overrides: dict[str, int] | None) -> tuple[Source, float]:
+    """The chosen source and the loop's speed (0 = do not wait between rounds)."""
+    name = args.source
+    if args.start is not None and name not in ("prometheus", "simulate"):
+        raise ConfigError("--start applies to the prometheus and simulate sources only")
+    module = _import_source(name)
+    common: dict[str, Any] = {"cluster": args.cluster, "total_slices_overrides": overrides}
+    if name == "dcgm":
+        if not args.url:
+            raise ConfigError("--source dcgm needs at least one --url (http(s)://HOST:9400/metrics or file:PATH)")
+        kw: dict[str, Any] = {"timeout_s": args.scrape_timeout} if args.scrape_timeout else {}
+        return module.DcgmSource(args.url, interval_s=args.interval, **common, **kw), 1.0
+    if name == "nvml":
+        if args.url:
+            raise ConfigError("--source nvml reads the local GPUs; it takes no --url")
+        return module.NvmlSource(interval_s=args.interval, **common), 1.0
+    if name == "prometheus":
+        if len(args.url) != 1:
+            raise ConfigError("--source prometheus needs exactly one --url (the server's base URL)")
+        if args.start is None:
+            raise ConfigError("--source prometheus needs --start (e.g. --start now-1d)")
+        kw = {"timeout_s": args.scrape_timeout} if args.scrape_timeout else {}
+        source = module.PrometheusSource(
+            args.url[0], start=parse_time(args.start, "--start"), end=parse_time(args.end, "--end"),
+            step_s=args.step or args.interval, **common, **kw,
+        )
+        return source, 0.0  # a backfill of the past: read chunk after chunk without waiting
+    if args.url:
+        raise ConfigError("--source simulate takes no --url")
+    kw = {"start": parse_time(args.start, "--start")} if args.start is not None else {}
+    if args.models:
+        kw["models"] = tuple(m.strip() for m in args.models.split(",") if m.strip())
+    return module.SimulatedFleet(
+        seed=args.seed, hosts=args.hosts, gpus_per_host=args.gpus_per_host, cluster=args.cluster,
+        interval_s=args.interval, **kw,
+    ), args.speed
+
+
+def _import_source(name: str) -> Any:
+    module_name = f"collector.sources.{name}"
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        missing = exc.name or "?"
+        raise ConfigError(f"the {name} source is not available: module {missing} is not installed") from None
+
+
+def _make_publisher(args: argparse.Namespace, stop: threading.Event, metrics: CollectorMetrics) -> Publisher:
+    if args.stdout:
+        return StdoutPublisher()
+    security = kafka_security(
+        security_protocol=args.security_protocol, sasl_mechanism=args.sasl_mechanism,
+        ssl_cafile=args.ssl_cafile, ssl_certfile=args.ssl_certfile, ssl_keyfile=args.ssl_keyfile,
+        sasl_password_file=args.sasl_password_file,
+    )
+    spool = None
+    if not args.no_spool:
+        directory = Path(args.spool_dir or os.environ.get(ENV_SPOOL_DIR) or default_spool_dir(args.cluster))
+        spool = Spool(directory, max_bytes=int(args.spool_max_mb * 2**20), full_policy=args.spool_full)
+    bootstrap = settings.kafka_bootstrap(args.bootstrap)
+    log.info(
+        "publishing to Kafka %s topic %s%s; spool %s",
+        bootstrap, args.topic, f" security {describe_security(security)}" if security else "",
+        spool.directory if spool is not None else "off",
+    )
+    try:
+        return KafkaPublisher(
+            bootstrap, args.topic, spool=spool, security=security, stop=stop, on_latency=metrics.observe_latency
+        )
+    except BaseException:
+        if spool is not None:
+            spool.close()
+        raise
+
+
+def default_spool_dir(cluster: str) -> Path:
+    """$XDG_STATE_HOME/migmeter/spool-CLUSTER: per-user state that survives reboots (not /tmp)."""
+    base = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", cluster) or "default"
+    return base / "migmeter" / f"spool-{safe}"
+
+
+def _exit_code(summary: RunSummary, *, spooled: bool) -> int:
+    if summary.snapshots_read == 0 and summary.scrape_errors > 0:
+        log.error("the source could not be read (%d failed rounds)", summary.scrape_errors)
+        return 1
+    if summary.publish.dropped and not spooled:
+        log.error("%d snapshots could not be delivered and there is no spool to keep them", summary.publish.dropped)
+        return 1
+    return 0
+
+
+class _OncePerMinute(logging.Filter):
+    """Lets each kafka-python message template through once a minute.
+
+    During a broker outage kafka-python logs every reconnect attempt at ERROR; our own
+    warning already says the broker is down and that snapshots are spooled. Auth or TLS
+    errors still get through (once a minute), so they are not hidden.
+    """
+
+    def __init__(self, every_s: float = 60.0) -> None:
+        super().__init__()
+        self._every_s = every_s
+        self._last: dict[tuple[str, object], float] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.startswith("kafka"):
+            return True
+        key = (record.name, record.msg)
+        now = record.created
+        if now - self._last.get(key, float("-inf")) < self._every_s:
+            return False
+        self._last[key] = now
+        return True
+
+
+def _quiet_kafka_client_logs() -> None:
+    kafka_log = logging.getLogger("kafka")
+    if kafka_log.getEffectiveLevel() < logging.WARNING and not log.isEnabledFor(logging.DEBUG):
+        kafka_log.setLevel(logging.WARNING)  # its INFO lines (connects, closes) are noise here
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, _OncePerMinute) for f in handler.filters):
+            handler.addFilter(_OncePerMinute())
+
+
+@contextmanager
+def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
+    """SIGTERM/SIGINT set ``stop`` (the loop flushes and exits); a second SIGINT interrupts."""
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        if stop.is_set() and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        log.info("received %s: finishing the round, flushing, then exiting", signal.Signals(signum).name)
+        stop.set()
+
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signals can only be handled on the main thread; an embedding caller sets stop itself
+        return
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+# ---------------------------------------------------------------------------- parsing
+
+
+def parse_time(value: str, flag: str = "time") -> datetime:
+    """ISO-8601 (a naive time is taken as UTC), 'now', or 'now-<N><s|m|h|d>'."""
+    text = value.strip()
+    m = _RELATIVE_TIME.match(text)
+    if m:
+        now = datetime.now(timezone.utc)
+        return now if m.group(1) is None else now - timedelta(seconds=float(m.group(1)) * _UNIT_S[m.group(2)])
+    try:
+        ts = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise ConfigError(f"{flag} {value!r} is not ISO-8601, 'now' or 'now-6h'") from None
+    return ts.replace(tzinfo=timezone.utc) if ts.tzinfo is None else ts.astimezone(timezone.utc)
+
+
+def _total_slices(pairs: list[str]) -> dict[str, int] | None:
+    out: dict[str, int] = {}
+    for pair in pairs:
+        model, sep, n = pair.rpartition("=")
+        if not sep or not model.strip() or not n.strip().isdigit() or not 1 <= int(n) <= 8:
+            raise ConfigError(f"--total-slices {pair!r}: expected MODEL=N with N in 1..8")
+        out[model.strip()] = int(n)
+    return out or None
+
+
+def _positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not v > 0 or v != v or v == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} must be a positive number")
+    return v
+
+
+def _non_negative_float(text: str) -> float:
+    if text.strip() in ("0", "0.0"):
+        return 0.0
+    return _positive_float(text)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
+    return v
+
+
+def _port(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 0 <= v <= 65535:
+        raise argparse.ArgumentTypeError(f"port {v} outside 0..65535")
+    return v
