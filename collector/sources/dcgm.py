@@ -315,7 +315,9 @@ def snapshots_from_samples(
 
 def _is_bad_line_ours(line: str) -> bool:
     """Whether an unparseable line is one of the fields we read (then its value is what's bad)."""
-    name = line.split("{", 1)[0].split(None, 1)[0] if line.strip() else ""
+    # A line may start with "{" or spaces before it ("{", " {x}"): no name at all.
+    head = line.split("{", 1)[0].split(None, 1)
+    name = head[0] if head else ""
     return name in METRIC_FIELDS or name == MIG_MODE_METRIC
 
 
