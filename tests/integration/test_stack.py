@@ -20,6 +20,7 @@ import pytest
 from kafka import KafkaConsumer, KafkaProducer
 
 from migmeter import settings, stack
+from migmeter.errors import StackError
 
 pytestmark = pytest.mark.integration
 
@@ -212,3 +213,23 @@ def test_kafka_version_is_pinned_consistently() -> None:
     assert f"<log4j.version>{stack.KAFKA_LOG4J_VERSION}</log4j.version>" in pom
     compose = (settings.PROJECT_ROOT / "compose" / "docker-compose.yml").read_text()
     assert f"apache/kafka:{stack.KAFKA_VERSION}" in compose
+
+
+def test_missing_maven_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "java").symlink_to(shutil.which("java") or "/bin/false")
+    monkeypatch.setenv("PATH", str(bin_dir))
+    node = stack.KafkaNode(tmp_path / "jars", tmp_path / "home", port=_free_port(), controller_port=_free_port())
+    with pytest.raises(StackError, match=r"'mvn' is required.*apt-get install -y maven"):
+        node.ensure_installed()
+
+
+def test_port_taken_by_a_stranger_is_refused(tmp_path: Path) -> None:
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        port = squatter.getsockname()[1]
+        node = stack.KafkaNode(tmp_path / "jars", tmp_path / "home", port=port, controller_port=_free_port())
+        with pytest.raises(StackError, match=f"port {port}"):
+            node.start()
