@@ -1,0 +1,136 @@
+"""``migmeter process``: consume snapshots and keep the warehouse exact.
+
+Only argument parsing and wiring live here; the loop is :class:`processor.consumer.Processor`.
+Run several in one ``--group`` to share the partitions. SIGTERM/SIGINT commit the in-flight
+batch and exit 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import threading
+from types import FrameType
+
+from collector.publish import describe_security, kafka_security
+from migmeter import settings
+from migmeter.errors import ConfigError
+from processor.consumer import DEFAULT_BATCH_MS, DEFAULT_BATCH_RECORDS, DEFAULT_GROUP, Processor, ProcessorConfig
+from processor.fold import DEFAULT_MAX_BACKWARD_SKEW_S, DEFAULT_MAX_FUTURE_SKEW_S
+from processor.metrics import DEFAULT_METRICS_ADDR, DEFAULT_METRICS_PORT, ProcessorMetrics, serve
+
+__all__ = ["configure", "run"]
+
+log = logging.getLogger("migmeter.processor")
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = (
+        "examples:\n"
+        "  migmeter process                                  # local stack, default topic and group\n"
+        "  migmeter process --group site-a --metrics-port 9402\n"
+        "exactly-once: offsets live in the database (table sink_offsets) and advance in the same\n"
+        "transaction as the data; Kafka's committed offsets are only a convenience.\n"
+        f"Kafka TLS/SASL settings come from the environment as for 'migmeter collect'; the database\n"
+        f"URL from --database-url or ${settings.ENV_DATABASE_URL}."
+    )
+    parser.add_argument("--bootstrap", help=f"Kafka bootstrap servers (default ${settings.ENV_KAFKA_BOOTSTRAP} "
+                                            f"or {settings.DEFAULT_KAFKA_BOOTSTRAP})")
+    parser.add_argument("--database-url", help=f"PostgreSQL URL (default ${settings.ENV_DATABASE_URL} or the "
+                                               "local stack's); prefer the environment: flags show in ps")
+    parser.add_argument("--topic", default=settings.SNAPSHOT_TOPIC, help="snapshot topic (default %(default)s)")
+    parser.add_argument("--dead-letter-topic", default=settings.DEAD_LETTER_TOPIC,
+                        help="where rejected records are announced (default %(default)s)")
+    parser.add_argument("--group", default=DEFAULT_GROUP, help="consumer group (default %(default)s); "
+                        "processors in one group share partitions, offsets are stored per group")
+    parser.add_argument("--batch-records", type=_positive_int, default=DEFAULT_BATCH_RECORDS,
+                        help="commit a batch at this many records (default %(default)s)")
+    parser.add_argument("--batch-ms", type=_positive_int, default=DEFAULT_BATCH_MS,
+                        help="... or this long after its first record (default %(default)s)")
+    parser.add_argument("--max-future-skew", type=_positive_float, default=DEFAULT_MAX_FUTURE_SKEW_S,
+                        metavar="SECONDS", help="dead-letter snapshots whose ts is further ahead of this "
+                        "processor's clock (default %(default)g)")
+    parser.add_argument("--max-backward-skew", type=_positive_float, default=DEFAULT_MAX_BACKWARD_SKEW_S,
+                        metavar="SECONDS", help="dead-letter snapshots further behind their GPU's last ts "
+                        "(default %(default)g); closer ones are duplicates")
+    parser.add_argument("--retry-max", type=_positive_float, default=30.0, metavar="SECONDS",
+                        help="cap of the exponential backoff while the database is down (default %(default)g)")
+    parser.add_argument("--summary-every", type=float, default=30.0, metavar="SECONDS",
+                        help="INFO summary line interval, 0 = only at exit (default %(default)g)")
+    parser.add_argument("--stop-when-idle", type=float, default=0.0, metavar="SECONDS",
+                        help="exit 0 once caught up and nothing new arrived for this long "
+                             "(backfills, benchmarks; default 0 = run until signalled)")
+    parser.add_argument("--metrics-addr", default=DEFAULT_METRICS_ADDR, help="/metrics address (default %(default)s)")
+    parser.add_argument("--metrics-port", type=int, default=DEFAULT_METRICS_PORT,
+                        help="/metrics port (default %(default)s; 0 disables)")
+
+
+def run(args: argparse.Namespace) -> int:
+    if not 0 <= args.metrics_port <= 65535:
+        raise ConfigError(f"--metrics-port {args.metrics_port} is not a port number")
+    security = kafka_security()
+    config = ProcessorConfig(
+        bootstrap=settings.kafka_bootstrap(args.bootstrap),
+        database_url=settings.database_url(args.database_url),
+        topic=args.topic,
+        dead_letter_topic=args.dead_letter_topic,
+        group=args.group,
+        batch_records=args.batch_records,
+        batch_ms=args.batch_ms,
+        max_future_skew_s=args.max_future_skew,
+        max_backward_skew_s=args.max_backward_skew,
+        retry_max_s=args.retry_max,
+        summary_every_s=args.summary_every,
+        stop_when_idle_s=args.stop_when_idle,
+        kafka_options=tuple(sorted(security.items())),
+    )
+    if security:
+        log.info("kafka security: %s", describe_security(security))
+    logging.getLogger("kafka").setLevel(max(logging.WARNING, logging.getLogger().getEffectiveLevel()))
+    metrics = ProcessorMetrics()
+    try:
+        stop_http = serve(metrics.registry, args.metrics_port, args.metrics_addr)
+    except OSError as exc:
+        raise ConfigError(f"cannot serve /metrics on {args.metrics_addr}:{args.metrics_port}: {exc}") from None
+    processor = Processor(config, metrics)
+    previous = _on_signals(processor)
+    try:
+        processor.run()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if stop_http is not None:
+            stop_http()
+    return 0
+
+
+def _on_signals(processor: Processor) -> dict[signal.Signals, object]:
+    """SIGTERM/SIGINT: finish the batch in flight, then exit; a second SIGINT interrupts."""
+    stopping = threading.Event()
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        if stopping.is_set() and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        stopping.set()
+        log.info("received %s: committing the in-flight batch, then exiting", signal.Signals(signum).name)
+        processor.stop()
+
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive integer")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive number")
+    return value

@@ -1,0 +1,468 @@
+"""The processor loop: Kafka consumer group -> micro-batches -> one transaction each.
+
+Exactly-once rests on three rules kept here:
+
+- Positions come from the database. On start and on every partition assignment the loop
+  reads ``sink_offsets`` and seeks there (a partition without a row starts at the earliest
+  offset Kafka still has). Kafka's own commits are made only as a convenience for tooling.
+- A batch is written in one transaction that also advances the stored offsets by
+  compare-and-set (``processor.sink``). Records already covered by a stored offset are never
+  folded again, and a batch from a processor that lost its partition cannot land.
+- After ANY failure (offset conflict, database down, commit outcome unknown) nothing in
+  memory is trusted: the GPU-state cache is dropped, the partitions are paused, and once the
+  database answers again the loop re-reads the stored offsets and seeks back to them. A
+  batch that committed is therefore never re-applied, and one that did not is re-consumed.
+
+Backpressure: while the database is down the loop consumes nothing (partitions paused, polls
+kept going so the group membership stays alive) and retries with exponential backoff,
+capped. Several processors in one consumer group share the partitions; a GPU's snapshots are
+keyed to one partition, so each usage row has exactly one writer.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.errors import KafkaError
+from kafka.structs import OffsetAndMetadata
+
+from collector.snapshot import Snapshot, from_json
+from migmeter.errors import BadSnapshot, SinkError
+from processor.fold import DEFAULT_MAX_BACKWARD_SKEW_S, DEFAULT_MAX_FUTURE_SKEW_S, BatchFold, DeadLetter, FoldedBatch
+from processor.layout import GpuState
+from processor.metrics import ProcessorMetrics
+from processor.sink import DatabaseUnavailable, OffsetConflict, Sink
+
+__all__ = [
+    "DEFAULT_GROUP",
+    "DEFAULT_BATCH_RECORDS",
+    "DEFAULT_BATCH_MS",
+    "ProcessorConfig",
+    "Processor",
+]
+
+log = logging.getLogger("migmeter.processor")
+
+DEFAULT_GROUP = "migmeter-processor"
+# Big batches amortize the per-transaction cost (one COPY + upsert per table, the offsets
+# CAS); 10,000 snapshots of ~7 instances stay well under a second of database work.
+DEFAULT_BATCH_RECORDS = 10_000
+# A batch is committed at the latest this long after its first record, so a trickle of
+# snapshots still reaches the warehouse within seconds.
+DEFAULT_BATCH_MS = 2_000
+# Longest single poll: bounds how late a SIGTERM or a due batch is noticed.
+POLL_MS = 200
+# Backoff after a database failure: starts short (a blip), doubles, capped so an outage's end
+# is noticed within half a minute.
+RETRY_INITIAL_S = 0.5
+RETRY_MAX_S = 30.0
+# Dead-letter topic messages carry at most this much of the rejected payload.
+DLQ_PAYLOAD_MAX = 64 * 1024
+# Fetch sizes: snapshots are ~2 KiB; the client's 1 MiB per partition would cap a poll at a
+# few hundred records per partition.
+MAX_PARTITION_FETCH_BYTES = 8 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ProcessorConfig:
+    bootstrap: str
+    database_url: str
+    topic: str
+    dead_letter_topic: str
+    group: str = DEFAULT_GROUP
+    batch_records: int = DEFAULT_BATCH_RECORDS
+    batch_ms: int = DEFAULT_BATCH_MS
+    max_future_skew_s: float = DEFAULT_MAX_FUTURE_SKEW_S
+    max_backward_skew_s: float = DEFAULT_MAX_BACKWARD_SKEW_S
+    retry_max_s: float = RETRY_MAX_S
+    summary_every_s: float = 30.0
+    stop_when_idle_s: float = 0.0  # > 0: exit once caught up and nothing arrived for this long
+    client_id: str = "migmeter-process"
+    kafka_options: tuple[tuple[str, Any], ...] = ()  # TLS/SASL pass-through for consumer and producer
+
+
+class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, processor: Processor) -> None:
+        self._p = processor
+
+    def on_partitions_revoked(self, revoked: Any) -> None:
+        self._p._on_revoked(set(revoked))
+
+    def on_partitions_assigned(self, assigned: Any) -> None:
+        self._p._on_assigned(set(assigned))
+
+
+class Processor:
+    """Consumes ``config.topic`` in ``config.group`` and keeps the warehouse exact."""
+
+    def __init__(self, config: ProcessorConfig, metrics: ProcessorMetrics | None = None,
+                 sink: Sink | None = None, clock: Callable[[], float] = time.time) -> None:
+        self.config = config
+        self.metrics = metrics or ProcessorMetrics()
+        self.sink = sink or Sink(config.database_url, config.group)
+        self.clock = clock
+        self._stop = threading.Event()
+        self._consumer: KafkaConsumer | None = None
+        self._producer: KafkaProducer | None = None
+        # Believed stored offset per assigned partition (None = no row yet), and the next
+        # offset to accept. A partition is in _next only after a successful seek to the DB.
+        self._stored: dict[TopicPartition, int | None] = {}
+        self._next: dict[TopicPartition, int] = {}
+        self._need_seek = False
+        self._retry_at = 0.0
+        self._states: dict[str, GpuState | None] = {}
+        self._pending: list[Any] = []
+        self._pending_since = 0.0
+        self._backoff_s = RETRY_INITIAL_S
+        self._summary = _Summary()
+        self._last_record_at = time.monotonic()
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Ask the loop to finish: it commits the in-flight batch, then returns (signal-safe)."""
+        self._stop.set()
+
+    def run(self) -> None:
+        cfg = self.config
+        opts = dict(cfg.kafka_options)
+        self._consumer = KafkaConsumer(
+            bootstrap_servers=cfg.bootstrap, group_id=cfg.group, client_id=cfg.client_id,
+            enable_auto_commit=False, auto_offset_reset="earliest",
+            max_partition_fetch_bytes=MAX_PARTITION_FETCH_BYTES, **opts)
+        self._consumer.subscribe([cfg.topic], listener=_Listener(self))
+        log.info("processing %s in group %s (batch %d records / %d ms) into %r", cfg.topic, cfg.group,
+                 cfg.batch_records, cfg.batch_ms, self.sink)
+        try:
+            while not self._stop.is_set():
+                if self._need_seek:
+                    self._recover()
+                    continue
+                self._poll_once()
+                if self._pending and (len(self._pending) >= cfg.batch_records
+                                      or time.monotonic() - self._pending_since >= cfg.batch_ms / 1000):
+                    self._flush()
+                self._summary.maybe_log(self, cfg.summary_every_s)
+                if cfg.stop_when_idle_s > 0 and self._idle_for() >= cfg.stop_when_idle_s:
+                    log.info("caught up and idle for %.0f s: stopping", cfg.stop_when_idle_s)
+                    break
+            if self._pending and not self._need_seek:
+                log.info("stopping: committing the in-flight batch of %d records", len(self._pending))
+                self._flush()
+        finally:
+            self._summary.log(self, final=True)
+            self._close()
+
+    def _close(self) -> None:
+        if self._consumer is not None:
+            try:
+                self._consumer.close(autocommit=False)
+            except KafkaError as exc:
+                log.warning("closing the consumer: %s", exc)
+        if self._producer is not None:
+            try:
+                self._producer.close(timeout=10)
+            except KafkaError as exc:
+                log.warning("closing the dead-letter producer: %s", exc)
+        self.sink.close()
+        log.info("processor stopped")
+
+    def _idle_for(self) -> float:
+        """Seconds since the last record arrived, provided nothing is pending and no lag is known."""
+        if self._pending or self._need_seek or not self._next:
+            return 0.0
+        assert self._consumer is not None
+        for tp, nxt in self._next.items():
+            hw = self._consumer.highwater(tp)
+            if hw is None or hw > nxt:
+                return 0.0
+        return time.monotonic() - self._last_record_at
+
+    # -- consuming -------------------------------------------------------------------------
+
+    def _poll_once(self) -> None:
+        assert self._consumer is not None
+        room = max(1, self.config.batch_records - len(self._pending))
+        polled = self._consumer.poll(timeout_ms=POLL_MS, max_records=room)
+        if self._need_seek:
+            return  # a rebalance inside poll() could not read offsets; recover first
+        for tp, records in polled.items():
+            nxt = self._next.get(tp)
+            if nxt is None:
+                continue  # not (or no longer) positioned from the database: never fold
+            for rec in records:
+                if rec.offset < nxt:
+                    continue  # already covered by the stored offset (or by this batch)
+                if not self._pending:
+                    self._pending_since = time.monotonic()
+                self._pending.append(rec)
+                nxt = rec.offset + 1
+            self._next[tp] = nxt
+        if polled:
+            self._last_record_at = time.monotonic()
+
+    def _flush(self) -> None:
+        """Fold and write the pending records; on any failure, distrust memory and re-seek."""
+        records, self._pending = self._pending, []
+        started = self._pending_since
+        try:
+            batch = self._fold(records)
+            self._publish_dead_letters(batch.dead_letters)
+            t0 = time.monotonic()
+            rows = self.sink.write(batch)
+            write_s = time.monotonic() - t0
+        except OffsetConflict as exc:
+            self.metrics.offset_conflicts.inc()
+            log.warning("batch of %d records rolled back: %s; re-reading offsets", len(records), exc)
+            self._fail(backoff=False)
+            return
+        except SinkError as exc:
+            self.metrics.db_retries.inc()
+            self.metrics.database_up.set(0)
+            log.warning("batch of %d records not written: %s; retrying in %.1f s", len(records), exc,
+                        self._backoff_s)
+            self._fail(backoff=True)
+            return
+        self._committed(batch, rows, started, write_s)
+
+    def _fold(self, records: list[Any]) -> FoldedBatch:
+        decoded: list[Snapshot | BadSnapshot] = []
+        for rec in records:
+            try:
+                if rec.value is None:
+                    raise BadSnapshot("record has no value (tombstone)")
+                decoded.append(from_json(rec.value))
+            except BadSnapshot as exc:
+                decoded.append(exc)
+        missing = {s.gpu_uuid for s in decoded if isinstance(s, Snapshot) and s.gpu_uuid not in self._states}
+        if missing:
+            loaded = self.sink.load_states(missing)
+            for uuid in missing:
+                self._states[uuid] = loaded.get(uuid)
+        stored = {(tp.topic, tp.partition): off for tp, off in self._stored.items()}
+        fold = BatchFold(self._states, stored, self.config.max_future_skew_s, self.config.max_backward_skew_s,
+                         self.clock)
+        for rec, snap in zip(records, decoded):
+            fold.add(rec.topic, rec.partition, rec.offset, rec.key, rec.value, snap)
+        return fold.finish()
+
+    def _committed(self, batch: FoldedBatch, rows: dict[str, int], started: float, write_s: float) -> None:
+        self._states.update(batch.states)
+        offsets = {}
+        for (topic, partition), prog in batch.progress.items():
+            tp = TopicPartition(topic, partition)
+            self._stored[tp] = prog.next_offset
+            offsets[tp] = OffsetAndMetadata(prog.next_offset, "", -1)
+        self._backoff_s = RETRY_INITIAL_S
+        m = self.metrics
+        m.database_up.set(1)
+        m.batches.inc()
+        n = batch.records
+        m.records.inc(n)
+        m.batch_records.observe(n)
+        m.batch_seconds.observe(time.monotonic() - started)
+        m.write_seconds.observe(write_s)
+        merged = sum(p.snapshots for p in batch.progress.values())
+        dups = sum(p.duplicates for p in batch.progress.values())
+        m.snapshots.inc(merged)
+        m.instance_samples.inc(batch.instance_samples)
+        m.duplicates.inc(dups)
+        for d in batch.dead_letters:
+            m.dead_letters.labels(d.kind).inc()
+        for table, count in rows.items():
+            m.rows_merged.labels(table).inc(count)
+        self._summary.add(n, merged, batch.instance_samples, dups, len(batch.dead_letters))
+        self._update_lag()
+        log.debug("batch committed: %d records (%d merged, %d duplicates, %d dead letters), %d rows, write %.3f s",
+                  n, merged, dups, len(batch.dead_letters), sum(rows.values()), write_s)
+        self._kafka_commit(offsets)
+
+    def _kafka_commit(self, offsets: dict[TopicPartition, OffsetAndMetadata]) -> None:
+        """Mirror the stored offsets into Kafka for tooling (lag dashboards); never relied on."""
+        assert self._consumer is not None
+        try:
+            self._consumer.commit_async(offsets)
+        except (KafkaError, AssertionError, ValueError) as exc:
+            log.debug("kafka offset commit skipped: %s", exc)
+
+    def _update_lag(self) -> None:
+        assert self._consumer is not None
+        for tp, nxt in self._next.items():
+            hw = self._consumer.highwater(tp)
+            if hw is not None:
+                stored = self._stored.get(tp)
+                self.metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(max(0, hw - (stored or 0)))
+
+    # -- dead letters ----------------------------------------------------------------------
+
+    def _publish_dead_letters(self, dead: list[DeadLetter]) -> None:
+        """Notify the dead-letter topic before the commit (at-least-once; the table is exact)."""
+        if not dead:
+            return
+        for d in dead:
+            log.warning("dead letter %s[%d]@%d: %s", d.topic, d.partition, d.offset, d.reason)
+        try:
+            if self._producer is None:
+                self._producer = KafkaProducer(bootstrap_servers=self.config.bootstrap, acks="all",
+                                               client_id=self.config.client_id + "-dlq",
+                                               **dict(self.config.kafka_options))
+            futures = [self._producer.send(self.config.dead_letter_topic, key=d.key, value=_dlq_value(d))
+                       for d in dead]
+            self._producer.flush(timeout=30)
+            for f in futures:
+                f.get(timeout=0)
+        except (KafkaError, OSError) as exc:
+            # The dead_letters table still records them exactly once; do not stall metering
+            # for a notification.
+            self.metrics.dead_letter_publish_failures.inc(len(dead))
+            log.error("could not publish %d dead letters to %s: %s", len(dead), self.config.dead_letter_topic, exc)
+
+    # -- failure and recovery --------------------------------------------------------------
+
+    def _fail(self, backoff: bool) -> None:
+        """Forget everything not in the database; pause until offsets are re-read.
+
+        Only sets state (it also runs inside rebalance callbacks, where polling is not
+        allowed); the main loop waits and recovers in :meth:`_recover`.
+        """
+        self._pending = []
+        self._states.clear()
+        self._next.clear()
+        self._need_seek = True
+        self._retry_at = time.monotonic() + (self._backoff_s if backoff else 0.0)
+        if backoff:
+            self._backoff_s = min(self._backoff_s * 2, self.config.retry_max_s)
+        assert self._consumer is not None
+        assignment = self._consumer.assignment()
+        if assignment:
+            self._consumer.pause(*assignment)
+
+    def _wait(self, seconds: float) -> None:
+        """Sleep with paused partitions, still polling so the group membership stays alive."""
+        assert self._consumer is not None
+        deadline = time.monotonic() + seconds
+        while not self._stop.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            self._consumer.poll(timeout_ms=int(min(left, 1.0) * 1000) or 1, max_records=1, update_offsets=False)
+
+    def _recover(self) -> None:
+        """Re-read stored offsets for the whole assignment and seek; back off while the DB is down."""
+        assert self._consumer is not None
+        if time.monotonic() < self._retry_at:
+            self._wait(min(1.0, self._retry_at - time.monotonic()))
+            return
+        assignment = set(self._consumer.assignment())
+        try:
+            self._seek(assignment)
+        except SinkError as exc:
+            self.metrics.db_retries.inc()
+            self.metrics.database_up.set(0)
+            log.warning("database still unavailable (%s); retrying in %.1f s", exc, self._backoff_s)
+            self._retry_at = time.monotonic() + self._backoff_s
+            self._backoff_s = min(self._backoff_s * 2, self.config.retry_max_s)
+            return
+        self._need_seek = False
+        self.metrics.database_up.set(1)
+        if assignment:
+            self._consumer.resume(*assignment)
+        log.info("resumed from stored offsets: %s", _fmt(self._stored))
+
+    def _seek(self, partitions: set[TopicPartition]) -> None:
+        assert self._consumer is not None
+        by_topic: dict[str, list[int]] = {}
+        for tp in partitions:
+            by_topic.setdefault(tp.topic, []).append(tp.partition)
+        for topic, parts in by_topic.items():
+            stored = self.sink.read_offsets(topic, parts)
+            for p, off in stored.items():
+                tp = TopicPartition(topic, p)
+                self._stored[tp] = off
+                if off is None:
+                    self._consumer.seek_to_beginning(tp)
+                    self._next[tp] = 0
+                else:
+                    self._consumer.seek(tp, off)
+                    self._next[tp] = off
+
+    def _on_revoked(self, revoked: set[TopicPartition]) -> None:
+        log.info("partitions revoked: %s", _fmt_tps(revoked))
+        if self._pending and not self._need_seek:
+            # Still the owner: commit what we have rather than make the next owner redo it.
+            self._flush()
+        self._pending = []
+        self._states.clear()  # another processor may change these GPUs' state from now on
+        for tp in revoked:
+            self._stored.pop(tp, None)
+            self._next.pop(tp, None)
+
+    def _on_assigned(self, assigned: set[TopicPartition]) -> None:
+        self._states.clear()
+        self._pending = []
+        self._next.clear()
+        if self._need_seek:
+            return  # _recover() will seek the whole assignment once the database answers
+        try:
+            self._seek(set(self._consumer.assignment()) if self._consumer else assigned)
+        except SinkError as exc:
+            self.metrics.db_retries.inc()
+            log.warning("cannot read stored offsets on assignment (%s); will retry", exc)
+            self._fail(backoff=True)
+            return
+        log.info("partitions assigned: %s; stored offsets %s", _fmt_tps(assigned), _fmt(self._stored))
+
+
+class _Summary:
+    """Counts since the last INFO summary line."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.since = time.monotonic()
+        self.records = self.merged = self.samples = self.dups = self.dead = self.batches = 0
+
+    def add(self, records: int, merged: int, samples: int, dups: int, dead: int) -> None:
+        self.records += records
+        self.merged += merged
+        self.samples += samples
+        self.dups += dups
+        self.dead += dead
+        self.batches += 1
+
+    def maybe_log(self, p: Processor, every_s: float) -> None:
+        if every_s > 0 and time.monotonic() - self.since >= every_s:
+            self.log(p)
+
+    def log(self, p: Processor, final: bool = False) -> None:
+        elapsed = max(time.monotonic() - self.since, 1e-9)
+        log.info("%s%d records in %d batches (%d snapshots, %d instance-samples = %.0f/s, %d duplicates, "
+                 "%d dead letters) in %.0f s",
+                 "final: " if final else "", self.records, self.batches, self.merged, self.samples,
+                 self.samples / elapsed, self.dups, self.dead, elapsed)
+        self.reset()
+
+
+def _dlq_value(d: DeadLetter) -> bytes:
+    payload = d.payload[:DLQ_PAYLOAD_MAX]
+    return json.dumps({
+        "reason": d.reason, "kind": d.kind, "topic": d.topic, "partition": d.partition, "offset": d.offset,
+        "key": d.key.decode("utf-8", "replace") if d.key is not None else None,
+        "payload": payload.decode("utf-8", "replace"), "payload_bytes": len(d.payload),
+    }).encode()
+
+
+def _fmt_tps(tps: set[TopicPartition]) -> str:
+    return ", ".join(f"{tp.topic}[{tp.partition}]" for tp in sorted(tps)) or "none"
+
+
+def _fmt(stored: dict[TopicPartition, int | None]) -> str:
+    return ", ".join(f"[{tp.partition}]={'earliest' if o is None else o}" for tp, o in sorted(stored.items())) or "none"

@@ -1,0 +1,81 @@
+"""The processor's own /metrics: how far behind it is, how big and slow its batches are, what it
+merged, dropped and retried.
+
+Everything lives in a :class:`prometheus_client.CollectorRegistry` made here (never the global
+``REGISTRY``), so several processors in one test process stay independent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+__all__ = ["DEFAULT_METRICS_ADDR", "DEFAULT_METRICS_PORT", "ProcessorMetrics", "serve"]
+
+# Loopback by default: /metrics names topics and partitions, and nothing outside the host
+# needs it unless the operator says so (--metrics-addr 0.0.0.0).
+DEFAULT_METRICS_ADDR = "127.0.0.1"
+# The collector serves on 9401 (next to dcgm-exporter's 9400); the processor takes the next one.
+DEFAULT_METRICS_PORT = 9402
+
+# Records per batch: from a trickle to the largest --batch-records anyone should use.
+_BATCH_RECORD_BUCKETS = (1, 10, 100, 500, 1000, 2500, 5000, 10000, 20000, 50000, 100000)
+# Seconds from the first record of a batch to its commit (includes the collect window).
+_LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+class ProcessorMetrics:
+    """The processor's counters and gauges, in their own registry."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.consumer_lag = Gauge(
+            "migmeter_processor_consumer_lag", "Records in the partition not yet committed to the warehouse",
+            ["topic", "partition"], registry=r)
+        self.batch_records = Histogram(
+            "migmeter_processor_batch_records", "Records per committed batch", buckets=_BATCH_RECORD_BUCKETS,
+            registry=r)
+        self.batch_seconds = Histogram(
+            "migmeter_processor_batch_seconds", "Seconds from a batch's first record to its commit",
+            buckets=_LATENCY_BUCKETS, registry=r)
+        self.write_seconds = Histogram(
+            "migmeter_processor_write_seconds", "Seconds spent in the batch's database transaction",
+            buckets=_LATENCY_BUCKETS, registry=r)
+        self.batches = Counter("migmeter_processor_batches", "Batches committed", registry=r)
+        self.records = Counter("migmeter_processor_records", "Kafka records committed (any outcome)", registry=r)
+        self.snapshots = Counter("migmeter_processor_snapshots", "Snapshots merged", registry=r)
+        self.instance_samples = Counter(
+            "migmeter_processor_instance_samples", "Instance samples merged", registry=r)
+        self.rows_merged = Counter(
+            "migmeter_processor_rows_merged", "Rows written per table", ["table"], registry=r)
+        self.duplicates = Counter(
+            "migmeter_processor_duplicates", "Snapshots dropped as not newer than their GPU's last ts", registry=r)
+        self.dead_letters = Counter(
+            "migmeter_processor_dead_letters", "Records rejected to the dead-letter topic and table", ["kind"],
+            registry=r)
+        self.dead_letter_publish_failures = Counter(
+            "migmeter_processor_dead_letter_publish_failures",
+            "Dead letters recorded in the table but not published to the dead-letter topic", registry=r)
+        self.db_retries = Counter(
+            "migmeter_processor_db_retries", "Batches or reads retried after a database failure", registry=r)
+        self.offset_conflicts = Counter(
+            "migmeter_processor_offset_conflicts",
+            "Batches rolled back because another processor had advanced the stored offset", registry=r)
+        self.database_up = Gauge(
+            "migmeter_processor_database_up", "1 while the last database operation succeeded", registry=r)
+
+
+def serve(registry: CollectorRegistry, port: int, addr: str = DEFAULT_METRICS_ADDR) -> Callable[[], None] | None:
+    """Serve /metrics on ``addr:port`` in a daemon thread; port 0 disables. Returns a stop function."""
+    if port == 0:
+        return None
+    server, thread = start_http_server(port, addr=addr, registry=registry)
+
+    def stop() -> None:
+        server.shutdown()
+        server.server_close()
+        thread.join(5.0)
+
+    return stop
