@@ -38,6 +38,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import psycopg
+from kafka import KafkaAdminClient
+from kafka.errors import KafkaConfigurationError, KafkaError
 from psycopg import sql
 
 from migmeter import settings
@@ -392,31 +394,24 @@ class KafkaNode:
         """True when the broker answers a metadata request (an open port is not enough)."""
         if not _port_open(self.port):
             return False
-        from kafka import KafkaAdminClient
-        from kafka.errors import KafkaConfigurationError, KafkaError
-
         ms = int(timeout_s * 1000)
         with _quiet_logger("kafka"):
-            return self._probe(ms, KafkaAdminClient, KafkaConfigurationError, KafkaError)
-
-    def _probe(self, ms: int, admin_cls: type, config_error: type[Exception],
-               kafka_error: type[Exception]) -> bool:
-        try:
-            admin = admin_cls(
-                bootstrap_servers=self.bootstrap, request_timeout_ms=ms,
-                bootstrap_timeout_ms=ms, client_id="migmeter-stack-probe",
-            )
-        except config_error:
-            raise  # our bug, not a broker that is down
-        except (kafka_error, OSError, ValueError):
-            return False
-        try:
-            admin.list_topics()
-            return True
-        except (kafka_error, OSError, ValueError):
-            return False
-        finally:
-            admin.close()
+            try:
+                admin = KafkaAdminClient(
+                    bootstrap_servers=self.bootstrap, request_timeout_ms=ms,
+                    bootstrap_timeout_ms=ms, client_id="migmeter-stack-probe",
+                )
+            except KafkaConfigurationError:
+                raise  # our bug, not a broker that is down
+            except (KafkaError, OSError, ValueError):
+                return False
+            try:
+                admin.list_topics()
+                return True
+            except (KafkaError, OSError, ValueError):
+                return False
+            finally:
+                admin.close()
 
     def start(self, wait: bool = True, timeout_s: float = KAFKA_START_TIMEOUT_S) -> None:
         """Start the node (idempotent); with ``wait``, return once it is ready."""
