@@ -21,6 +21,7 @@ wait, then SIGKILL, so ``down`` leaves nothing behind.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import grp
 import logging
 import os
@@ -904,31 +905,53 @@ class StackStatus:
         return iter(self.services)
 
 
+@contextlib.contextmanager
+def _stack_lock(state: Path | None) -> Iterator[None]:
+    """Serialize ``up``/``down`` of one state dir: two developers (or a test run and a
+    developer) running ``up`` at once must not both spawn a broker and race on its pid file."""
+    root = state or settings.state_dir()
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / ".lock", "w") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            _progress(f"another migmeter stack command holds {root / '.lock'}; waiting for it ...")
+            fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def up(state: Path | None = None) -> StackStatus:
     """Install what is missing and start Kafka and PostgreSQL/TimescaleDB (idempotent).
 
     The JVM boots while PostgreSQL starts, so a warm ``up`` costs about one Kafka start."""
     kafka, pg = default_kafka(state), default_postgres(state)
-    kafka.ensure_installed()
-    pg.ensure_installed()
-    kafka.start(wait=False)
-    try:
-        pg.start(wait=True)
-        kafka.wait_ready()
-    except BaseException:
-        kafka.stop()
-        raise
+    with _stack_lock(state):
+        kafka.ensure_installed()
+        pg.ensure_installed()
+        started_kafka = not kafka.is_running()
+        kafka.start(wait=False)
+        try:
+            pg.start(wait=True)
+            kafka.wait_ready()
+        except BaseException:
+            if started_kafka:
+                kafka.stop()
+            raise
     return status(state)
 
 
 def down(state: Path | None = None) -> None:
     """Stop both services; data stays for the next ``up``."""
     errors: list[str] = []
-    for svc in (default_kafka(state), default_postgres(state)):
-        try:
-            svc.stop()
-        except (StackError, OSError) as exc:
-            errors.append(str(exc))
+    with _stack_lock(state):
+        for svc in (default_kafka(state), default_postgres(state)):
+            try:
+                svc.stop()
+            except (StackError, OSError) as exc:
+                errors.append(str(exc))
     if errors:
         raise StackError("; ".join(errors))
 
