@@ -92,6 +92,8 @@ KAFKA_START_TIMEOUT_S = 90.0
 PG_START_TIMEOUT_S = 60.0
 # SIGTERM, then this long, then SIGKILL: Kafka's controlled shutdown takes a few seconds.
 STOP_TIMEOUT_S = 30.0
+# A service log bigger than this is moved aside (one generation kept) when the service starts.
+LOG_ROTATE_BYTES = 50 * 1024 * 1024
 
 _REPO_COMPOSE = settings.PROJECT_ROOT / "compose" / "local"
 KAFKA_POM = _REPO_COMPOSE / "kafka-pom.xml"
@@ -191,6 +193,13 @@ def _tail(path: Path, lines: int = 30) -> str:
     except OSError:
         return "(no log)"
     return "\n".join(text[-lines:])
+
+
+def _rotate(log_path: Path) -> None:
+    """Keep one previous log: a long-lived dev stack must not fill the disk with INFO lines."""
+    with contextlib.suppress(OSError):
+        if log_path.stat().st_size > LOG_ROTATE_BYTES:
+            log_path.replace(log_path.with_name(log_path.name + ".1"))
 
 
 def _port_open(port: int, host: str = "127.0.0.1") -> bool:
@@ -434,6 +443,7 @@ class KafkaNode:
             f"-Dmigmeter.home={self.home}",  # lets pid checks tell our brokers apart
             "-cp", f"{self.jars_dir}/*", "kafka.Kafka", str(self.config_path),
         ]
+        _rotate(self.log_path)
         with open(self.log_path, "ab") as logf:
             logf.write(f"\n=== migmeter: starting Kafka {self.version} at {time.ctime()} ===\n".encode())
             logf.flush()
@@ -724,6 +734,7 @@ class PostgresCluster:
             with contextlib.suppress(ValueError, OSError, IndexError):
                 if not _pid_alive(int(stale.read_text().split()[0])):
                     stale.unlink()
+        _rotate(self.log_path)
         with open(self.log_path, "ab") as logf:
             logf.write(f"\n=== migmeter: starting PostgreSQL at {time.ctime()} ===\n".encode())
             logf.flush()

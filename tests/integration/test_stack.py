@@ -233,3 +233,18 @@ def test_port_taken_by_a_stranger_is_refused(tmp_path: Path) -> None:
         node = stack.KafkaNode(tmp_path / "jars", tmp_path / "home", port=port, controller_port=_free_port())
         with pytest.raises(StackError, match=f"port {port}"):
             node.start()
+
+
+def test_a_jvm_that_exits_fails_fast_with_its_log(tmp_path: Path) -> None:
+    jars = tmp_path / "jars"
+    jars.mkdir()
+    (jars / "kafka_2.13-0.0.0.jar").write_bytes(b"not a jar")
+    (jars / ".complete").write_text("0.0.0\n")
+    node = stack.KafkaNode(jars, tmp_path / "home", port=_free_port(), controller_port=_free_port())
+    (node.data_dir).mkdir(parents=True)
+    (node.data_dir / "meta.properties").write_text("formatted=pretend\n")
+    # "not running (it exited?)", not "not ready after": the exit was noticed, no timeout waited out
+    with pytest.raises(StackError, match=r"(?s)not running \(it exited\?\).*kafka\.Kafka"):
+        node.start(timeout_s=300)
+    node.stop()
+    assert node.pid() is None
