@@ -8,7 +8,10 @@ Credentials are only ever read from the environment (or a file it names), never 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
+
+from migmeter.errors import ConfigError
 
 __all__ = [
     "ENV_KAFKA_BOOTSTRAP",
@@ -61,10 +64,10 @@ def database_url(flag: str | None = None) -> str:
     ``migmeter stack up``; it is read here rather than hard-coded so it never sits in code.
     """
     if flag:
-        return flag
+        return _parsable(flag)
     env = os.environ.get(ENV_DATABASE_URL)
     if env:
-        return env
+        return _parsable(env)
     password_file = state_dir() / "postgres" / "password"
     password = password_file.read_text().strip() if password_file.exists() else ""
     auth = f"{LOCAL_PG_USER}:{password}" if password else LOCAL_PG_USER
@@ -72,11 +75,46 @@ def database_url(flag: str | None = None) -> str:
 
 
 def redact_url(url: str) -> str:
-    """The URL with any password replaced, for logs and error messages."""
+    """The URL with any password replaced, for logs and error messages.
+
+    Also masks a malformed URL (which urlsplit refuses) and the ``password=...`` of a
+    key/value conninfo or URL query, over-masking rather than ever showing a password.
+    """
     from urllib.parse import urlsplit, urlunsplit
 
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
+    text = url
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:  # e.g. an unclosed "[" in the host: fall back to the pattern below
+        text = re.sub(r"(://[^:/@\s]*:)\S*@", r"\1***@", text)
+    else:
+        if password is not None:
+            text = urlunsplit(parts._replace(netloc=parts.netloc.replace(f":{password}@", ":***@", 1)))
+    return re.sub(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'?|[^\s&]+)", r"\1***", text, flags=re.IGNORECASE)
+
+
+def _parsable(url: str) -> str:
+    """``url`` if libpq can parse it, else ConfigError with the password masked.
+
+    libpq's parse errors quote the offending token or the whole URL verbatim (``invalid
+    percent-encoded token: "<password>"``); raised from ``connect()`` they reached logs and
+    tracebacks with the password in them.
+    """
+    from psycopg import ProgrammingError, conninfo
+
+    try:
+        conninfo.conninfo_to_dict(url)
+    except ProgrammingError as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else "unparsable"
+        reason = reason.replace(url, redact_url(url))
+        for secret in _password_candidates(url):
+            reason = reason.replace(secret, "***")
+        raise ConfigError(f"database URL {redact_url(url)} is not valid: {reason[:200]}") from None
+    return url
+
+
+def _password_candidates(url: str) -> list[str]:
+    """Every substring of ``url`` that may be (or contain) its password, longest first."""
+    found = re.findall(r"://[^:/@\s]*:(\S*)@", url) + re.findall(r"password\s*=\s*('[^']*'|[^\s&]+)", url, re.I)
+    return sorted({f for f in found if f}, key=len, reverse=True)
