@@ -44,6 +44,8 @@ __all__ = ["DemoConfig", "DemoResult", "SHORT", "run_demo", "configure", "run"]
 
 log = logging.getLogger("migmeter.demo")
 
+# Consumer group prefix; each run gets its own group (`migmeter-demo.<cluster>`), so a run
+# never waits for a rebalance with a member of an earlier, killed run.
 DEMO_GROUP = "migmeter-demo"
 # Partitions of the demo topic: several, so the processor works as in production (a GPU's
 # snapshots share one partition), few enough to create instantly on a 2-core machine.
@@ -167,13 +169,13 @@ def _set_demo_prices(url: str, models: tuple[str, ...], start: datetime, echo: C
                 echo(f"[demo] price {model}: {new_price} USD per GPU-hour from {when} (a mid-month change)")
 
 
-def _processed(url: str, topic: str) -> tuple[int, int]:
+def _processed(url: str, group: str, topic: str) -> tuple[int, int]:
     """Records the processor has committed for the demo topic (and how many were dead letters)."""
     try:
         with psycopg.connect(url, connect_timeout=10) as conn:
             row = conn.execute(
                 "SELECT coalesce(sum(snapshots + duplicates + dead_letters), 0), coalesce(sum(dead_letters), 0) "
-                "FROM sink_offsets WHERE consumer_group = %s AND topic = %s", (DEMO_GROUP, topic)).fetchone()
+                "FROM sink_offsets WHERE consumer_group = %s AND topic = %s", (group, topic)).fetchone()
     except psycopg.OperationalError as exc:
         raise StackError(f"database {settings.redact_url(url)} went away during the demo: "
                          f"{str(exc).strip().splitlines()[0][:200]}") from None
@@ -203,6 +205,7 @@ def run_demo(cfg: DemoConfig, echo: Callable[[str], None] = print) -> DemoResult
         logging.getLogger(noisy).setLevel(logging.WARNING)
     cluster = cfg.cluster or _default_cluster()
     topic = cfg.topic or f"migmeter.demo.{cluster}"
+    group = f"{DEMO_GROUP}.{cluster}"
     _ensure_stack(cfg, echo)
     bootstrap = settings.kafka_bootstrap(cfg.bootstrap)
     url = settings.database_url(cfg.database_url)
@@ -222,12 +225,12 @@ def run_demo(cfg: DemoConfig, echo: Callable[[str], None] = print) -> DemoResult
     echo(f"[demo] cluster {cluster}: {cfg.hosts} hosts x {cfg.gpus_per_host} GPUs ({', '.join(DEFAULT_MODELS)}), "
          f"{cfg.days:g} simulated days from {start:%Y-%m-%d %H:%M} UTC at {cfg.interval_s:g} s scrapes "
          f"= {total:,} snapshots")
-    echo(f"[demo] collector -> Kafka {bootstrap} topic {topic} -> processor (group {DEMO_GROUP}) -> "
+    echo(f"[demo] collector -> Kafka {bootstrap} topic {topic} -> processor (group {group}) -> "
          f"{settings.redact_url(url)}")
 
     publisher = KafkaPublisher(bootstrap, topic, client_id="migmeter-demo-collector")
     processor = Processor(ProcessorConfig(bootstrap=bootstrap, database_url=url, topic=topic,
-                                          dead_letter_topic=f"{topic}.dlq", group=DEMO_GROUP, summary_every_s=0))
+                                          dead_letter_topic=f"{topic}.dlq", group=group, summary_every_s=0))
     errors: list[BaseException] = []
 
     def guarded(fn: Callable[[], object]) -> Callable[[], None]:
@@ -251,7 +254,7 @@ def run_demo(cfg: DemoConfig, echo: Callable[[str], None] = print) -> DemoResult
             time.sleep(PROGRESS_EVERY_S)
             if errors:
                 raise MigmeterError(f"demo pipeline failed: {errors[0]}") from errors[0]
-            processed, dead = _processed(url, topic)
+            processed, dead = _processed(url, group, topic)
             stats = publisher.stats
             echo(f"[demo] simulated {min(fleet.now, end):%Y-%m-%d %H:%M} | published {stats.delivered:,}/{total:,}"
                  f" | processed {processed:,}" + (f" ({dead} dead letters)" if dead else ""))
