@@ -1,0 +1,355 @@
+"""Fault-injection kit: private services to break, real processes to kill, an independent oracle.
+
+Outage tests stop and restart a PRIVATE broker or database (``migmeter.stack`` nodes on free
+ports), never the shared stack. Collector and processor run as real ``migmeter`` subprocesses
+(what SIGKILL, memory sampling and /metrics need); their logs go to files.
+
+The oracle is deliberately naive and separate from ``processor/``: it walks the produced
+snapshot objects, drops a snapshot whose ts is not newer than its GPU's newest (the duplicate
+rule of DESIGN.md), and sums per GPU seconds, Σw·dt and Σw·u·dt, and per (GPU, tenant) Σw·dt
+and Σw·u·dt. ``warehouse()`` reads the same sums back from one grain of the database.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psycopg
+import pytest
+from kafka import KafkaProducer
+from prometheus_client.parser import text_string_to_metric_families
+from psycopg import sql
+
+from collector.snapshot import Snapshot
+from collector.sources.simulate import SimulatedFleet
+from migmeter import stack
+from tests.integration.proc_kit import end_offsets
+
+__all__ = [
+    "REL",
+    "Totals",
+    "oracle",
+    "warehouse",
+    "assert_same_totals",
+    "free_port",
+    "wait_until",
+    "Proc",
+    "spawn",
+    "processor_args",
+    "scrape_metrics",
+    "rss_kib",
+    "stored_offsets",
+    "Feeder",
+    "end_offsets_total",
+    "caught_up",
+    "private_home",
+    "private_kafka",
+    "private_pg",
+]
+
+# Sums of a few thousand float products: equal to 1e-9 relative, whatever the order of addition.
+REL = 1e-9
+# Bounds that only keep a broken test from hanging; nothing asserts on time.
+DEADLINE_S = 120.0
+
+
+# --------------------------------------------------------------------------- the oracle
+
+
+@dataclass
+class Totals:
+    """Per-GPU and per-(GPU, tenant) sums; the shape both the oracle and the warehouse give."""
+
+    gpu: dict[str, list[float]] = field(default_factory=lambda: defaultdict(lambda: [0.0, 0.0, 0.0]))
+    tenant: dict[tuple[str, str, str], list[float]] = field(default_factory=lambda: defaultdict(lambda: [0.0, 0.0]))
+    snapshots: int = 0
+    duplicates: int = 0
+
+    def fleet(self) -> tuple[float, float, float]:
+        """(GPU-seconds, allocated GPU-seconds, busy GPU-seconds) over the fleet."""
+        return tuple(sum(v[i] for v in self.gpu.values()) for i in range(3))  # type: ignore[return-value]
+
+
+def oracle(snaps: Iterable[Snapshot]) -> Totals:
+    """What the warehouse must hold after these snapshots, in production order, are processed."""
+    out = Totals()
+    last: dict[str, float] = {}
+    for s in snaps:
+        ts = s.ts.timestamp()
+        if s.gpu_uuid in last and ts <= last[s.gpu_uuid]:
+            out.duplicates += 1
+            continue
+        last[s.gpu_uuid] = ts
+        out.snapshots += 1
+        g = out.gpu[s.gpu_uuid]
+        g[0] += s.interval_s
+        for i in s.instances:
+            w = i.slices / s.total_slices
+            u = i.metrics.gr_engine_active
+            alloc = w * s.interval_s
+            busy = 0.0 if u is None else w * u * s.interval_s
+            g[1] += alloc
+            g[2] += busy
+            t = out.tenant[(s.gpu_uuid, i.tenant.namespace, i.tenant.pod)]
+            t[0] += alloc
+            t[1] += busy
+    return out
+
+
+def warehouse(url: str, grain: str = "1h") -> Totals:
+    """The same sums read back from ``gpu_usage_<grain>`` and ``tenant_usage_<grain>``."""
+    if grain not in ("1m", "1h", "1d"):
+        raise ValueError(grain)
+    out = Totals()
+    with psycopg.connect(url) as conn:
+        for uuid, seconds, alloc, busy, n in conn.execute(sql.SQL(
+                "SELECT gpu_uuid, sum(seconds), sum(alloc_gpu_seconds), sum(busy_gpu_seconds), sum(snapshots) "
+                "FROM {} GROUP BY gpu_uuid").format(sql.Identifier(f"gpu_usage_{grain}"))):
+            out.gpu[uuid] = [seconds, alloc, busy]
+            out.snapshots += int(n)
+        for uuid, ns, pod, alloc, busy in conn.execute(sql.SQL(
+                "SELECT gpu_uuid, namespace, pod, sum(alloc_gpu_seconds), sum(busy_gpu_seconds) "
+                "FROM {} GROUP BY 1, 2, 3").format(sql.Identifier(f"tenant_usage_{grain}"))):
+            out.tenant[(uuid, ns, pod)] = [alloc, busy]
+    return out
+
+
+def assert_same_totals(expected: Totals, url: str, grains: Sequence[str] = ("1m", "1h", "1d")) -> None:
+    """Every GPU and every (GPU, tenant) of the oracle, and nothing else, at every grain."""
+    for grain in grains:
+        got = warehouse(url, grain)
+        assert got.snapshots == expected.snapshots, f"{grain}: {got.snapshots} snapshots merged, oracle {expected.snapshots}"
+        assert set(got.gpu) == set(expected.gpu), f"{grain}: GPUs differ"
+        for uuid, want in expected.gpu.items():
+            assert got.gpu[uuid] == pytest.approx(want, rel=REL), f"{grain}: GPU {uuid}"
+        assert set(got.tenant) == set(expected.tenant), f"{grain}: (GPU, tenant) rows differ"
+        for key, want in expected.tenant.items():
+            assert got.tenant[key] == pytest.approx(want, rel=REL), f"{grain}: tenant {key}"
+
+
+def stored_offsets(url: str, group: str) -> dict[int, tuple[int, int, int, int]]:
+    """partition -> (next_offset, snapshots, duplicates, dead_letters) stored for ``group``."""
+    with psycopg.connect(url) as conn:
+        rows = conn.execute("SELECT partition, next_offset, snapshots, duplicates, dead_letters FROM sink_offsets "
+                            "WHERE consumer_group = %s", (group,)).fetchall()
+    return {int(r[0]): (int(r[1]), int(r[2]), int(r[3]), int(r[4])) for r in rows}
+
+
+# --------------------------------------------------------------------------- processes
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until(check: Callable[[], object], what: str, *, timeout_s: float = DEADLINE_S,
+               alive: Sequence[Proc] = (), every_s: float = 0.2) -> object:
+    """Poll ``check`` until truthy; fail (with the logs of ``alive``) if one of them exits or time runs out."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = check()
+        if value:
+            return value
+        for p in alive:
+            if not p.running():
+                raise AssertionError(f"{p.name} exited (rc {p.popen.returncode}) while waiting for {what}:\n{p.tail()}")
+        if time.monotonic() > deadline:
+            logs = "\n".join(f"--- {p.name}\n{p.tail()}" for p in alive)
+            raise AssertionError(f"gave up waiting for {what}\n{logs}")
+        time.sleep(every_s)
+
+
+@dataclass
+class Proc:
+    """One ``migmeter`` subprocess with its log file and (optionally) its /metrics port."""
+
+    name: str
+    popen: subprocess.Popen[bytes]
+    log: Path
+    metrics_port: int = 0
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def running(self) -> bool:
+        return self.popen.poll() is None
+
+    def tail(self, chars: int = 4000) -> str:
+        try:
+            return self.log.read_text(errors="replace")[-chars:]
+        except OSError:
+            return "(no log)"
+
+    def metrics(self) -> dict[str, float]:
+        return scrape_metrics(self.metrics_port)
+
+    def terminate(self, timeout_s: float = 60.0) -> int:
+        """SIGTERM and wait; SIGKILL if it does not exit (then the test fails on the rc)."""
+        if self.running():
+            self.popen.send_signal(signal.SIGTERM)
+        try:
+            return self.popen.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.popen.kill()
+            self.popen.wait(30)
+            raise AssertionError(f"{self.name} ignored SIGTERM for {timeout_s:.0f} s:\n{self.tail()}") from None
+
+    def kill(self) -> None:
+        if self.running():
+            self.popen.send_signal(signal.SIGKILL)
+        self.popen.wait(30)
+
+
+def spawn(name: str, args: Sequence[str], log_dir: Path, env: dict[str, str] | None = None,
+          metrics_port: int = 0) -> Proc:
+    """``python -m migmeter.cli ARGS`` with MIGMETER_* from ``env`` only; stderr+stdout to a file."""
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("MIGMETER_")}
+    full_env.update(env or {})
+    log = log_dir / f"{name}.log"
+    with open(log, "ab") as fh:
+        popen = subprocess.Popen([sys.executable, "-m", "migmeter.cli", *args], env=full_env,
+                                 stdin=subprocess.DEVNULL, stdout=fh, stderr=subprocess.STDOUT)
+    return Proc(name, popen, log, metrics_port)
+
+
+def processor_args(bootstrap: str, db: str, topic: str, group: str, metrics_port: int = 0, *extra: str) -> list[str]:
+    """``migmeter process`` arguments with small batches (many commits: many chances to break one)."""
+    return ["--log-level", "INFO", "process", "--bootstrap", bootstrap, "--database-url", db, "--topic", topic,
+            "--dead-letter-topic", topic + ".dlq", "--group", group, "--metrics-port", str(metrics_port),
+            "--batch-ms", "200", "--batch-records", "500", "--retry-max", "2", "--summary-every", "5", *extra]
+
+
+def scrape_metrics(port: int) -> dict[str, float]:
+    """Every unlabelled sample of a /metrics page, plus labelled ones as ``name{k=v,...}``."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:  # noqa: S310
+        text = resp.read().decode()
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            key = s.name + ("{" + ",".join(f"{k}={v}" for k, v in sorted(s.labels.items())) + "}" if s.labels else "")
+            out[key] = s.value
+    return out
+
+
+def rss_kib(pid: int) -> int:
+    """Resident set size of ``pid`` from /proc/PID/status (VmRSS, KiB)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no VmRSS for pid {pid}")
+
+
+# --------------------------------------------------------------------------- private services
+
+
+@pytest.fixture
+def private_home() -> Iterator[Path]:
+    """A folder the unprivileged PostgreSQL server user can enter (tmp_path is 0700 root)."""
+    home = Path(tempfile.mkdtemp(prefix="migmeter-faults-"))
+    home.chmod(0o755)
+    try:
+        yield home
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture
+def private_kafka(kafka_bootstrap: str, private_home: Path) -> Iterator[stack.KafkaNode]:
+    """A broker of this test's own, to stop and restart (the shared stack lends it its jars)."""
+    node = stack.KafkaNode(stack.default_kafka().jars_dir, private_home / "kafka", port=free_port(),
+                           controller_port=free_port(), partitions=4)
+    try:
+        node.start()
+        yield node
+    finally:
+        node.stop()
+
+
+@pytest.fixture
+def private_pg(admin_url: str, private_home: Path) -> Iterator[tuple[stack.PostgresCluster, str]]:
+    """A PostgreSQL + TimescaleDB cluster of this test's own, migrated; yields (cluster, owner URL)."""
+    from migmeter.migrate import migrate
+
+    cluster = stack.PostgresCluster(private_home / "pg", port=free_port())
+    try:
+        cluster.start()
+        url = cluster.url()
+        migrate(url)
+        yield cluster, url
+    finally:
+        cluster.stop()
+
+
+
+class Feeder(threading.Thread):
+    """Produces a simulated fleet round by round from a thread; ``sent`` is the production order.
+
+    ``mutate(round_no, snapshots)`` may return a different list for a round (clock trouble,
+    poison values); ``pause_s`` spaces the rounds so faults land while data still flows.
+    """
+
+    def __init__(self, bootstrap: str, topic: str, rounds: int, *, pause_s: float = 0.05, seed: int = 8,
+                 hosts: int = 2, gpus_per_host: int = 4,
+                 mutate: Callable[[int, list[Snapshot]], list[Snapshot]] | None = None) -> None:
+        super().__init__(daemon=True, name="feeder")
+        self.bootstrap, self.topic, self.rounds, self.pause_s = bootstrap, topic, rounds, pause_s
+        self.fleet = SimulatedFleet(seed=seed, hosts=hosts, gpus_per_host=gpus_per_host, reconfigure_every_s=1800.0)
+        self.mutate = mutate
+        self.sent: list[Snapshot] = []
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        producer = KafkaProducer(bootstrap_servers=self.bootstrap, acks="all", linger_ms=5)
+        try:
+            for n in range(self.rounds):
+                snaps = self.fleet.read()
+                if self.mutate is not None:
+                    snaps = self.mutate(n, snaps)
+                for s in snaps:
+                    producer.send(self.topic, key=s.key, value=s.to_json())
+                producer.flush(30)
+                self.sent.extend(snaps)
+                time.sleep(self.pause_s)
+        except BaseException as exc:  # surfaced by finish()
+            self.error = exc
+        finally:
+            producer.close(5)
+
+    def finish(self, timeout_s: float = DEADLINE_S) -> list[Snapshot]:
+        self.join(timeout_s)
+        assert not self.is_alive(), "the feeder did not finish"
+        if self.error is not None:
+            raise self.error
+        return self.sent
+
+
+def end_offsets_total(bootstrap: str, topic: str) -> int:
+    """Σ of the topic's end offsets: how many records a caught-up processor has accounted for."""
+    return sum(end_offsets(bootstrap, topic).values())
+
+
+def caught_up(bootstrap: str, topic: str, url: str, group: str) -> Callable[[], bool]:
+    """A check for wait_until: the stored offsets cover every record in the topic."""
+    def check() -> bool:
+        try:
+            stored = sum(v[0] for v in stored_offsets(url, group).values())
+        except psycopg.OperationalError:
+            return False
+        return stored > 0 and stored >= end_offsets_total(bootstrap, topic)
+    return check
