@@ -57,7 +57,7 @@ DEMO_PRICE_CHANGE = ("H100-80GB-HBM3", Decimal("3.50"), 1)  # model, new price, 
 # If the processor makes no progress for this long while records are waiting, something is
 # broken: stop with an error instead of hanging.
 STALL_TIMEOUT_S = 120.0
-PROGRESS_EVERY_S = 2.0
+PROGRESS_EVERY_S = 3.0
 
 
 @dataclass(frozen=True)
