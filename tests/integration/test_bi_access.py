@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import re
 from datetime import date
 
 import psycopg
 import pytest
 
+from migmeter import settings
 from processor import reports
 
 pytestmark = pytest.mark.integration
@@ -76,3 +79,20 @@ def test_reports_run_as_the_reader(fresh_db: str) -> None:
         assert reports.layout_at(conn, "GPU-x", start).rows == ()
         assert reports.layout_changes(conn, "GPU-x", start, end).rows == ()
         assert reports.reconciliation(conn, start, end).physical_gpu_hours == 0.0
+
+
+def _grafana_sql(raw: str) -> str:
+    """Expand the Grafana macros the dashboard uses the way Grafana's PostgreSQL source does."""
+    raw = re.sub(r"\$__timeFilter\((\w+)\)",
+                 r"\1 BETWEEN '2025-01-01T00:00:00Z' AND '2025-02-01T00:00:00Z'", raw)
+    return raw.replace("$cluster", "'demo', 'c1'")
+
+
+def test_grafana_dashboard_queries_run_as_the_reader(fresh_db: str) -> None:
+    dashboard = json.loads((settings.PROJECT_ROOT / "compose" / "grafana" / "migmeter-timescaledb.json").read_text())
+    queries = [t["rawSql"] for p in dashboard["panels"] for t in p["targets"]]
+    queries += [v["query"] for v in dashboard["templating"]["list"]]
+    assert len(queries) >= 9
+    with _as_reader(fresh_db) as conn:
+        for q in queries:
+            conn.execute(_grafana_sql(q)).fetchall()
