@@ -21,7 +21,6 @@ __all__ = ["configure", "run"]
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--database-url", help="PostgreSQL URL (default: $MIGMETER_DATABASE_URL or the local stack)")
     sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
     s = sub.add_parser("set", help="price of one GPU of MODEL per hour, from a UTC day on")
     s.add_argument("model", help="GPU model exactly as reported (see `migmeter price list`), e.g. 'NVIDIA A100-SXM4-80GB'")
@@ -34,6 +33,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     d = sub.add_parser("delete", help="remove one dated price (e.g. a typo)")
     d.add_argument("model")
     d.add_argument("--from", dest="effective_from", required=True, help="the day of the price to remove (YYYY-MM-DD)")
+    for p in (s, ls, d):
+        p.add_argument("--database-url", help="PostgreSQL URL (default: $MIGMETER_DATABASE_URL or the local stack)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -42,7 +43,8 @@ def run(args: argparse.Namespace) -> int:
         with psycopg.connect(url, connect_timeout=10) as conn:
             return _dispatch(conn, args)
     except psycopg.errors.InsufficientPrivilege:
-        raise MigmeterError("this database role may not change prices; use the warehouse owner's login") from None
+        raise MigmeterError(f"this database role may not {args.action} prices; changing prices needs the "
+                            "warehouse owner's login") from None
     except psycopg.OperationalError as exc:
         raise MigmeterError(f"cannot reach {settings.redact_url(url)}: {str(exc).strip()[:200]}") from None
 

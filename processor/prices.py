@@ -127,16 +127,16 @@ def delete_price(conn: psycopg.Connection[object], gpu_model: str, effective_fro
 
 
 def list_prices(conn: psycopg.Connection[object], gpu_model: str | None = None) -> list[Price]:
-    """All prices (or one model's), by model then date."""
+    """All prices (or one model's), by model then date; reads the view, so a BI login can list them."""
     with conn.cursor(row_factory=class_row(Price)) as cur:
         if gpu_model is None:
             cur.execute(
-                "SELECT gpu_model, price_per_gpu_hour, currency, effective_from FROM prices "
+                "SELECT gpu_model, price_per_gpu_hour, currency, effective_from FROM gpu_prices "
                 "ORDER BY gpu_model, effective_from"
             )
         else:
             cur.execute(
-                "SELECT gpu_model, price_per_gpu_hour, currency, effective_from FROM prices "
+                "SELECT gpu_model, price_per_gpu_hour, currency, effective_from FROM gpu_prices "
                 "WHERE gpu_model = %s ORDER BY effective_from",
                 (gpu_model,),
             )
@@ -144,10 +144,10 @@ def list_prices(conn: psycopg.Connection[object], gpu_model: str | None = None) 
 
 
 def unpriced_models(conn: psycopg.Connection[object]) -> list[str]:
-    """GPU models seen by the processor that have no price at all (their cost reads as empty)."""
+    """GPU models with daily usage but no price at all (their cost reads as empty); views only."""
     rows = conn.execute(
-        "SELECT DISTINCT g.gpu_model FROM gpus g "
-        "WHERE NOT EXISTS (SELECT 1 FROM prices p WHERE p.gpu_model = g.gpu_model) ORDER BY 1"
+        "SELECT DISTINCT u.gpu_model FROM gpu_usage_hours_1d u "
+        "WHERE NOT EXISTS (SELECT 1 FROM gpu_prices p WHERE p.gpu_model = u.gpu_model) ORDER BY 1"
     ).fetchall()
     return [str(r[0]) for r in rows]  # type: ignore[index]
 

@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 import re
 from datetime import date
+from decimal import Decimal
 
 import psycopg
 import pytest
 
 from migmeter import settings
-from processor import reports
+from processor import prices, reports
 
 pytestmark = pytest.mark.integration
 
@@ -96,3 +97,15 @@ def test_grafana_dashboard_queries_run_as_the_reader(fresh_db: str) -> None:
     with _as_reader(fresh_db) as conn:
         for q in queries:
             conn.execute(_grafana_sql(q)).fetchall()
+
+
+def test_reader_lists_prices_but_cannot_set_them(fresh_db: str) -> None:
+    with psycopg.connect(fresh_db) as conn:
+        prices.set_price(conn, prices.Price("A30", Decimal("1.5"), "EUR", date(2025, 1, 1)))
+        prices.set_price(conn, prices.Price("A30", Decimal("1.5"), "EUR", date(2025, 1, 1)))  # idempotent
+    with _as_reader(fresh_db) as conn:
+        assert [(p.gpu_model, p.price_per_gpu_hour, p.currency) for p in prices.list_prices(conn)] == [
+            ("A30", Decimal("1.500000"), "EUR")]
+        assert prices.unpriced_models(conn) == []
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            prices.set_price(conn, prices.Price("A30", Decimal("0"), "EUR", date(2025, 2, 1)))
