@@ -97,9 +97,15 @@ def generate(url: str, hosts: int, gpus_per_host: int, interval_s: float, with_h
         conn.autocommit = True
         for t in ("tenant_usage_1d", "gpu_usage_1d", "instance_usage_1d"):
             conn.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(t)))
-        counts = {t: int(conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(t))).fetchone()[0])
+        counts = {t: _scalar(conn, sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(t)))
                   for t in ("tenant_usage_1d", "gpu_usage_1d", "instance_usage_1d", "gpus")}
     return {"snapshots": snapshots, "fold_s": round(fold_s, 1), "write_s": round(write_s, 1), "rows": counts}
+
+
+def _scalar(conn: psycopg.Connection[Any], query: sql.Composable, params: dict[str, Any] | None = None) -> Any:
+    row = conn.execute(query, params).fetchone()
+    assert row is not None
+    return row[0]
 
 
 def _timed(fn: Any, repeats: int) -> dict[str, float]:
@@ -133,8 +139,8 @@ def measure(url: str, repeats: int) -> dict[str, Any]:
         out["bi_view_namespace_monthly"] = _timed(lambda: conn.execute(
             "SELECT * FROM chargeback_namespace_monthly WHERE month = %s", (MONTH,)).fetchall(), repeats)
         query = sql.SQL(reports.load_query("chargeback")).format(keys=sql.Identifier("namespace"))
-        plan = conn.execute(sql.SQL("EXPLAIN (ANALYZE, FORMAT JSON) ") + query,
-                            {"start": start, "end": end, "cluster": None}).fetchone()[0]
+        plan = _scalar(conn, sql.SQL("EXPLAIN (ANALYZE, FORMAT JSON) ") + query,
+                       {"start": start, "end": end, "cluster": None})
         out["explain_execution_ms"] = round(plan[0]["Execution Time"], 1)
     return out
 

@@ -22,6 +22,7 @@ Choices, so a re-run never trips over an earlier one:
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import sys
 import threading
@@ -300,9 +301,10 @@ def _report(url: str, cfg: DemoConfig, result: DemoResult, echo: Callable[[str],
             path.write_text(render(cb, "csv"))
             result.outputs.append(path)
             daily = reports.chargeback_daily(conn, month, cluster=result.cluster)
-            result.outputs += _try_plot(lambda m=month, d=daily: plot.plot_chargeback(
-                d.column("day"), d.column("namespace"), d.column("alloc_gpu_hours"),
-                out / f"chargeback-{m:%Y-%m}.png", f"Allocated GPU-hours per day, {m:%Y-%m}, {result.cluster}"), echo)
+            result.outputs += _try_plot(functools.partial(
+                plot.plot_chargeback, daily.column("day"), daily.column("namespace"), daily.column("alloc_gpu_hours"),
+                out / f"chargeback-{month:%Y-%m}.png", f"Allocated GPU-hours per day, {month:%Y-%m}, {result.cluster}"),
+                echo)
         util_day = reports.utilization(conn, _day_floor(result.start), result.end, by="day", cluster=result.cluster)
         echo("")
         echo(render(util_day, "table").rstrip())
