@@ -102,7 +102,7 @@ def generate(url: str, hosts: int, gpus_per_host: int, interval_s: float, with_h
     return {"snapshots": snapshots, "fold_s": round(fold_s, 1), "write_s": round(write_s, 1), "rows": counts}
 
 
-def _scalar(conn: psycopg.Connection[Any], query: sql.Composable, params: dict[str, Any] | None = None) -> Any:
+def _scalar(conn: psycopg.Connection[Any], query: sql.Composed, params: dict[str, Any] | None = None) -> Any:
     row = conn.execute(query, params).fetchone()
     assert row is not None
     return row[0]
