@@ -197,7 +197,11 @@ class Proc:
             return "(no log)"
 
     def metrics(self) -> dict[str, float]:
-        return scrape_metrics(self.metrics_port)
+        """Its /metrics now; empty while the server is not up yet (the process is starting)."""
+        try:
+            return scrape_metrics(self.metrics_port)
+        except OSError:
+            return {}
 
     def terminate(self, timeout_s: float = 60.0) -> int:
         """SIGTERM and wait; SIGKILL if it does not exit (then the test fails on the rc)."""
