@@ -1,9 +1,9 @@
 """The machine's limits (part 5): what the processor's figures are a fraction of.
 
 - Consume-only: kafka-python reading the same pre-loaded topic with no processing at all
-  (records are counted, values not even decoded), with the processor's fetch size, in a
-  child process so it pays for its own interpreter like the processor does. The rate is
-  taken from the first record to the last, so group join and start-up are not in it.
+  (records are counted, values not even decoded; batches are decompressed), with the
+  processor's fetch size, in a child process. The clock starts once the consumer is
+  connected and positioned (first fetch included), so start-up is not in it.
 - COPY: psycopg ``COPY ... FROM STDIN`` of instance-usage rows (the processor's widest table)
   into an empty hypertable with its primary key and indexes; once with rows formatted by
   psycopg (``write_row``, what a Python writer pays) and once from pre-encoded text (the
@@ -37,16 +37,16 @@ c = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
 tps = [TopicPartition(topic, int(p)) for p in ends]
 c.assign(tps)
 c.seek_to_beginning(*tps)
+for tp in tps:
+    c.position(tp)  # connect and resolve the start offsets before the clock starts
 target = sum(ends.values())
 n = nbytes = 0
-t_first = None
+t0 = time.perf_counter()
 while n < target:
     for tp, recs in c.poll(timeout_ms=500, max_records=10000).items():
-        if t_first is None:
-            t_first = time.perf_counter()
         n += len(recs)
         nbytes += sum(len(r.value) for r in recs)
-t = time.perf_counter() - t_first
+t = time.perf_counter() - t0
 print(json.dumps({"records": n, "bytes": nbytes, "seconds": t}))
 """
 

@@ -69,11 +69,12 @@ def load_topic(topic: str, snapshots: int, gpus: int = 1000, seed: int = 7) -> L
     return Loaded(topic, n, inst, end_offsets(topic), secs, n_gpus)
 
 
-def processor_cmd(topic: str, group: str, url: str, batch_records: int, batch_ms: int) -> list[str]:
+def processor_cmd(topic: str, group: str, url: str, batch_records: int, batch_ms: int,
+                  metrics_port: int = 0) -> list[str]:
     """The command line of ``migmeter process`` for one run (kept in one place)."""
     return ["migmeter", "process", "--topic", topic, "--group", group, "--database-url", url,
             "--batch-records", str(batch_records), "--batch-ms", str(batch_ms),
-            "--dead-letter-topic", topic + ".dlq", "--metrics-port", "0", "--summary-every", "0"]
+            "--dead-letter-topic", topic + ".dlq", "--metrics-port", str(metrics_port), "--summary-every", "0"]
 
 
 class _Progress:
