@@ -51,6 +51,7 @@ __all__ = [
     "ChildStats",
     "run_child",
     "python_cmd",
+    "stop_process",
 ]
 
 # An H100 partitioned 7 x 1g: exactly 7 instances per GPU, the densest (and for the
@@ -256,17 +257,22 @@ def run_child(
                     break
                 time.sleep(poll_s)
         finally:
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(20)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+            stop_process(proc)
         log.seek(0)
         output = log.read().decode(errors="replace")
     out_path.unlink(missing_ok=True)
     return ChildStats(wall, cpu, hwm, proc.returncode, output[-4000:])
+
+
+def stop_process(proc: subprocess.Popen[Any]) -> None:
+    """SIGTERM (the processor commits its in-flight batch and exits), SIGKILL after 20 s."""
+    if proc.poll() is None:
+        proc.terminate()
+    try:
+        proc.wait(20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def ts_now() -> str:

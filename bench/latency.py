@@ -44,6 +44,7 @@ from bench.common import (
     fresh_topic,
     load_average,
     percentile,
+    stop_process,
 )
 from bench.throughput import processor_cmd
 from collector.publish import KafkaPublisher
@@ -199,12 +200,7 @@ def latency(gpus: int, seconds: float, *, interval_s: float = 15.0, batch_record
             vis.stop.set()
             vis.join(5)
             pub.close()
-            proc.terminate()
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop_process(proc)
         lat = vis.latencies
         return {
             "gpus": hosts * _GPUS_PER_HOST,

@@ -36,6 +36,7 @@ from bench.common import (
     median,
     preload,
     run_child,
+    stop_process,
 )
 from migmeter import settings
 
@@ -180,11 +181,7 @@ def _run_many(cmd: Sequence[str], prog: _Progress, env: dict[str, str], n: int, 
             if p.poll() is None:
                 p.terminate()
         for p in others:
-            try:
-                p.wait(20)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+            stop_process(p)
     return [main] + [ChildStats(main.wall_s, *last.get(p.pid, (0.0, 0)), p.returncode) for p in others]
 
 
