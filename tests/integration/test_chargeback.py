@@ -11,6 +11,7 @@ A100 periods); A30 1.00 from Jan 1.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from datetime import date, datetime, timedelta, timezone
@@ -191,3 +192,25 @@ def test_utilization_report_totals(month_db: str) -> None:
     assert day["weighted_util_pct"] == pytest.approx(100 * busy / (4 * 6 / 7 + 2))
     assert day["allocation_pct"] == pytest.approx(100 * (4 * 6 / 7 + 2) / 6.0)
     assert [r["whole_util_pct"] for r in one.as_dicts()] == pytest.approx([80.0, 80.0, 80.0])
+
+
+def test_report_cli_plots_and_layout(month_db: str, tmp_path) -> None:
+    url = ["--database-url", month_db]
+    cb = subprocess.run([sys.executable, "-m", "migmeter.cli", "report", "chargeback", "--month", "2025-11", "--by",
+                         "pod", "--plot", str(tmp_path / "cb.png"), *url], capture_output=True, text=True, timeout=120)
+    assert cb.returncode == 0, cb.stderr
+    assert "pod-a2" in cb.stdout and "-> reconciles" in cb.stdout
+    ut = subprocess.run([sys.executable, "-m", "migmeter.cli", "report", "utilization", "--from", "2025-11-10",
+                         "--to", "2025-11-21", "--host", "h1", "--by", "hour", "--plot", str(tmp_path / "u.png"), *url],
+                        capture_output=True, text=True, timeout=120)
+    assert ut.returncode == 0, ut.stderr
+    assert "total" in ut.stdout
+    for name in ("cb.png", "u.png"):
+        assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
+    la = subprocess.run([sys.executable, "-m", "migmeter.cli", "report", "layout", "--gpu", "GPU-A", "--from",
+                         "2025-11-10", "--to", "2025-11-21", "--format", "json", *url],
+                        capture_output=True, text=True, timeout=120)
+    assert la.returncode == 0, la.stderr
+    before, changes = json.loads(la.stdout)
+    assert [r["profile"] for r in before["rows"]] == ["3g.20gb", "2g.10gb", "1g.5gb"]
+    assert {r["event"] for r in changes["rows"]} == {"created", "destroyed"}
