@@ -92,6 +92,10 @@ _SECRET_KEYS = frozenset({"sasl_plain_password", "ssl_password", "sasl_oauth_tok
 # Batching: 20 ms is invisible at a 15 s scrape interval and lets one round of a large fleet
 # go out as a few compressed batches instead of one request per GPU.
 DEFAULT_LINGER_MS = 20
+# Producer batch (bytes, per partition, before compression): a snapshot is ~1-2 KB of JSON,
+# so kafka-python's 16 KiB default makes a batch (and a sender wake-up) every ~10 snapshots;
+# 256 KiB lets one round of a large fleet go out as a few batches per partition.
+_BATCH_BYTES = 256 * 1024
 # How long one round may wait for acknowledgements before the broker is declared down and
 # the round's records are spooled. Well under a typical 15 s interval.
 DEFAULT_FLUSH_TIMEOUT_S = 10.0
@@ -295,6 +299,7 @@ class KafkaPublisher:
                 enable_idempotence=True,
                 compression_type=self.compression,
                 linger_ms=self._linger_ms,
+                batch_size=_BATCH_BYTES,
                 max_block_ms=min(_MAX_BLOCK_MS, self._connect_timeout_ms),
                 request_timeout_ms=_REQUEST_TIMEOUT_MS,
                 delivery_timeout_ms=_DELIVERY_TIMEOUT_MS,
