@@ -232,9 +232,11 @@ def spawn(name: str, args: Sequence[str], log_dir: Path, env: dict[str, str] | N
     return Proc(name, popen, log, metrics_port)
 
 
-def processor_args(bootstrap: str, db: str, topic: str, group: str, metrics_port: int = 0, *extra: str) -> list[str]:
-    """``migmeter process`` arguments with small batches (many commits: many chances to break one)."""
-    return ["--log-level", "INFO", "process", "--bootstrap", bootstrap, "--database-url", db, "--topic", topic,
+def processor_args(bootstrap: str, db: str, topic: str, group: str, metrics_port: int = 0, *extra: str,
+                   log_level: str = "INFO") -> list[str]:
+    """``migmeter process`` arguments with small batches (many commits: many chances to break one);
+    ``extra`` flags come last, so they override these (argparse keeps the last value)."""
+    return ["--log-level", log_level, "process", "--bootstrap", bootstrap, "--database-url", db, "--topic", topic,
             "--dead-letter-topic", topic + ".dlq", "--group", group, "--metrics-port", str(metrics_port),
             "--batch-ms", "200", "--batch-records", "500", "--retry-max", "2", "--summary-every", "5", *extra]
 
