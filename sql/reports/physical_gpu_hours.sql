@@ -1,0 +1,7 @@
+-- The fleet's physical GPU-hours (every GPU's seconds) over a bucket range, from the daily
+-- rows: what the chargeback lines must add up to.
+-- Params: start, end (timestamptz), cluster (text or NULL).
+SELECT coalesce(sum(gpu_hours), 0) AS physical_gpu_hours
+FROM gpu_usage_hours_1d
+WHERE bucket >= %(start)s AND bucket < %(end)s
+  AND (%(cluster)s::text IS NULL OR cluster = %(cluster)s::text)
