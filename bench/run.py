@@ -69,7 +69,7 @@ def _log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg} (load {load_average()[0]})", file=sys.stderr, flush=True)
 
 
-def run(plan: Plan, parts: tuple[str, ...]) -> dict[str, Any]:
+def run(plan: Plan, parts: tuple[str, ...], compare_rev: str | None = None) -> dict[str, Any]:
     res: dict[str, Any] = {
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "plan": plan.__dict__,
@@ -77,7 +77,7 @@ def run(plan: Plan, parts: tuple[str, ...]) -> dict[str, Any]:
                     "load_at_start": load_average()},
     }
     t_all = time.perf_counter()
-    if {"throughput", "ceiling", "scaleout"} & set(parts):
+    if {"throughput", "ceiling", "scaleout"} & set(parts) or compare_rev:
         with fresh_topic(4) as topic:
             _log(f"pre-loading {plan.snapshots} snapshots")
             loaded = throughput.load_topic(topic, plan.snapshots)
@@ -91,6 +91,14 @@ def run(plan: Plan, parts: tuple[str, ...]) -> dict[str, Any]:
             if "throughput" in parts:
                 _log(f"processor throughput, batch sizes {plan.batch_sizes} x {plan.repeats}")
                 res["throughput"] = throughput.throughput(loaded, plan.batch_sizes, plan.repeats)
+            if compare_rev:
+                import tempfile
+
+                with tempfile.TemporaryDirectory(prefix="migmeter-before-") as tmp:
+                    before = throughput.export_revision(compare_rev, Path(tmp))
+                    _log(f"before/after: processor at {compare_rev} vs the working tree")
+                    res["before_after"] = {"before_rev": compare_rev, **throughput.compare_trees(
+                        loaded, plan.default_batch, max(plan.repeats, 3), {"before": before, "after": None})}
             if "scaleout" in parts:
                 _log("scale-out: 1 vs 2 processors")
                 res["scale_out"] = throughput.scale_out(loaded, plan.default_batch, plan.repeats)
@@ -188,6 +196,14 @@ def render(res: dict[str, Any]) -> str:
                      f"{_f(t['snapshots_per_s'])} snapshots/s; steady {_f(t['steady_instance_samples_per_s'])}/s; "
                      f"{_f(t['rows_merged_per_s'])} rows merged/s; {_f(t['cpu_s_per_1m_instance_samples'], 1)} CPU s "
                      f"per 1M samples; peak RSS {_f(t['peak_rss_mib'])} MiB; wall {_f(t['wall_s'], 1)} s"))
+    ba = res.get("before_after")
+    if ba:
+        for label in ("before", "after"):
+            v = ba.get(label) or {}
+            rows.append((f"processor {label} ({ba['before_rev'] if label == 'before' else 'working tree'})",
+                         f"{_f(v.get('instance_samples_per_s'))} inst-samples/s",
+                         f"steady {_f(v.get('steady_instance_samples_per_s'))}/s; "
+                         f"{_f(v.get('cpu_s_per_1m_instance_samples'), 1)} CPU s per 1M samples"))
     co = res.get("consume_only")
     if co:
         avg = _get(res, "dataset", "avg_instances_per_snapshot") or 0
@@ -265,6 +281,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="smaller data and single runs (a smoke test)")
     parser.add_argument("--only", default=",".join(PARTS), help=f"comma-separated parts (default all: {','.join(PARTS)})")
+    parser.add_argument("--compare-rev", metavar="REV",
+                        help="also run the processor of git revision REV against the working tree (before/after)")
     parser.add_argument("--render", metavar="JSON", help="print the table of an earlier results file and exit")
     args = parser.parse_args(argv)
     if args.render:
@@ -274,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
     unknown = set(parts) - set(PARTS)
     if unknown:
         parser.error(f"unknown parts: {', '.join(sorted(unknown))}")
-    res = run(PLANS["quick" if args.quick else "full"], parts)
+    res = run(PLANS["quick" if args.quick else "full"], parts, args.compare_rev)
     res["mode"] = "quick" if args.quick else "full"
     RESULTS_DIR.mkdir(exist_ok=True)
     path = RESULTS_DIR / f"{time.strftime('%Y%m%dT%H%M%S')}{'-quick' if args.quick else ''}.json"

@@ -18,9 +18,11 @@ upserted row counts once per batch that touched it, which is the database work d
 from __future__ import annotations
 
 import os
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -40,7 +42,8 @@ from bench.common import (
 )
 from migmeter import settings
 
-__all__ = ["Loaded", "load_topic", "ProcessRun", "process_once", "throughput", "scale_out", "processor_cmd"]
+__all__ = ["Loaded", "load_topic", "ProcessRun", "process_once", "throughput", "scale_out", "processor_cmd",
+           "compare_trees", "export_revision"]
 
 
 @dataclass
@@ -71,9 +74,16 @@ def load_topic(topic: str, snapshots: int, gpus: int = 1000, seed: int = 7) -> L
 
 
 def processor_cmd(topic: str, group: str, url: str, batch_records: int, batch_ms: int,
-                  metrics_port: int = 0) -> list[str]:
-    """The command line of ``migmeter process`` for one run (kept in one place)."""
-    return ["migmeter", "process", "--topic", topic, "--group", group, "--database-url", url,
+                  metrics_port: int = 0, root: Path | None = None) -> list[str]:
+    """The command line of ``migmeter process`` for one run (kept in one place).
+
+    ``root``: run the processor from another source tree (an older revision, for before/after
+    figures) instead of the installed package: its ``migmeter.cli`` is imported first.
+    """
+    head = ["migmeter"] if root is None else [
+        sys.executable, "-c", f"import sys; sys.path.insert(0, {str(root)!r}); from migmeter.cli import main; "
+                              "sys.exit(main())"]
+    return head + ["process", "--topic", topic, "--group", group, "--database-url", url,
             "--batch-records", str(batch_records), "--batch-ms", str(batch_ms),
             "--dead-letter-topic", topic + ".dlq", "--metrics-port", str(metrics_port), "--summary-every", "0"]
 
@@ -131,7 +141,7 @@ class ProcessRun:
 
 
 def process_once(loaded: Loaded, batch_records: int, batch_ms: int = 2000, processes: int = 1,
-                 timeout_s: float = 300.0) -> ProcessRun:
+                 timeout_s: float = 300.0, root: Path | None = None) -> ProcessRun:
     """Run ``processes`` processors in one fresh group into a fresh database until caught up."""
     target = sum(loaded.end.values())
     group = f"bench-{os.urandom(4).hex()}"
@@ -139,7 +149,7 @@ def process_once(loaded: Loaded, batch_records: int, batch_ms: int = 2000, proce
         prog = _Progress(url, group, loaded.topic, target)
         env = dict(os.environ, MIGMETER_KAFKA_BOOTSTRAP=settings.kafka_bootstrap(), PYTHONUNBUFFERED="1")
         rows_before = _rows_written(url)
-        cmd = processor_cmd(loaded.topic, group, url, batch_records, batch_ms)
+        cmd = processor_cmd(loaded.topic, group, url, batch_records, batch_ms, root=root)
         try:
             if processes == 1:
                 stats = [run_child(cmd, prog.done, env=env, timeout_s=timeout_s)]
@@ -228,6 +238,27 @@ def scale_out(loaded: Loaded, batch_records: int, repeats: int, batch_ms: int = 
         one.append(process_once(loaded, batch_records, batch_ms, processes=1))
         two.append(process_once(loaded, batch_records, batch_ms, processes=2))
     return {"1": _summarize(loaded, one), "2": _summarize(loaded, two)}
+
+
+def compare_trees(loaded: Loaded, batch_records: int, repeats: int, trees: dict[str, Path | None],
+                  batch_ms: int = 2000) -> dict[str, Any]:
+    """Before/after: the same runs for each source tree (None = the working tree), interleaved."""
+    runs: dict[str, list[ProcessRun]] = {label: [] for label in trees}
+    for _ in range(repeats):
+        for label, root in trees.items():
+            runs[label].append(process_once(loaded, batch_records, batch_ms, root=root))
+    return {label: _summarize(loaded, rs) for label, rs in runs.items()}
+
+
+def export_revision(rev: str, dest: Path) -> Path:
+    """``git archive`` of ``rev`` into ``dest`` (a throw-away copy; the checkout is not touched)."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    dest.mkdir(parents=True, exist_ok=True)
+    archive = subprocess.run(["git", "-C", str(root), "archive", rev], capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
+    return dest
 
 
 def main() -> None:  # pragma: no cover - manual use: python -m bench.throughput
