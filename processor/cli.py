@@ -45,6 +45,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="where rejected records are announced (default %(default)s)")
     parser.add_argument("--group", default=DEFAULT_GROUP, help="consumer group (default %(default)s); "
                         "processors in one group share partitions, offsets are stored per group")
+    parser.add_argument("--session-timeout-ms", type=_positive_int, default=10_000,
+                        help="a processor silent this long loses its partitions to the others in the group "
+                             "(default %(default)s; the broker allows 6000 and up by default)")
+    parser.add_argument("--instance-id", help="static group membership (e.g. a StatefulSet pod name): a "
+                        "restarted processor gets its partitions back without waiting for a rebalance")
     parser.add_argument("--batch-records", type=_positive_int, default=DEFAULT_BATCH_RECORDS,
                         help="commit a batch at this many records (default %(default)s)")
     parser.add_argument("--batch-ms", type=_positive_int, default=DEFAULT_BATCH_MS,
@@ -84,6 +89,8 @@ def run(args: argparse.Namespace) -> int:
         retry_max_s=args.retry_max,
         summary_every_s=args.summary_every,
         stop_when_idle_s=args.stop_when_idle,
+        session_timeout_ms=args.session_timeout_ms,
+        instance_id=args.instance_id,
         kafka_options=tuple(sorted(security.items())),
     )
     if security:

@@ -85,6 +85,8 @@ class ProcessorConfig:
     summary_every_s: float = 30.0
     stop_when_idle_s: float = 0.0  # > 0: exit once caught up and nothing arrived for this long
     client_id: str = "migmeter-process"
+    session_timeout_ms: int = 10_000  # how soon a dead processor's partitions move to the others
+    instance_id: str | None = None  # static membership: a restart reclaims its partitions at once
     kafka_options: tuple[tuple[str, Any], ...] = ()  # TLS/SASL pass-through for consumer and producer
 
 
@@ -136,7 +138,9 @@ class Processor:
         self._consumer = KafkaConsumer(
             bootstrap_servers=cfg.bootstrap, group_id=cfg.group, client_id=cfg.client_id,
             enable_auto_commit=False, auto_offset_reset="earliest",
-            max_partition_fetch_bytes=MAX_PARTITION_FETCH_BYTES, **opts)
+            max_partition_fetch_bytes=MAX_PARTITION_FETCH_BYTES, session_timeout_ms=cfg.session_timeout_ms,
+            heartbeat_interval_ms=max(1000, cfg.session_timeout_ms // 3), group_instance_id=cfg.instance_id,
+            **opts)
         self._consumer.subscribe([cfg.topic], listener=_Listener(self))
         log.info("processing %s in group %s (batch %d records / %d ms) into %r", cfg.topic, cfg.group,
                  cfg.batch_records, cfg.batch_ms, self.sink)

@@ -9,6 +9,7 @@ import threading
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import psycopg
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
@@ -71,13 +72,16 @@ def run_until_idle(cfg: ProcessorConfig, timeout_s: float = 120.0) -> ProcessorM
     return metrics
 
 
-def spawn_processor(bootstrap: str, db: str, topic: str, group: str = "g", *extra: str) -> subprocess.Popen[bytes]:
-    """``migmeter process`` as a real subprocess (crash tests kill it with SIGKILL)."""
+def spawn_processor(bootstrap: str, db: str, topic: str, log_path: Path, group: str = "g",
+                    *extra: str) -> subprocess.Popen[bytes]:
+    """``migmeter process`` as a real subprocess (crash tests kill it with SIGKILL); stderr appends
+    to ``log_path`` (a file, not a pipe nobody drains, which would block the process)."""
     env = dict(os.environ, **{settings.ENV_KAFKA_BOOTSTRAP: bootstrap, settings.ENV_DATABASE_URL: db})
     cmd = [sys.executable, "-m", "migmeter.cli", "--log-level", "INFO", "process", "--topic", topic,
            "--dead-letter-topic", topic + ".dlq", "--group", group, "--metrics-port", "0", "--batch-ms", "200",
-           "--batch-records", "500", "--retry-max", "2", *extra]
-    return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+           "--batch-records", "500", "--retry-max", "2", "--session-timeout-ms", "6000", *extra]
+    with open(log_path, "ab") as log:
+        return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=log)
 
 
 def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
