@@ -12,6 +12,7 @@ import logging
 import signal
 import threading
 from types import FrameType
+from typing import Any
 
 from collector.publish import describe_security, kafka_security
 from migmeter import settings
@@ -113,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _on_signals(processor: Processor) -> dict[signal.Signals, object]:
+def _on_signals(processor: Processor) -> dict[signal.Signals, Any]:
     """SIGTERM/SIGINT: finish the batch in flight, then exit; a second SIGINT interrupts."""
     stopping = threading.Event()
 

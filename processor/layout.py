@@ -152,13 +152,15 @@ def layout_of(snap: Snapshot) -> dict[int, Slot]:
 
 
 def signature_of(snap: Snapshot) -> Signature:
-    """Cheap equality key of a snapshot's layout: the hot path compares this and nothing else."""
+    """Cheap equality key of a snapshot's layout: the hot path compares this and nothing else.
+
+    Instances in snapshot order (no sort: sources emit a stable order); a reordered but
+    otherwise equal layout merely takes the slow path, which finds no change.
+    """
     return (
         snap.mig_enabled,
-        tuple(sorted(
-            (i.gi_id, i.profile, i.slices, i.tenant.namespace, i.tenant.pod, i.tenant.container)
-            for i in snap.instances
-        )),
+        tuple([(i.gi_id, i.profile, i.slices, i.tenant.namespace, i.tenant.pod, i.tenant.container)
+               for i in snap.instances]),
     )
 
 
