@@ -31,6 +31,7 @@ from bench.common import (
     DENSE_MODEL,
     ChildStats,
     DenseFleet,
+    _proc_cpu_and_hwm,
     end_offsets,
     fresh_database,
     fresh_topic,
@@ -97,6 +98,7 @@ class _Progress:
         self.first_at: float | None = None
         self.first_records = 0
         self.t0 = time.perf_counter()
+        self.db_cpu: dict[int, float] = {}  # the processors' PostgreSQL backends: pid -> CPU s
 
     def committed(self) -> int:
         row = self.conn.execute(
@@ -105,6 +107,11 @@ class _Progress:
         return int(row[0]) if row else 0
 
     def done(self) -> bool:
+        for (pid,) in self.conn.execute("SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+                                        "AND application_name = 'migmeter-process'").fetchall():
+            cpu = _proc_cpu_and_hwm(int(pid))[0]  # server and bench share the machine
+            if cpu:
+                self.db_cpu[int(pid)] = max(self.db_cpu.get(int(pid), 0.0), cpu)
         c = self.committed()
         if c > 0 and self.first_at is None:
             self.first_at, self.first_records = time.perf_counter() - self.t0, c
@@ -135,6 +142,7 @@ class ProcessRun:
     cpu_s: float
     peak_rss_kib: int
     rows_written: int
+    db_cpu_s: float
     ok: bool
     load: list[float]
     note: str = ""
@@ -164,15 +172,13 @@ def process_once(loaded: Loaded, batch_records: int, batch_ms: int = 2000, proce
         rows = _rows_written(url) - rows_before
     note = "" if ok else "did not catch up: " + stats[0].output[-600:]
     return ProcessRun(processes, batch_records, wall, wall - first, target - prog.first_records,
-                      sum(s.cpu_s for s in stats), max(s.peak_rss_kib for s in stats), rows, ok, load_average(),
-                      note)
+                      sum(s.cpu_s for s in stats), max(s.peak_rss_kib for s in stats), rows, sum(prog.db_cpu.values()),
+                      ok, load_average(), note)
 
 
 def _run_many(cmd: Sequence[str], prog: _Progress, env: dict[str, str], n: int, timeout_s: float) -> list[ChildStats]:
     """n processors in one group: the first is driven by run_child, the others run alongside."""
     import subprocess
-
-    from bench.common import _proc_cpu_and_hwm
 
     others = [subprocess.Popen(list(cmd), stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, env=env)
               for _ in range(n - 1)]
@@ -215,6 +221,8 @@ def _summarize(loaded: Loaded, runs: list[ProcessRun]) -> dict[str, Any]:
         "rows_merged_per_s": median([r.rows_written / r.wall_s for r in good]),
         "rows_merged": median([r.rows_written for r in good]),
         "cpu_s_per_1m_instance_samples": median([r.cpu_s / inst * 1e6 for r in good]),
+        "db_backend_cpu_s_per_1m_instance_samples": median([r.db_cpu_s / inst * 1e6 for r in good]),
+        "cpu_share_of_wall": median([(r.cpu_s + r.db_cpu_s) / r.wall_s for r in good]),
         "peak_rss_mib": median([r.peak_rss_kib / 1024 for r in good]),
         "load": [r.load for r in runs],
         "runs": [r.__dict__ for r in runs],
