@@ -53,6 +53,8 @@ DEFAULT_KEEP: dict[str, timedelta | None] = {
 }
 _KEEP_RE = re.compile(r"^(\d{1,6})([hdwy])$")
 _UNIT_DAYS = {"d": 1, "w": 7, "y": 365}
+# Longest finite retention: far past any real need, and now - keep stays a valid datetime.
+_MAX_KEEP = timedelta(days=1000 * 365)
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +79,9 @@ def parse_keep(text: str) -> timedelta | None:
     keep = timedelta(hours=n) if unit == "h" else timedelta(days=n * _UNIT_DAYS[unit])
     if keep <= timedelta(0):
         raise ConfigError("retention must be longer than zero (use 'forever' to keep everything)")
+    if keep > _MAX_KEEP:
+        # now - keep would fall before year 1 (OverflowError, a traceback) for e.g. 999999y.
+        raise ConfigError(f"retention {text[:20]!r} is longer than 1000 years; use 'forever' to keep everything")
     return keep
 
 
