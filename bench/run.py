@@ -161,8 +161,12 @@ def targets(res: dict[str, Any]) -> list[dict[str, Any]]:
                     "value": lat["p99_s"], "met": lat["p99_s"] <= bound})
     big = _get(res, "baseline", "fleet_1000", "chargeback_month_s_measured")
     if big is not None:
-        out.append({"target": "monthly chargeback, 1,000 GPUs, pre-aggregated <= 1 s", "value": big,
-                    "met": big <= TARGET_CHARGEBACK_S})
+        out.append({"target": "monthly chargeback, 1,000 GPUs, pre-aggregated <= 1 s (default settings)",
+                    "value": big, "met": big <= TARGET_CHARGEBACK_S})
+        tuned = _get(res, "baseline", "fleet_1000", "chargeback_month_s_work_mem_64mb")
+        if tuned is not None:
+            out.append({"target": "monthly chargeback, 1,000 GPUs, pre-aggregated <= 1 s (work_mem 64MB)",
+                        "value": tuned, "met": tuned <= TARGET_CHARGEBACK_S})
         ratio = _get(res, "baseline", "fleet_1000", "ratio_extrapolated")
         measured_ratio = _get(res, "baseline", "queries", "chargeback_month_s", "ratio")
         out.append({"target": "chargeback >= 10x faster than over raw samples",
@@ -257,6 +261,10 @@ def render(res: dict[str, Any]) -> str:
         rows.append(("chargeback, 1,000 GPUs, 1 month, migmeter", f"{_f(big['chargeback_month_s_measured'], 3)} s",
                      f"measured on {big['synthesized_daily_rows']:,} synthesized daily rows; full report incl. "
                      f"reconciliation {_f(big['chargeback_full_report_s_measured'], 2)} s"))
+        if big.get("chargeback_month_s_work_mem_64mb") is not None:
+            rows.append(("chargeback, 1,000 GPUs, 1 month, migmeter, work_mem 64MB",
+                         f"{_f(big['chargeback_month_s_work_mem_64mb'], 3)} s",
+                         f"default work_mem {big.get('default_work_mem')} sorts the daily rows on disk"))
         rows.append(("chargeback, 1,000 GPUs, 1 month, raw (extrapolated)",
                      f"{_f(big['raw_chargeback_month_s_extrapolated'])} s",
                      f"{big['raw_rows_month']:,} rows at the measured scan rate; ratio ~{big['ratio_extrapolated']:,.0f}x"))
