@@ -168,6 +168,7 @@ class Sink:
         if self._conn is not None and not self._conn.closed:
             return self._conn
         self._conn = None
+        conn: psycopg.Connection[Any] | None = None
         try:
             conn = psycopg.connect(self.url, connect_timeout=max(1, int(self.connect_timeout_s)),
                                    application_name="migmeter-process")
@@ -177,9 +178,12 @@ class Sink:
                     conn.execute(sql.SQL("CREATE TEMP TABLE IF NOT EXISTS {} (LIKE {} INCLUDING DEFAULTS) "
                                          "ON COMMIT DELETE ROWS").format(sql.Identifier(spec.stage),
                                                                          sql.Identifier(spec.name)))
-        except psycopg.OperationalError as exc:
-            raise DatabaseUnavailable(f"cannot connect to {settings.redact_url(self.url)}: {_first_line(exc)}") from None
         except psycopg.Error as exc:
+            if conn is not None:
+                conn.close()
+            if isinstance(exc, psycopg.OperationalError):
+                raise DatabaseUnavailable(
+                    f"cannot connect to {settings.redact_url(self.url)}: {_first_line(exc)}") from None
             raise SinkError(f"preparing the connection failed: {_first_line(exc)}") from None
         log.info("connected to %s", settings.redact_url(self.url))
         self._conn = conn
