@@ -10,6 +10,7 @@ and a figure taken under someone else's test run is not comparable to one taken 
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import resource
 import statistics
@@ -107,7 +108,7 @@ def percentile(values: Sequence[float], q: float) -> float:
     if not values:
         return float("nan")
     s = sorted(values)
-    k = max(0, min(len(s) - 1, int(round(q / 100.0 * len(s) + 0.5)) - 1))
+    k = max(0, min(len(s) - 1, math.ceil(q / 100.0 * len(s)) - 1))
     return float(s[k])
 
 

@@ -196,12 +196,12 @@ def render(res: dict[str, Any]) -> str:
             rows.append((f"processor, batch {b}", "FAILED", str(t)[:200]))
             continue
         rows.append((f"processor, batch {int(b):,} records",
-                     f"{_f(t['instance_samples_per_s'])} inst-samples/s",
-                     f"{_f(t['snapshots_per_s'])} snapshots/s; steady {_f(t['steady_instance_samples_per_s'])}/s; "
-                     f"{_f(t['rows_merged_per_s'])} rows merged/s; CPU per 1M samples: processor "
-                     f"{_f(t['cpu_s_per_1m_instance_samples'], 1)} s + its DB backend "
-                     f"{_f(t.get('db_backend_cpu_s_per_1m_instance_samples'), 1)} s; peak RSS {_f(t['peak_rss_mib'])} MiB; "
-                     f"wall {_f(t['wall_s'], 1)} s"))
+                     f"{_f(t.get('instance_samples_per_s'))} inst-samples/s",
+                     f"{_f(t.get('snapshots_per_s'))} snapshots/s; steady {_f(t.get('steady_instance_samples_per_s'))}/s; "
+                     f"{_f(t.get('rows_merged_per_s'))} rows merged/s; CPU per 1M samples: processor "
+                     f"{_f(t.get('cpu_s_per_1m_instance_samples'), 1)} s + its DB backend "
+                     f"{_f(t.get('db_backend_cpu_s_per_1m_instance_samples'), 1)} s; peak RSS {_f(t.get('peak_rss_mib'))} MiB; "
+                     f"wall {_f(t.get('wall_s'), 1)} s"))
     ba = res.get("before_after")
     if ba:
         for label in ("before", "after"):
