@@ -169,6 +169,11 @@ def _size(conn: psycopg.Connection[Any], table: str) -> int:
     return int(row[0] or 0) if row else 0
 
 
+def _relation_size(conn: psycopg.Connection[Any], table: str) -> int:
+    row = conn.execute("SELECT pg_total_relation_size(%s::regclass)", (table,)).fetchone()
+    return int(row[0] or 0) if row else 0
+
+
 def _count(conn: psycopg.Connection[Any], table: str, where: str = "") -> int:
     row = conn.execute(sql.SQL("SELECT count(*) FROM {} " + where).format(sql.Identifier(table))).fetchone()
     return int(row[0]) if row else 0
@@ -193,7 +198,7 @@ def _synthesize_big_month(conn: psycopg.Connection[Any], gpus: int, days: int) -
              f"{extra} FROM {table}, generate_series(0, %(copies)s::int) k, generate_series(%(lo)s::int, %(hi)s::int) j "
              f"WHERE cluster <> %(cluster)s AND bucket + make_interval(days => j * %(days)s::int) >= %(m0)s "
              f"AND bucket + make_interval(days => j * %(days)s::int) < %(m1)s")
-        cur = conn.execute(q, params)  # type: ignore[arg-type]
+        cur = conn.execute(q, params)
         n += cur.rowcount
     conn.commit()
     conn.execute("ANALYZE tenant_usage_1d")
@@ -212,7 +217,7 @@ def baseline(gpus: int = 8, days: int = 7, repeats: int = 5) -> dict[str, Any]:
     samples = snapshots = 0
     out: dict[str, Any] = {"gpus": n_gpus, "days": days, "interval_s": fleet.interval_s}
     with fresh_database() as url, psycopg.connect(url) as conn:
-        conn.execute(RAW_DDL)  # type: ignore[arg-type]
+        conn.execute(RAW_DDL)
         conn.execute("INSERT INTO prices (gpu_model, price_per_gpu_hour, effective_from) VALUES (%s, %s, %s)",
                      (DENSE_MODEL, _PRICE, date(2024, 1, 1)))
         conn.commit()
@@ -258,9 +263,8 @@ def baseline(gpus: int = 8, days: int = 7, repeats: int = 5) -> dict[str, Any]:
         raw_bytes = _size(conn, "raw_samples")
         grain_bytes = {g: sum(_size(conn, spec.name) for gg, spec, _ in USAGE_TABLES if gg == g)
                        for g in ("1m", "1h", "1d")}
-        other = _size(conn, "layout_events") + sum(
-            int(conn.execute("SELECT pg_total_relation_size(%s::regclass)", (t,)).fetchone()[0])  # type: ignore[index]
-            for t in ("instance_intervals", "gpu_state", "gpus"))
+        other = _size(conn, "layout_events") + sum(_relation_size(conn, t)
+                                                   for t in ("instance_intervals", "gpu_state", "gpus"))
         all_bytes = sum(grain_bytes.values()) + other
         out["storage"] = {
             "raw_rows": _count(conn, "raw_samples"),

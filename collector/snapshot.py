@@ -284,12 +284,14 @@ def _instance_fast(raw: dict[str, Any]) -> Instance | None:
     values = [_fast_num(m.get(k)) for k in _METRIC_FIELDS]
     if _MISSING in values:
         return None
-    names = [t.get("namespace"), t.get("pod"), t.get("container")]
-    for i, v in enumerate(names):
+    names: list[str] = []
+    for v in (t.get("namespace"), t.get("pod"), t.get("container")):
         if v is None:
-            names[i] = ""
+            names.append("")
         elif type(v) is not str or len(v) > 256:
             return None
+        else:
+            names.append(v)
     sm_count, mem, placement = raw.get("sm_count"), _fast_num(raw.get("mem_total_mib")), raw.get("placement_start")
     if (sm_count is not None and type(sm_count) is not int) or mem is _MISSING or (
             placement is not None and type(placement) is not int):
