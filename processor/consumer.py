@@ -34,7 +34,7 @@ from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata
 
 from collector.snapshot import Snapshot, from_json
-from migmeter.errors import BadSnapshot, SinkError
+from migmeter.errors import BadSnapshot, MigmeterError, SinkError
 from processor.fold import DEFAULT_MAX_BACKWARD_SKEW_S, DEFAULT_MAX_FUTURE_SKEW_S, BatchFold, DeadLetter, FoldedBatch
 from processor.layout import GpuState
 from processor.metrics import ProcessorMetrics
@@ -135,12 +135,18 @@ class Processor:
     def run(self) -> None:
         cfg = self.config
         opts = dict(cfg.kafka_options)
-        self._consumer = KafkaConsumer(
-            bootstrap_servers=cfg.bootstrap, group_id=cfg.group, client_id=cfg.client_id,
-            enable_auto_commit=False, auto_offset_reset="earliest",
-            max_partition_fetch_bytes=MAX_PARTITION_FETCH_BYTES, session_timeout_ms=cfg.session_timeout_ms,
-            heartbeat_interval_ms=max(1000, cfg.session_timeout_ms // 3), group_instance_id=cfg.instance_id,
-            **opts)
+        try:
+            self._consumer = KafkaConsumer(
+                bootstrap_servers=cfg.bootstrap, group_id=cfg.group, client_id=cfg.client_id,
+                enable_auto_commit=False, auto_offset_reset="earliest",
+                max_partition_fetch_bytes=MAX_PARTITION_FETCH_BYTES, session_timeout_ms=cfg.session_timeout_ms,
+                heartbeat_interval_ms=max(1000, cfg.session_timeout_ms // 3), group_instance_id=cfg.instance_id,
+                **opts)
+        except KafkaError as exc:
+            # kafka-python raises once its bootstrap timeout passes: one clear line and exit 1
+            # (the supervisor restarts us), not an uncaught traceback.
+            self.sink.close()
+            raise MigmeterError(f"cannot reach Kafka at {cfg.bootstrap}: {exc.__class__.__name__}") from None
         self._consumer.subscribe([cfg.topic], listener=_Listener(self))
         log.info("processing %s in group %s (batch %d records / %d ms) into %r", cfg.topic, cfg.group,
                  cfg.batch_records, cfg.batch_ms, self.sink)
