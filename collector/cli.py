@@ -52,6 +52,9 @@ SOURCES = ("dcgm", "nvml", "prometheus", "simulate")
 # dcgm-exporter refreshes its fields every 30 s by default and Prometheus commonly scrapes
 # every 15-30 s; 15 s matches a typical scrape so the warehouse sees what Prometheus sees.
 DEFAULT_INTERVAL_S = 15.0
+# Failed reads in a row after which a Prometheus backfill gives up (with back-off between
+# them: 1+2+4+8 s, enough to ride out a Prometheus restart).
+_BACKFILL_MAX_ERRORS = 5
 _RELATIVE_TIME = re.compile(r"^now(?:-(\d+(?:\.\d+)?)([smhd]))?$")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -214,6 +217,8 @@ def run(args: argparse.Namespace) -> int:
                 interval_s=args.step if args.source == "prometheus" and args.step else args.interval,
                 speed=pace, max_rounds=max_rounds, metrics=metrics, stop=stop,
                 flush_timeout_s=args.flush_timeout, log_every_s=args.log_every,
+                # A backfill is a job: give up (exit 1) rather than retry a dead server forever.
+                max_consecutive_errors=_BACKFILL_MAX_ERRORS if args.source == "prometheus" else None,
             )
     finally:
         if stop_server is not None:
@@ -307,6 +312,9 @@ def default_spool_dir(cluster: str) -> Path:
 
 
 def _exit_code(summary: RunSummary, *, spooled: bool) -> int:
+    if summary.gave_up:
+        log.error("gave up: %s", summary.stopped_by)
+        return 1
     if summary.snapshots_read == 0 and summary.scrape_errors > 0:
         log.error("the source could not be read (%d failed rounds)", summary.scrape_errors)
         return 1

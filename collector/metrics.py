@@ -181,7 +181,7 @@ class CollectorMetrics:
             "migmeter_collector_last_round_timestamp_seconds", "Unix time the last round finished.", registry=r
         )
         self.layouts = _LayoutCollector(clock)
-        r.register(self.layouts)  # type: ignore[arg-type]  # duck-typed Collector
+        r.register(self.layouts)
         self._seen_skips: dict[tuple[str, str], int] = {}
         self._seen_publish = PublishStats()
 

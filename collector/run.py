@@ -37,6 +37,10 @@ DEFAULT_LOG_EVERY_S = 60.0
 # Log at most this many SourceUnavailable messages in a row at WARNING; after that, one per
 # progress line, so a source down for a day does not write 5,760 warnings.
 _LOUD_ERRORS = 3
+# An unpaced loop (speed 0: a backfill) must not retry a failing source in a tight loop:
+# wait 1 s after the first failure, doubling up to a minute.
+_ERROR_BACKOFF_MIN_S = 1.0
+_ERROR_BACKOFF_MAX_S = 60.0
 
 
 @dataclass
@@ -51,6 +55,7 @@ class RunSummary:
     skipped: dict[str, int] = field(default_factory=dict)
     publish: PublishStats = field(default_factory=PublishStats)
     stopped_by: str = ""
+    gave_up: bool = False  # ended by max_consecutive_errors: the run failed
 
     def line(self) -> str:
         p = self.publish
@@ -85,21 +90,31 @@ def run_loop(
     stop: threading.Event | None = None,
     flush_timeout_s: float = DEFAULT_FLUSH_TIMEOUT_S,
     log_every_s: float = DEFAULT_LOG_EVERY_S,
+    max_consecutive_errors: int | None = None,
     clock: Callable[[], float] = time.monotonic,
     close: bool = True,
 ) -> RunSummary:
-    """Poll ``source`` until stopped; returns the summary. ``speed`` > 1 shortens the wait
-    between rounds (a simulated fleet replayed faster); ``speed`` 0 does not wait at all."""
+    """Poll ``source`` until stopped; returns the summary.
+
+    ``speed`` > 1 shortens the wait between rounds (a simulated fleet replayed faster);
+    ``speed`` 0 does not wait at all, except after a failed read (exponential back-off).
+    ``max_consecutive_errors`` ends the run after that many failed reads in a row (a
+    one-shot backfill should fail, not retry forever; a daemon leaves it None).
+    """
     stop = stop or threading.Event()
     summary = RunSummary()
     step = 0.0 if speed <= 0 else interval_s / speed
     loud_left = _LOUD_ERRORS
+    consecutive_errors = 0
     next_log = clock() + log_every_s
     deadline = clock()
     try:
         while not stop.is_set():
             summary.rounds += 1
+            errors_before = summary.scrape_errors
             loud_left = _one_round(source, publisher, summary, metrics, loud_left)
+            failed = summary.scrape_errors > errors_before
+            consecutive_errors = consecutive_errors + 1 if failed else 0
             # Every round, even one that read nothing: this is also what drains the spool.
             publisher.flush(flush_timeout_s)
             summary.publish = publisher.stats
@@ -108,6 +123,10 @@ def run_loop(
                 metrics.rounds.inc()
                 metrics.sync(source.name, source.stats.skipped, publisher.stats)
                 metrics.last_round.set_to_current_time()
+            if max_consecutive_errors is not None and consecutive_errors >= max_consecutive_errors:
+                summary.stopped_by = f"source failed {consecutive_errors} times in a row"
+                summary.gave_up = True
+                break
             if max_rounds is not None and summary.rounds >= max_rounds:
                 summary.stopped_by = f"{max_rounds} round(s) done"
                 break
@@ -123,7 +142,10 @@ def run_loop(
             if missed:
                 summary.missed_deadlines += missed
                 log.warning("round %d overran: skipped %d scheduled round(s)", summary.rounds, missed)
-            if stop.wait(max(deadline - clock(), 0.0)):
+            wait = deadline - clock()
+            if failed and step <= 0:
+                wait = min(_ERROR_BACKOFF_MIN_S * 2 ** (consecutive_errors - 1), _ERROR_BACKOFF_MAX_S)
+            if stop.wait(max(wait, 0.0)):
                 break
         if stop.is_set() and not summary.stopped_by:
             summary.stopped_by = "stop requested"

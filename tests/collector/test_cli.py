@@ -167,3 +167,22 @@ def test_parse_time_forms() -> None:
     assert parse_time("now") - parse_time("now-2h") >= timedelta(hours=2) - timedelta(seconds=1)
     with pytest.raises(ConfigError):
         parse_time("now-2w")
+
+
+def test_kafka_client_logs_are_let_through_once_a_minute() -> None:
+    import logging
+
+    from collector.cli import _OncePerMinute
+
+    def record(name: str, msg: str, created: float) -> logging.LogRecord:
+        r = logging.LogRecord(name, logging.ERROR, __file__, 1, msg, (), None)
+        r.created = created
+        return r
+
+    f = _OncePerMinute()
+    assert f.filter(record("kafka.net.manager", "Connection failed: %s", 0.0))
+    assert not f.filter(record("kafka.net.manager", "Connection failed: %s", 30.0))
+    assert f.filter(record("kafka.net.manager", "Bootstrap failed: %s", 30.0))  # another message
+    assert f.filter(record("kafka.net.manager", "Connection failed: %s", 61.0))
+    assert f.filter(record("migmeter.collector.publish", "x", 1.0))
+    assert f.filter(record("migmeter.collector.publish", "x", 2.0))  # ours are never filtered

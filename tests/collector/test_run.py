@@ -129,3 +129,19 @@ def test_sigterm_sets_stop_and_handlers_are_restored() -> None:
         os.kill(os.getpid(), signal.SIGTERM)
         assert stop.wait(5.0)  # the handler runs between bytecodes; wait() lets it
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_consecutive_failures_end_a_bounded_run_and_a_success_resets_the_count() -> None:
+    good = series(["GPU-a"], 1)
+    down = SourceUnavailable("server down")
+    source = _ScriptedSource([down, down, good, down, down, down, good])
+    summary = run_loop(source, InMemoryPublisher(), interval_s=0.001, max_consecutive_errors=3)
+    assert summary.gave_up
+    assert summary.rounds == 6  # the success in round 3 reset the count
+    assert summary.snapshots_read == 1
+
+
+def test_without_a_limit_failures_never_end_the_loop() -> None:
+    source = _ScriptedSource([SourceUnavailable("down")])
+    summary = run_loop(source, InMemoryPublisher(), interval_s=0.001, max_rounds=20)
+    assert (summary.rounds, summary.scrape_errors, summary.gave_up) == (20, 20, False)
