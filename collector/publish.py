@@ -67,6 +67,7 @@ __all__ = [
     "StdoutPublisher",
     "KafkaPublisher",
     "kafka_security",
+    "describe_security",
     "default_compression",
 ]
 
