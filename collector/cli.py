@@ -278,7 +278,7 @@ def _import_source(name: str) -> Any:
 
 def _make_publisher(args: argparse.Namespace, stop: threading.Event, metrics: CollectorMetrics) -> Publisher:
     if args.stdout:
-        return StdoutPublisher()
+        return StdoutPublisher(stop=stop)
     security = kafka_security(
         security_protocol=args.security_protocol, sasl_mechanism=args.sasl_mechanism,
         ssl_cafile=args.ssl_cafile, ssl_certfile=args.ssl_certfile, ssl_keyfile=args.ssl_keyfile,

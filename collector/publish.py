@@ -172,25 +172,54 @@ class StdoutPublisher:
     """One JSON line per snapshot (the wire format) on ``stream``: ``collect --stdout``.
 
     The stream is looked up at write time when not given, so redirected ``sys.stdout`` works.
+    When the reader goes away (``collect --stdout | head``) the publisher sets ``stop`` and
+    writes nothing more: a closed pipe ends the run quietly instead of with a traceback.
     """
 
-    def __init__(self, stream: IO[str] | None = None) -> None:
+    def __init__(self, stream: IO[str] | None = None, *, stop: threading.Event | None = None) -> None:
         self._stream = stream
+        self._stop = stop
         self.stats = PublishStats()
+        self.pipe_closed = False
 
     def _out(self) -> IO[str]:
         return self._stream if self._stream is not None else sys.stdout
 
     def send(self, snapshot: Snapshot) -> None:
-        self._out().write(snapshot.to_json().decode() + "\n")
         self.stats.sent += 1
+        if self.pipe_closed:
+            return
+        try:
+            self._out().write(snapshot.to_json().decode() + "\n")
+        except BrokenPipeError:
+            self._closed_pipe()
+            return
         self.stats.delivered += 1
 
     def flush(self, timeout_s: float) -> None:
-        self._out().flush()
+        if not self.pipe_closed:
+            try:
+                self._out().flush()
+            except BrokenPipeError:
+                self._closed_pipe()
 
     def close(self) -> None:
-        self._out().flush()
+        self.flush(0.0)
+
+    def _closed_pipe(self) -> None:
+        self.pipe_closed = True
+        log.info("stdout was closed by its reader; stopping")
+        if self._stop is not None:
+            self._stop.set()
+        if self._stream is None:
+            # Python would report the broken pipe again when it flushes stdout at exit.
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            try:
+                os.dup2(devnull, sys.stdout.fileno())
+            except (OSError, ValueError):
+                pass
+            finally:
+                os.close(devnull)
 
 
 @dataclass(slots=True)

@@ -54,6 +54,31 @@ def test_stdout_writes_wire_json_lines() -> None:
     assert pub.stats.delivered == 4
 
 
+class _ClosedPipe(io.StringIO):
+    """A stdout whose reader went away after ``keep`` lines (``collect --stdout | head``)."""
+
+    def __init__(self, keep: int) -> None:
+        super().__init__()
+        self.keep = keep
+
+    def write(self, s: str) -> int:
+        if self.getvalue().count("\n") >= self.keep:
+            raise BrokenPipeError(32, "Broken pipe")
+        return super().write(s)
+
+
+def test_stdout_closed_by_its_reader_stops_the_run_quietly() -> None:
+    stop = threading.Event()
+    out = _ClosedPipe(keep=2)
+    pub = StdoutPublisher(out, stop=stop)
+    for s in series(["GPU-a"], 4):
+        pub.send(s)
+    pub.close()
+    assert stop.is_set() and pub.pipe_closed
+    assert len(out.getvalue().splitlines()) == 2
+    assert (pub.stats.sent, pub.stats.delivered) == (4, 2)
+
+
 def test_in_memory_keeps_everything() -> None:
     pub = InMemoryPublisher()
     snaps = series(["GPU-a"], 3)
