@@ -15,7 +15,7 @@ import re
 import signal
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from types import FrameType
@@ -198,31 +198,28 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     _quiet_kafka_client_logs()
     overrides = _total_slices(args.total_slices)
-    source, pace = _make_source(args, overrides)
     stop = threading.Event()
     metrics = CollectorMetrics()
-    try:
+    with ExitStack() as cleanup:
+        # Each part is closed if a later one cannot start (a taken port, a locked spool).
+        source, pace = _make_source(args, overrides)
+        cleanup.callback(source.close)
+        if not args.once:
+            stop_server = serve(metrics, args.metrics_port, args.metrics_addr)
+            if stop_server is not None:
+                cleanup.callback(stop_server)
+                log.info("serving /metrics on http://%s:%d/metrics", args.metrics_addr, args.metrics_port)
         publisher = _make_publisher(args, stop, metrics)
-    except BaseException:
-        source.close()
-        raise
-    max_rounds = 1 if args.once else args.rounds
-    stop_server = None if args.once else serve(metrics, args.metrics_port, args.metrics_addr)
-    if stop_server is not None:
-        log.info("serving /metrics on http://%s:%d/metrics", args.metrics_addr, args.metrics_port)
-    try:
         with _stop_on_signals(stop):
+            # run_loop closes the publisher and the source itself (source.close is idempotent).
             summary = run_loop(
                 source, publisher,
                 interval_s=args.step if args.source == "prometheus" and args.step else args.interval,
-                speed=pace, max_rounds=max_rounds, metrics=metrics, stop=stop,
+                speed=pace, max_rounds=1 if args.once else args.rounds, metrics=metrics, stop=stop,
                 flush_timeout_s=args.flush_timeout, log_every_s=args.log_every,
                 # A backfill is a job: give up (exit 1) rather than retry a dead server forever.
                 max_consecutive_errors=_BACKFILL_MAX_ERRORS if args.source == "prometheus" else None,
             )
-    finally:
-        if stop_server is not None:
-            stop_server()
     return _exit_code(summary, spooled=getattr(publisher, "spool", None) is not None)
 
 

@@ -30,6 +30,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 
 from collector.publish import PublishStats
 from collector.snapshot import FULL_GPU_GI_ID, Snapshot
+from migmeter.errors import ConfigError
 
 __all__ = [
     "DEFAULT_METRICS_ADDR",
@@ -219,7 +220,13 @@ def serve(metrics: CollectorMetrics, port: int, addr: str = DEFAULT_METRICS_ADDR
     """Serve /metrics on ``addr:port`` in a daemon thread; port 0 disables. Returns a stop function."""
     if port == 0:
         return None
-    server, thread = start_http_server(port, addr=addr, registry=metrics.registry)
+    try:
+        server, thread = start_http_server(port, addr=addr, registry=metrics.registry)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot serve /metrics on {addr}:{port}: {exc.strerror or exc}; "
+            f"pick another --metrics-port, or 0 to disable"
+        ) from None
 
     def stop() -> None:
         server.shutdown()

@@ -186,3 +186,53 @@ def test_kafka_client_logs_are_let_through_once_a_minute() -> None:
     assert f.filter(record("kafka.net.manager", "Connection failed: %s", 61.0))
     assert f.filter(record("migmeter.collector.publish", "x", 1.0))
     assert f.filter(record("migmeter.collector.publish", "x", 2.0))  # ours are never filtered
+
+
+def test_metrics_port_in_use_is_a_configuration_error(capsys: pytest.CaptureFixture[str]) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code = main(["collect", "--source", "simulate", "--rounds", "1", "--stdout", "--metrics-port", str(port)])
+    assert code == 2
+    assert capsys.readouterr().out == ""  # nothing was read before the failure
+
+
+def test_metrics_are_served_while_running(capsys: pytest.CaptureFixture[str]) -> None:
+    import socket
+    import threading
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    bodies: list[str] = []
+
+    class _Scrape(threading.Thread):
+        def run(self) -> None:
+            bodies.append(urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode())
+
+    import collector.run as run_mod
+
+    real_one_round = run_mod._one_round
+
+    def scrape_after_first_round(*a: object, **kw: object) -> int:
+        left = real_one_round(*a, **kw)  # type: ignore[arg-type]
+        if not bodies:
+            t = _Scrape()
+            t.start()
+            t.join()
+        return left
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(run_mod, "_one_round", scrape_after_first_round)
+    try:
+        code = main(["collect", "--source", "simulate", "--rounds", "2", "--speed", "0", "--stdout", "--hosts", "1",
+                     "--gpus-per-host", "2", "--metrics-port", str(port)])
+    finally:
+        mp.undo()
+    assert code == 0
+    assert "migmeter_gpu_total_slices{" in bodies[0]
+    assert "migmeter_collector_snapshots_read_total 2.0" in bodies[0]
