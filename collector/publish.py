@@ -272,6 +272,7 @@ class KafkaPublisher:
         self._down = False  # the last attempt failed; the spool takes new records
         self._retry_at = 0.0
         self._retry_s = _RETRY_MIN_S
+        self._closed = False
         self._sync_spool_stats()
 
     def __repr__(self) -> str:
@@ -299,7 +300,10 @@ class KafkaPublisher:
         self._sync_spool_stats()
 
     def close(self, timeout_s: float = DEFAULT_FLUSH_TIMEOUT_S) -> None:
-        """Deliver or spool everything, then close the producer and the spool."""
+        """Deliver or spool everything, then close the producer and the spool (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
         try:
             self.flush(timeout_s)
         finally:

@@ -102,6 +102,14 @@ def test_unreachable_broker_spools_everything_in_order(tmp_path: Path) -> None:
     assert _spooled(tmp_path) == [(s.gpu_uuid, s.ts.isoformat()) for s in snaps]
 
 
+def test_close_twice_is_harmless(tmp_path: Path) -> None:
+    pub = _kafka(Spool(tmp_path))
+    pub.send(series(["GPU-a"], 1)[0])
+    pub.close(0.2)
+    pub.close(0.2)
+    assert pub.stats.spool_depth == 1
+
+
 def test_new_snapshots_queue_behind_a_spool_left_by_a_previous_run(tmp_path: Path) -> None:
     first, second = series(["GPU-a", "GPU-b"], 2), series(["GPU-a", "GPU-b"], 4)[4:]
     pub = _kafka(Spool(tmp_path))
