@@ -69,60 +69,86 @@ def _log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg} (load {load_average()[0]})", file=sys.stderr, flush=True)
 
 
-def run(plan: Plan, parts: tuple[str, ...], compare_rev: str | None = None) -> dict[str, Any]:
+class _Parts:
+    """Runs each part in isolation: a failing part is recorded with its error and the rest go
+    on; the results file is rewritten after every part, so a late failure loses nothing."""
+
+    def __init__(self, res: dict[str, Any], path: Path) -> None:
+        self.res, self.path = res, path
+
+    def do(self, key: str, label: str, fn: Any) -> Any:
+        _log(label)
+        try:
+            value = fn()
+        except Exception as exc:  # noqa: BLE001 - a benchmark part failing must not lose the others
+            _log(f"{key} FAILED: {exc.__class__.__name__}: {exc}")
+            value = {"error": f"{exc.__class__.__name__}: {str(exc)[:500]}"}
+        self.res[key] = value
+        self.path.parent.mkdir(exist_ok=True)
+        self.path.write_text(json.dumps(self.res, indent=1, default=str))
+        return value
+
+
+def run(plan: Plan, parts: tuple[str, ...], path: Path, compare_rev: str | None = None) -> dict[str, Any]:
     res: dict[str, Any] = {
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "plan": plan.__dict__,
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
                     "load_at_start": load_average()},
     }
+    p = _Parts(res, path)
     t_all = time.perf_counter()
     if {"throughput", "ceiling", "scaleout"} & set(parts) or compare_rev:
         with fresh_topic(4) as topic:
-            _log(f"pre-loading {plan.snapshots} snapshots")
-            loaded = throughput.load_topic(topic, plan.snapshots)
+            loaded = p.do("loaded", f"pre-loading {plan.snapshots} snapshots",
+                          lambda: throughput.load_topic(topic, plan.snapshots))
+            res.pop("loaded")
+            if not isinstance(loaded, throughput.Loaded):
+                raise SystemExit(f"pre-loading the topic failed: {loaded}")
             res["dataset"] = {"snapshots": loaded.snapshots, "instance_samples": loaded.instance_samples,
                               "avg_instances_per_snapshot": loaded.avg_instances, "gpus": loaded.gpus,
                               "partitions": len(loaded.end), "preload_s": loaded.preload_s}
             if "ceiling" in parts:
-                _log("consume-only ceiling")
-                res["consume_only"] = ceiling.consume_only(settings.kafka_bootstrap(), topic, loaded.end,
-                                                           max(plan.repeats, 3))
+                p.do("consume_only", "consume-only ceiling", lambda: ceiling.consume_only(
+                    settings.kafka_bootstrap(), topic, loaded.end, max(plan.repeats, 3)))
             if "throughput" in parts:
-                _log(f"processor throughput, batch sizes {plan.batch_sizes} x {plan.repeats}")
-                res["throughput"] = throughput.throughput(loaded, plan.batch_sizes, plan.repeats)
+                p.do("throughput", f"processor throughput, batch sizes {plan.batch_sizes} x {plan.repeats}",
+                     lambda: throughput.throughput(loaded, plan.batch_sizes, plan.repeats))
             if compare_rev:
-                import tempfile
-
-                with tempfile.TemporaryDirectory(prefix="migmeter-before-") as tmp:
-                    before = throughput.export_revision(compare_rev, Path(tmp))
-                    _log(f"before/after: processor at {compare_rev} vs the working tree")
-                    res["before_after"] = {"before_rev": compare_rev, **throughput.compare_trees(
-                        loaded, plan.default_batch, max(plan.repeats, 3), {"before": before, "after": None})}
+                rev = compare_rev
+                p.do("before_after", f"before/after: processor at {rev} vs the working tree",
+                     lambda: _before_after(loaded, rev, plan))
             if "scaleout" in parts:
-                _log("scale-out: 1 vs 2 processors")
-                res["scale_out"] = throughput.scale_out(loaded, plan.default_batch, plan.repeats)
-    if {"ceiling", "writepath"} & set(parts):
-        _log("folding rows for the write path and COPY ceiling")
-        if "ceiling" in parts:
-            rows = ceiling.usage_rows(plan.copy_rows_snapshots, gpus=1000)
-            res["copy_ceiling"] = ceiling.copy_ceiling(rows["instance_usage_1m"], max(plan.repeats, 3))
-        if "writepath" in parts:
-            _log("write path")
-            res["write_path"] = writepath.write_path(ceiling.usage_rows(plan.writepath_snapshots, gpus=200),
-                                                     plan.repeats)
+                p.do("scale_out", "scale-out: 1 vs 2 processors",
+                     lambda: throughput.scale_out(loaded, plan.default_batch, plan.repeats))
+    if "ceiling" in parts:
+        p.do("copy_ceiling", "COPY ceiling", lambda: ceiling.copy_ceiling(
+            ceiling.usage_rows(plan.copy_rows_snapshots, gpus=1000)["instance_usage_1m"], max(plan.repeats, 3)))
+    if "writepath" in parts:
+        p.do("write_path", "write path", lambda: writepath.write_path(
+            ceiling.usage_rows(plan.writepath_snapshots, gpus=200), plan.repeats))
     if "latency" in parts:
-        _log(f"latency at 2,000 GPUs / 15 s for {plan.latency_s:.0f} s")
-        res["latency_1x"] = latency.latency(2000, plan.latency_s)
-        _log(f"latency at 20,000 GPUs / 15 s for {plan.latency_10x_s:.0f} s")
-        res["latency_10x"] = latency.latency(20000, plan.latency_10x_s)
+        p.do("latency_1x", f"latency at 2,000 GPUs / 15 s for {plan.latency_s:.0f} s",
+             lambda: latency.latency(2000, plan.latency_s))
+        p.do("latency_10x", f"latency at 20,000 GPUs / 15 s for {plan.latency_10x_s:.0f} s",
+             lambda: latency.latency(20000, plan.latency_10x_s))
     if "baseline" in parts:
-        _log(f"raw-sample baseline: {plan.baseline_gpus} GPUs x {plan.baseline_days} days")
-        res["baseline"] = baseline_mod.baseline(plan.baseline_gpus, plan.baseline_days, max(plan.repeats, 3))
+        p.do("baseline", f"raw-sample baseline: {plan.baseline_gpus} GPUs x {plan.baseline_days} days",
+             lambda: baseline_mod.baseline(plan.baseline_gpus, plan.baseline_days, max(plan.repeats, 3)))
     res["elapsed_s"] = time.perf_counter() - t_all
     res["machine"]["load_at_end"] = load_average()
     res["targets"] = targets(res)
+    path.write_text(json.dumps(res, indent=1, default=str))
     return res
+
+
+def _before_after(loaded: throughput.Loaded, rev: str, plan: Plan) -> dict[str, Any]:
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="migmeter-before-") as tmp:
+        before = throughput.export_revision(rev, Path(tmp))
+        return {"before_rev": rev, **throughput.compare_trees(loaded, plan.default_batch, max(plan.repeats, 3),
+                                                               {"before": before, "after": None})}
 
 
 def _get(d: dict[str, Any], *path: Any) -> Any:
@@ -135,13 +161,14 @@ def _get(d: dict[str, Any], *path: Any) -> Any:
 
 def _best_throughput(res: dict[str, Any]) -> dict[str, Any] | None:
     curve = res.get("throughput") or {}
-    good = [v for v in curve.values() if v.get("instance_samples_per_s")]
+    good = [v for v in curve.values() if isinstance(v, dict) and v.get("instance_samples_per_s")]
     return max(good, key=lambda v: v["instance_samples_per_s"]) if good else None
 
 
 def targets(res: dict[str, Any]) -> list[dict[str, Any]]:
     """Each issue target with the measured value and met / not met (None = not measured)."""
     out = []
+    res = {k: v for k, v in res.items() if not (isinstance(v, dict) and "error" in v)}  # failed parts: not measured
     best = _best_throughput(res)
     rate = best["instance_samples_per_s"] if best else None
     out.append({"target": "processor >= 50,000 instance-samples/s (one process)", "value": rate,
@@ -186,6 +213,10 @@ def _f(v: Any, digits: int = 0, unit: str = "") -> str:
 def render(res: dict[str, Any]) -> str:
     """The results as one Markdown table (figure | value | detail)."""
     rows: list[tuple[str, str, str]] = []
+    failed = {k: v["error"] for k, v in res.items() if isinstance(v, dict) and "error" in v}
+    for k, err in failed.items():
+        rows.append((f"{k}: FAILED", "-", err[:200]))
+    res = {k: v for k, v in res.items() if k not in failed}
     ds = res.get("dataset")
     if ds:
         rows.append(("dataset", f"{ds['snapshots']:,} snapshots / {ds['instance_samples']:,} instance-samples",
@@ -302,10 +333,9 @@ def main(argv: list[str] | None = None) -> int:
     unknown = set(parts) - set(PARTS)
     if unknown:
         parser.error(f"unknown parts: {', '.join(sorted(unknown))}")
-    res = run(PLANS["quick" if args.quick else "full"], parts, args.compare_rev)
-    res["mode"] = "quick" if args.quick else "full"
-    RESULTS_DIR.mkdir(exist_ok=True)
     path = RESULTS_DIR / f"{time.strftime('%Y%m%dT%H%M%S')}{'-quick' if args.quick else ''}.json"
+    res = run(PLANS["quick" if args.quick else "full"], parts, path, args.compare_rev)
+    res["mode"] = "quick" if args.quick else "full"
     path.write_text(json.dumps(res, indent=1, default=str))
     print(render(res))
     print(f"\nwritten: {path}")

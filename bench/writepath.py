@@ -98,7 +98,9 @@ def write_path(data: dict[str, list[tuple[Any, ...]]], repeats: int,
     n_rows = sum(len(r) for r in data.values())
     rates: dict[str, list[float]] = {m: [] for m in methods}
     fingerprints: dict[str, list[Any]] = {}
-    with fresh_database() as url, psycopg.connect(url) as conn:
+    # autocommit: every transaction() block below is a real transaction (not a savepoint in an
+    # implicit one), so the staging tables' ON COMMIT DELETE ROWS empties them after each pass.
+    with fresh_database() as url, psycopg.connect(url, autocommit=True) as conn:
         with conn.transaction():
             for name in names:
                 spec = _specs()[name]

@@ -113,3 +113,12 @@ def test_raw_chargeback_agrees_with_migmeter(fresh_db: str) -> None:
     assert ("unallocated", "(unallocated)") in raw  # A30 layouts may leave slices free: the line must exist
     for key in ours:
         assert raw[key] == pytest.approx(ours[key], abs=1e-9), key
+
+
+def test_a_failed_part_is_shown_and_not_judged() -> None:
+    res = _result(60_000.0, 3.0, 0.5)
+    res["latency_1x"] = {"error": "RuntimeError: broker went away"}
+    res["targets"] = targets(res)
+    res.pop("baseline")
+    assert not any("p99" in t["target"] for t in res["targets"])
+    assert "latency_1x: FAILED" in render(res)
