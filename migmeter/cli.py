@@ -12,9 +12,9 @@ import importlib
 import logging
 import sys
 from collections.abc import Sequence
-from typing import Protocol
+from typing import NoReturn, Protocol
 
-from migmeter import __version__
+from migmeter import __version__, settings
 from migmeter.errors import ConfigError, MigmeterError
 
 __all__ = ["main", "build_parser", "COMMANDS"]
@@ -37,6 +37,15 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse repeats a bad argument verbatim in its usage error ("unrecognized arguments:
+    --databse-url=postgresql://u:PASSWORD@..."); mask passwords there. Subcommand parsers
+    are of the parent's class, so this covers every command."""
+
+    def error(self, message: str) -> NoReturn:
+        super().error(settings.redact_text(message))
+
+
 class _Command(Protocol):
     def configure(self, parser: argparse.ArgumentParser) -> None: ...
 
@@ -44,7 +53,7 @@ class _Command(Protocol):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="migmeter",
         description="MIG-aware GPU metering: collectors -> Kafka -> processor -> TimescaleDB -> reports.",
         epilog="Environment: MIGMETER_KAFKA_BOOTSTRAP (default 127.0.0.1:9092), "

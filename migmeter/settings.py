@@ -26,6 +26,7 @@ __all__ = [
     "database_url",
     "state_dir",
     "redact_url",
+    "redact_text",
 ]
 
 ENV_KAFKA_BOOTSTRAP = "MIGMETER_KAFKA_BOOTSTRAP"
@@ -91,6 +92,13 @@ def redact_url(url: str) -> str:
     else:
         if password is not None:
             text = urlunsplit(parts._replace(netloc=parts.netloc.replace(f":{password}@", ":***@", 1)))
+    return re.sub(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'?|[^\s&]+)", r"\1***", text, flags=re.IGNORECASE)
+
+
+def redact_text(text: str) -> str:
+    """``text`` with the password of every URL (``scheme://user:PASSWORD@``) and every
+    ``password=...`` masked: for messages that may quote a command line."""
+    text = re.sub(r"(://[^:/@\s]*:)[^@\s]*@", r"\1***@", text)
     return re.sub(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'?|[^\s&]+)", r"\1***", text, flags=re.IGNORECASE)
 
 
