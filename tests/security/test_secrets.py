@@ -67,14 +67,24 @@ def test_database_password_never_printed(command: tuple[str, ...], how: str) -> 
         if how == "env":
             proc = _migmeter(*command, env={settings.ENV_DATABASE_URL: url})
         else:
-            # --database-url belongs to the subcommand parser (price: before its action).
-            args = list(command)
-            args.insert(1 if command[0] == "price" else len(args), f"--database-url={url}")
-            proc = _migmeter(*args)
+            proc = _migmeter(*command, f"--database-url={url}")
         out = proc.stdout + proc.stderr
         assert proc.returncode in (1, 2), f"{command} with {settings.redact_url(url)}: rc {proc.returncode}\n{out}"
         assert PASSWORD not in out, f"{command} printed the password for {settings.redact_url(url)}:\n{out}"
         assert "Traceback" not in out, out
+
+
+def test_a_mistyped_flag_does_not_echo_the_password() -> None:
+    """argparse repeats unrecognized arguments verbatim in its usage error."""
+    url = f"postgresql://migmeter:{PASSWORD}@127.0.0.1:{_closed_port()}/migmeter"
+    for argv in (["report", "chargeback", "--month", "2025-01", f"--databse-url={url}"],
+                 ["db", "migrate", "--database-url"],  # missing value: no echo needed
+                 ["process", "--databaseurl", url],
+                 ["--log-level", f"password={PASSWORD}"]):
+        proc = _migmeter(*argv)
+        out = proc.stdout + proc.stderr
+        assert proc.returncode == 2, out
+        assert PASSWORD not in out, f"{argv[:2]} echoed the password:\n{out}"
 
 
 @pytest.mark.integration
