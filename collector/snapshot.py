@@ -43,6 +43,8 @@ MAX_MESSAGE_BYTES = 256 * 1024
 MAX_INSTANCES = 64
 # A scrape interval beyond a day would make one sample cover days of chargeback.
 MAX_INTERVAL_S = 86_400.0
+# Integer fields land in PostgreSQL ``integer`` columns (gpu_index, gi_id, ...).
+_INT32_MIN, _INT32_MAX = -(2**31), 2**31 - 1
 # The pseudo-instance of a GPU without MIG (DCGM has no GPU_I_ID for it).
 FULL_GPU_GI_ID = -1
 
@@ -336,6 +338,13 @@ def _opt_int(obj: dict[str, Any], key: str) -> int | None:
     return _int(obj, key)
 
 
+def _check_int32(name: str, value: int | None) -> None:
+    """The warehouse stores these in 32-bit columns: a larger value would make the database
+    refuse the whole batch, and the processor retry it forever (one message stalling metering)."""
+    if value is not None and not (_INT32_MIN <= value <= _INT32_MAX):
+        raise BadSnapshot(f"{name}={value} outside the 32-bit range the warehouse stores")
+
+
 def _check_snapshot(s: Snapshot) -> None:
     if s.v != WIRE_VERSION:
         raise BadSnapshot(f"unsupported wire version v={s.v!r}")
@@ -349,9 +358,17 @@ def _check_snapshot(s: Snapshot) -> None:
         raise BadSnapshot(f"total_slices={s.total_slices} outside 1..8")
     if len(s.instances) > MAX_INSTANCES:
         raise BadSnapshot(f"{len(s.instances)} instances, over the limit of {MAX_INSTANCES}")
+    _check_int32("gpu_index", s.gpu_index)
     seen: set[int] = set()
     used = 0
     for inst in s.instances:
+        # Inline for the common case (the processor's hot path); _check_int32 words the error.
+        if not _INT32_MIN <= inst.gi_id <= _INT32_MAX:
+            _check_int32("gi_id", inst.gi_id)
+        if inst.sm_count is not None and not _INT32_MIN <= inst.sm_count <= _INT32_MAX:
+            _check_int32("sm_count", inst.sm_count)
+        if inst.placement_start is not None and not _INT32_MIN <= inst.placement_start <= _INT32_MAX:
+            _check_int32("placement_start", inst.placement_start)
         if inst.gi_id in seen:
             raise BadSnapshot(f"duplicate gi_id {inst.gi_id}")
         seen.add(inst.gi_id)
