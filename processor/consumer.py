@@ -13,6 +13,13 @@ Exactly-once rests on three rules kept here:
   database answers again the loop re-reads the stored offsets and seeks back to them. A
   batch that committed is therefore never re-applied, and one that did not is re-consumed.
 
+Pipelining: while batch N is being written (in a writer thread, on its own connection), the
+loop already consumes and folds batch N+1 on top of N's expected result (its GPU states and
+offsets). N+1 is handed to the writer only once N has committed; if N fails, N+1 is thrown
+away with everything else in memory. Even a mistake here could not double count: N+1's
+offsets compare-and-set expects N's end, which is only stored if N committed. Python's CPU
+work (decode, fold) and PostgreSQL's (merge) thus overlap instead of adding up.
+
 Backpressure: while the database is down the loop consumes nothing (partitions paused, polls
 kept going so the group membership stays alive) and retries with exponential backoff,
 capped. Several processors in one consumer group share the partitions; a GPU's snapshots are
@@ -26,6 +33,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -108,7 +116,12 @@ class Processor:
                  sink: Sink | None = None, clock: Callable[[], float] = time.time) -> None:
         self.config = config
         self.metrics = metrics or ProcessorMetrics()
+        # Two connections: the writer thread's transactions, and the loop's reads (offsets,
+        # GPU states), which must never run inside a batch's transaction.
         self.sink = sink or Sink(config.database_url, config.group)
+        self.reader = Sink(config.database_url, config.group)
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="migmeter-writer")
+        self._inflight: tuple[Future[tuple[dict[str, int], float]], FoldedBatch, float] | None = None
         self.clock = clock
         self._stop = threading.Event()
         self._consumer: KafkaConsumer | None = None
@@ -146,6 +159,8 @@ class Processor:
             # kafka-python raises once its bootstrap timeout passes: one clear line and exit 1
             # (the supervisor restarts us), not an uncaught traceback.
             self.sink.close()
+            self.reader.close()
+            self._writer.shutdown()
             raise MigmeterError(f"cannot reach Kafka at {cfg.bootstrap}: {exc.__class__.__name__}") from None
         self._consumer.subscribe([cfg.topic], listener=_Listener(self))
         log.info("processing %s in group %s (batch %d records / %d ms) into %r", cfg.topic, cfg.group,
@@ -156,6 +171,8 @@ class Processor:
                     self._recover()
                     continue
                 self._poll_once()
+                if self._inflight is not None and self._inflight[0].done():
+                    self._collect()
                 if self._pending and (len(self._pending) >= cfg.batch_records
                                       or time.monotonic() - self._pending_since >= cfg.batch_ms / 1000):
                     self._flush()
@@ -166,6 +183,7 @@ class Processor:
             if self._pending and not self._need_seek:
                 log.info("stopping: committing the in-flight batch of %d records", len(self._pending))
                 self._flush()
+            self._collect()
         finally:
             self._summary.log(self, final=True)
             self._close()
@@ -181,12 +199,14 @@ class Processor:
                 self._producer.close(timeout=10)
             except KafkaError as exc:
                 log.warning("closing the dead-letter producer: %s", exc)
+        self._writer.shutdown(wait=True)
         self.sink.close()
+        self.reader.close()
         log.info("processor stopped")
 
     def _idle_for(self) -> float:
         """Seconds since the last record arrived, provided nothing is pending and no lag is known."""
-        if self._pending or self._need_seek or not self._next:
+        if self._pending or self._inflight is not None or self._need_seek or not self._next:
             return 0.0
         assert self._consumer is not None
         for tp, nxt in self._next.items():
@@ -219,28 +239,55 @@ class Processor:
             self._last_record_at = time.monotonic()
 
     def _flush(self) -> None:
-        """Fold and write the pending records; on any failure, distrust memory and re-seek."""
+        """Fold the pending records and hand them to the writer once the batch before has committed."""
         records, self._pending = self._pending, []
         started = self._pending_since
         try:
             batch = self._fold(records)
-            self._publish_dead_letters(batch.dead_letters)
-            t0 = time.monotonic()
-            rows = self.sink.write(batch)
-            write_s = time.monotonic() - t0
-        except OffsetConflict as exc:
+        except SinkError as exc:  # reading GPU states failed
+            self._collect()
+            if not self._need_seek:
+                self._failed(exc, len(records))
+            return
+        self._publish_dead_letters(batch.dead_letters)
+        # Optimistic: the next batch folds on top of this one's result. Undone by _fail().
+        self._states.update(batch.states)
+        for (topic, partition), prog in batch.progress.items():
+            self._stored[TopicPartition(topic, partition)] = prog.next_offset
+        if not self._collect():
+            return  # the batch before failed: this one was folded on top of it, drop it
+        self._inflight = (self._writer.submit(self._write, batch), batch, started)
+
+    def _write(self, batch: FoldedBatch) -> tuple[dict[str, int], float]:
+        """Runs in the writer thread: one transaction (see processor.sink)."""
+        t0 = time.monotonic()
+        rows = self.sink.write(batch)
+        return rows, time.monotonic() - t0
+
+    def _collect(self) -> bool:
+        """Wait for the batch in flight; account for it. False if it failed (memory dropped)."""
+        if self._inflight is None:
+            return not self._need_seek
+        future, batch, started = self._inflight
+        self._inflight = None
+        try:
+            rows, write_s = future.result()
+        except SinkError as exc:
+            self._failed(exc, batch.records)
+            return False
+        self._committed(batch, rows, started, write_s)
+        return True
+
+    def _failed(self, exc: SinkError, records: int) -> None:
+        if isinstance(exc, OffsetConflict):
             self.metrics.offset_conflicts.inc()
-            log.warning("batch of %d records rolled back: %s; re-reading offsets", len(records), exc)
+            log.warning("batch of %d records rolled back: %s; re-reading offsets", records, exc)
             self._fail(backoff=False)
             return
-        except SinkError as exc:
-            self.metrics.db_retries.inc()
-            self.metrics.database_up.set(0)
-            log.warning("batch of %d records not written: %s; retrying in %.1f s", len(records), exc,
-                        self._backoff_s)
-            self._fail(backoff=True)
-            return
-        self._committed(batch, rows, started, write_s)
+        self.metrics.db_retries.inc()
+        self.metrics.database_up.set(0)
+        log.warning("batch of %d records not written: %s; retrying in %.1f s", records, exc, self._backoff_s)
+        self._fail(backoff=True)
 
     def _fold(self, records: list[Any]) -> FoldedBatch:
         decoded: list[Snapshot | BadSnapshot] = []
@@ -253,7 +300,7 @@ class Processor:
                 decoded.append(exc)
         missing = {s.gpu_uuid for s in decoded if isinstance(s, Snapshot) and s.gpu_uuid not in self._states}
         if missing:
-            loaded = self.sink.load_states(missing)
+            loaded = self.reader.load_states(missing)
             for uuid in missing:
                 self._states[uuid] = loaded.get(uuid)
         stored = {(tp.topic, tp.partition): off for tp, off in self._stored.items()}
@@ -264,12 +311,9 @@ class Processor:
         return fold.finish()
 
     def _committed(self, batch: FoldedBatch, rows: dict[str, int], started: float, write_s: float) -> None:
-        self._states.update(batch.states)
-        offsets = {}
-        for (topic, partition), prog in batch.progress.items():
-            tp = TopicPartition(topic, partition)
-            self._stored[tp] = prog.next_offset
-            offsets[tp] = OffsetAndMetadata(prog.next_offset, "", -1)
+        """Bookkeeping for a committed batch (its states and offsets were applied when folded)."""
+        offsets = {TopicPartition(topic, partition): OffsetAndMetadata(prog.next_offset, "", -1)
+                   for (topic, partition), prog in batch.progress.items()}
         self._backoff_s = RETRY_INITIAL_S
         m = self.metrics
         m.database_up.set(1)
@@ -342,6 +386,16 @@ class Processor:
         Only sets state (it also runs inside rebalance callbacks, where polling is not
         allowed); the main loop waits and recovers in :meth:`_recover`.
         """
+        if self._inflight is not None:
+            # Let the write in flight finish first: its outcome must be in the database
+            # before the offsets are re-read.
+            future, batch, started = self._inflight
+            self._inflight = None
+            try:
+                rows, write_s = future.result()
+                self._committed(batch, rows, started, write_s)
+            except SinkError:
+                pass
         self._pending = []
         self._states.clear()
         self._next.clear()
@@ -392,7 +446,7 @@ class Processor:
         for tp in partitions:
             by_topic.setdefault(tp.topic, []).append(tp.partition)
         for topic, parts in by_topic.items():
-            stored = self.sink.read_offsets(topic, parts)
+            stored = self.reader.read_offsets(topic, parts)
             for p, off in stored.items():
                 tp = TopicPartition(topic, p)
                 self._stored[tp] = off
@@ -408,6 +462,7 @@ class Processor:
         if self._pending and not self._need_seek:
             # Still the owner: commit what we have rather than make the next owner redo it.
             self._flush()
+        self._collect()
         self._pending = []
         self._states.clear()  # another processor may change these GPUs' state from now on
         for tp in revoked:

@@ -30,12 +30,33 @@ REL = 1e-9
 PROGRESS_DEADLINE_S = 90.0
 
 
+@pytest.fixture
+def spawn(kafka_bootstrap, fresh_db):  # type: ignore[no-untyped-def]
+    """Start `migmeter process` children; any still running at teardown are killed (a failed
+    assertion must not leave processors behind)."""
+    procs: list[subprocess.Popen] = []
+
+    def start(topic: str, log: Path, *extra: str) -> subprocess.Popen:
+        proc = spawn_processor(kafka_bootstrap, fresh_db, topic, log, "g", *extra)
+        procs.append(proc)
+        return proc
+
+    yield start
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(30)
+
+
 class _Feeder(threading.Thread):
     """Produces a simulated fleet round by round (every 7th round re-sent: duplicates)."""
 
-    def __init__(self, bootstrap: str, topic: str, rounds: int) -> None:
+    def __init__(self, bootstrap: str, topic: str, rounds: int, pause_after: int | None = None) -> None:
         super().__init__(daemon=True)
         self.bootstrap, self.topic, self.rounds = bootstrap, topic, rounds
+        self.pause_after = pause_after  # rounds to send before waiting for ``go_on``
+        self.paused = threading.Event()
+        self.go_on = threading.Event()
         self.sent: list = []  # production order, what the oracle reads
         self.error: BaseException | None = None
 
@@ -45,6 +66,9 @@ class _Feeder(threading.Thread):
             producer = KafkaProducer(bootstrap_servers=self.bootstrap, acks="all", linger_ms=5)
             previous: list = []
             for n in range(self.rounds):
+                if n == self.pause_after:
+                    self.paused.set()
+                    self.go_on.wait(120)
                 batch = fleet.read()
                 if n % 7 == 6:
                     batch = previous + batch
@@ -73,6 +97,14 @@ def _wait_progress(db: str, above: int, proc: subprocess.Popen, log: Path) -> in
             raise AssertionError(f"processor exited early: {_tail(log)}")
         time.sleep(0.1)
     raise AssertionError("the processor made no progress")
+
+
+def _wait_log(log: Path, text: str) -> None:
+    deadline = time.monotonic() + PROGRESS_DEADLINE_S
+    while text not in (log.read_text(errors="replace") if log.exists() else ""):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{text!r} never appeared in {log.name}: {_tail(log)}")
+        time.sleep(0.1)
 
 
 def _wait_caught_up(bootstrap: str, topic: str, db: str, proc: subprocess.Popen, log: Path) -> None:
@@ -119,7 +151,7 @@ def _assert_exact(bootstrap: str, topic: str, db: str, sent: list) -> None:
             assert got["tenant_alloc"][tenant] == pytest.approx(alloc, rel=REL)
 
 
-def test_sigkill_at_random_moments_then_restart(kafka_bootstrap, new_topic, fresh_db, tmp_path):  # type: ignore[no-untyped-def]
+def test_sigkill_at_random_moments_then_restart(kafka_bootstrap, new_topic, fresh_db, tmp_path, spawn):  # type: ignore[no-untyped-def]
     log = tmp_path / "process.log"
     topic = new_topic(partitions=3)
     rng = random.Random(20260101)
@@ -128,27 +160,27 @@ def test_sigkill_at_random_moments_then_restart(kafka_bootstrap, new_topic, fres
     progress = 0
     for _ in range(3):
         # Static membership: the restarted process takes over the dead one's partitions at once.
-        proc = spawn_processor(kafka_bootstrap, fresh_db, topic, log, "g", "--instance-id", "p1")
+        proc = spawn(topic, log, "--instance-id", "p1")
         progress = _wait_progress(fresh_db, progress, proc, log)
         time.sleep(rng.uniform(0.0, 0.6))  # somewhere inside the next batches
         _kill(proc)
         progress = stored_offsets_total(fresh_db)[0]
     feeder.join(120)
     assert feeder.error is None and not feeder.is_alive()
-    proc = spawn_processor(kafka_bootstrap, fresh_db, topic, log, "g", "--instance-id", "p1")
+    proc = spawn(topic, log, "--instance-id", "p1")
     _wait_caught_up(kafka_bootstrap, topic, fresh_db, proc, log)
     _stop(proc, log)
     assert log.read_text().count("SIGTERM") == 1
     _assert_exact(kafka_bootstrap, topic, fresh_db, feeder.sent)
 
 
-def test_two_processors_in_one_group_one_killed(kafka_bootstrap, new_topic, fresh_db, tmp_path):  # type: ignore[no-untyped-def]
+def test_two_processors_in_one_group_one_killed(kafka_bootstrap, new_topic, fresh_db, tmp_path, spawn):  # type: ignore[no-untyped-def]
     log_a, log_b = tmp_path / "a.log", tmp_path / "b.log"
     topic = new_topic(partitions=4)
     feeder = _Feeder(kafka_bootstrap, topic, rounds=200)
     feeder.start()
-    a = spawn_processor(kafka_bootstrap, fresh_db, topic, log_a)
-    b = spawn_processor(kafka_bootstrap, fresh_db, topic, log_b)
+    a = spawn(topic, log_a)
+    b = spawn(topic, log_b)
     _wait_progress(fresh_db, 0, a, log_a)
     time.sleep(random.Random(5).uniform(0.5, 1.5))
     _kill(a)  # b takes its partitions over once the group notices
@@ -159,27 +191,29 @@ def test_two_processors_in_one_group_one_killed(kafka_bootstrap, new_topic, fres
     assert f"partitions assigned: {topic}[" in log_a.read_text()  # a really owned partitions before it died
 
 
-def test_stalled_zombie_processor_is_fenced(kafka_bootstrap, new_topic, fresh_db, tmp_path):  # type: ignore[no-untyped-def]
+def test_stalled_zombie_processor_is_fenced(kafka_bootstrap, new_topic, fresh_db, tmp_path, spawn):  # type: ignore[no-untyped-def]
     """A processor frozen (SIGSTOP) mid-stream loses its partitions; when it thaws, whatever batch
     it still holds must not land (offsets compare-and-set), and the totals stay exact."""
     log_a, log_b = tmp_path / "a.log", tmp_path / "b.log"
     topic = new_topic(partitions=2)
-    feeder = _Feeder(kafka_bootstrap, topic, rounds=200)
+    feeder = _Feeder(kafka_bootstrap, topic, rounds=200, pause_after=80)
     feeder.start()
-    a = spawn_processor(kafka_bootstrap, fresh_db, topic, log_a, "g", "--batch-ms", "1500")
+    a = spawn(topic, log_a, "--batch-ms", "1500")
     _wait_progress(fresh_db, 0, a, log_a)
-    b = spawn_processor(kafka_bootstrap, fresh_db, topic, log_b)
+    b = spawn(topic, log_b)
+    _wait_log(log_b, f"partitions assigned: {topic}[")  # both members own partitions now
+    assert feeder.paused.wait(120)
+    _wait_caught_up(kafka_bootstrap, topic, fresh_db, b, log_b)
     try:
-        a.send_signal(signal.SIGSTOP)
-        # b takes over every partition once a's session times out, and moves the offsets on.
-        before = stored_offsets_total(fresh_db)[0]
-        _wait_progress(fresh_db, before, b, log_b)
+        feeder.go_on.set()  # snapshots keep arriving ...
+        _wait_progress(fresh_db, stored_offsets_total(fresh_db)[0], a, log_a)
+        a.send_signal(signal.SIGSTOP)  # ... and a freezes mid-stream, likely holding a batch
+        feeder.join(120)
+        assert feeder.error is None and not feeder.is_alive()
+        # b takes over every partition once a's session times out, and catches up.
+        _wait_caught_up(kafka_bootstrap, topic, fresh_db, b, log_b)
     finally:
         a.send_signal(signal.SIGCONT)
-    feeder.join(120)
-    assert feeder.error is None and not feeder.is_alive()
-    _wait_caught_up(kafka_bootstrap, topic, fresh_db, b, log_b)
     _stop(a, log_a)
     _stop(b, log_b)
-    _assert_exact(kafka_bootstrap, topic, fresh_db, feeder.sent)
     _assert_exact(kafka_bootstrap, topic, fresh_db, feeder.sent)
