@@ -345,6 +345,38 @@ def _check_int32(name: str, value: int | None) -> None:
         raise BadSnapshot(f"{name}={value} outside the 32-bit range the warehouse stores")
 
 
+def _text_fields(s: Snapshot) -> list[tuple[str, str]]:
+    named = [("source", s.source), ("cluster", s.cluster), ("host", s.host), ("gpu_uuid", s.gpu_uuid),
+             ("gpu_model", s.gpu_model)]
+    for inst in s.instances:
+        t = inst.tenant
+        named += [("profile", inst.profile), ("namespace", t.namespace), ("pod", t.pod), ("container", t.container)]
+    return named
+
+
+def _check_text(s: Snapshot) -> None:
+    """Strings the warehouse can store: PostgreSQL text holds no NUL, and a lone surrogate (legal
+    in a JSON \\u escape) cannot be encoded as UTF-8; either made the processor's batch fail, or
+    crash it, on every retry. One joined string keeps the common (clean, ASCII) case cheap."""
+    fields = _text_fields(s)
+    text = "".join(v for _, v in fields)
+    if "\x00" not in text and (text.isascii() or _encodable(text)):
+        return
+    for name, value in fields:
+        if "\x00" in value:
+            raise BadSnapshot(f"field {name!r} contains a NUL character, which the warehouse cannot store")
+        if not _encodable(value):
+            raise BadSnapshot(f"field {name!r} contains a lone surrogate (not encodable as UTF-8)")
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _check_snapshot(s: Snapshot) -> None:
     if s.v != WIRE_VERSION:
         raise BadSnapshot(f"unsupported wire version v={s.v!r}")
@@ -359,6 +391,7 @@ def _check_snapshot(s: Snapshot) -> None:
     if len(s.instances) > MAX_INSTANCES:
         raise BadSnapshot(f"{len(s.instances)} instances, over the limit of {MAX_INSTANCES}")
     _check_int32("gpu_index", s.gpu_index)
+    _check_text(s)
     seen: set[int] = set()
     used = 0
     for inst in s.instances:
