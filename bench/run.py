@@ -142,13 +142,17 @@ def run(plan: Plan, parts: tuple[str, ...], path: Path, compare_rev: str | None 
     return res
 
 
-def _before_after(loaded: throughput.Loaded, rev: str, plan: Plan) -> dict[str, Any]:
+def _before_after(loaded: throughput.Loaded, revs: str, plan: Plan) -> dict[str, Any]:
+    """The processor of each revision in ``revs`` (comma-separated), then the working tree."""
     import tempfile
 
     with tempfile.TemporaryDirectory(prefix="migmeter-before-") as tmp:
-        before = throughput.export_revision(rev, Path(tmp))
-        return {"before_rev": rev, **throughput.compare_trees(loaded, plan.default_batch, max(plan.repeats, 3),
-                                                               {"before": before, "after": None})}
+        trees: dict[str, Path | None] = {}
+        for rev in (r.strip() for r in revs.split(",") if r.strip()):
+            trees[rev] = throughput.export_revision(rev, Path(tmp) / rev)
+        trees["working tree"] = None
+        return {"trees": list(trees), **throughput.compare_trees(loaded, plan.default_batch, max(plan.repeats, 3),
+                                                                 trees)}
 
 
 def _get(d: dict[str, Any], *path: Any) -> Any:
@@ -235,9 +239,9 @@ def render(res: dict[str, Any]) -> str:
                      f"wall {_f(t.get('wall_s'), 1)} s"))
     ba = res.get("before_after")
     if ba:
-        for label in ("before", "after"):
+        for label in ba.get("trees", []):
             v = ba.get(label) or {}
-            rows.append((f"processor {label} ({ba['before_rev'] if label == 'before' else 'working tree'})",
+            rows.append((f"processor at {label}, batch {v.get('batch_records')}",
                          f"{_f(v.get('instance_samples_per_s'))} inst-samples/s",
                          f"steady {_f(v.get('steady_instance_samples_per_s'))}/s; "
                          f"{_f(v.get('cpu_s_per_1m_instance_samples'), 1)} CPU s per 1M samples"))
@@ -323,7 +327,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="smaller data and single runs (a smoke test)")
     parser.add_argument("--only", default=",".join(PARTS), help=f"comma-separated parts (default all: {','.join(PARTS)})")
     parser.add_argument("--compare-rev", metavar="REV",
-                        help="also run the processor of git revision REV against the working tree (before/after)")
+                        help="also run the processor of git revision(s) REV[,REV...] against the working tree "
+                             "(before/after), at the default batch size, interleaved")
     parser.add_argument("--render", metavar="JSON", help="print the table of an earlier results file and exit")
     args = parser.parse_args(argv)
     if args.render:
