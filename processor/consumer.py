@@ -46,7 +46,7 @@ from migmeter.errors import BadSnapshot, MigmeterError, SinkError
 from processor.fold import DEFAULT_MAX_BACKWARD_SKEW_S, DEFAULT_MAX_FUTURE_SKEW_S, BatchFold, DeadLetter, FoldedBatch
 from processor.layout import GpuState
 from processor.metrics import ProcessorMetrics
-from processor.sink import DatabaseUnavailable, OffsetConflict, Sink
+from processor.sink import OffsetConflict, Sink
 
 __all__ = [
     "DEFAULT_GROUP",
