@@ -25,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,7 +51,6 @@ GROWTH_SLACK_KIB = 4 * 1024
 # The fleet: 4 hosts x 8 GPUs, a round every 0.1 s (interval 15 s at speed 150) = 320 snapshots/s,
 # about what 4,800 GPUs scraped every 15 s would send.
 HOSTS, GPUS_PER_HOST, INTERVAL_S, SPEED, SEED, CLUSTER = 4, 8, 15.0, 150.0, 17, "soak"
-GROUP = "soak"
 # Guard against a hang after the collector is done, not a timing assertion.
 _CATCH_UP_TIMEOUT_S = 300.0
 
@@ -67,6 +67,7 @@ class SoakRun:
     """What a soak did: the memory curve, the fleet's size, and both processes' exit codes."""
 
     rounds: int
+    group: str
     samples: list[Sample] = field(default_factory=list)
     collector_rc: int | None = None
     processor_rc: int | None = None
@@ -111,11 +112,11 @@ def _rss_kib(pid: int) -> int:
     return 0
 
 
-def _stored_total(url: str) -> int:
+def _stored_total(url: str, group: str) -> int:
     try:
         with psycopg.connect(url, connect_timeout=5) as conn:
             row = conn.execute("SELECT coalesce(sum(next_offset), 0) FROM sink_offsets WHERE consumer_group = %s",
-                               (GROUP,)).fetchone()
+                               (group,)).fetchone()
     except psycopg.OperationalError:
         return -1
     return int(row[0]) if row else 0
@@ -143,7 +144,8 @@ def run_soak(bootstrap: str, db_url: str, topic: str, seconds: float, log_dir: P
     """Run collector and processor for about ``seconds``; sample RSS until the collector is done,
     then let the processor catch up (``end_offsets()`` = records in the topic) and stop it."""
     rounds = max(8, int(seconds * SPEED / INTERVAL_S))
-    run = SoakRun(rounds, logs={"collect": log_dir / "collect.log", "process": log_dir / "process.log"})
+    # A consumer group of its own: groups live on the broker, which other runs may share.
+    run = SoakRun(rounds, f"soak-{uuid.uuid4().hex[:8]}", logs={"collect": log_dir / "collect.log", "process": log_dir / "process.log"})
     env = {k: v for k, v in os.environ.items() if not k.startswith("MIGMETER_")}
     collector = _spawn(["collect", "--source", "simulate", "--seed", str(SEED), "--hosts", str(HOSTS),
                         "--gpus-per-host", str(GPUS_PER_HOST), "--cluster", CLUSTER, "--interval", str(INTERVAL_S),
@@ -151,7 +153,7 @@ def run_soak(bootstrap: str, db_url: str, topic: str, seconds: float, log_dir: P
                         "--spool-dir", str(log_dir / "spool"), "--metrics-port", "0", "--log-every", "30"],
                        run.logs["collect"], env)
     processor = _spawn(["process", "--bootstrap", bootstrap, "--database-url", db_url, "--topic", topic,
-                        "--dead-letter-topic", topic + ".dlq", "--group", GROUP, "--metrics-port", "0",
+                        "--dead-letter-topic", topic + ".dlq", "--group", run.group, "--metrics-port", "0",
                         "--summary-every", "30"], run.logs["process"], env)
     t0 = time.monotonic()
     try:
@@ -166,7 +168,7 @@ def run_soak(bootstrap: str, db_url: str, topic: str, seconds: float, log_dir: P
             time.sleep(sample_every_s)
         run.collector_rc = collector.returncode
         deadline = time.monotonic() + _CATCH_UP_TIMEOUT_S
-        while _stored_total(db_url) < end_offsets():
+        while _stored_total(db_url, run.group) < end_offsets():
             if processor.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"the processor did not catch up; see {run.logs['process']}")
             time.sleep(0.5)

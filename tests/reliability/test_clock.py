@@ -10,6 +10,7 @@ that differ from the defaults, so the test also shows the flags are applied.
 
 from __future__ import annotations
 
+import uuid
 import dataclasses
 import json
 from datetime import datetime, timedelta, timezone
@@ -25,7 +26,8 @@ from tests.integration.proc_kit import produce, read_topic
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-GROUP = "clock"
+# Unique per run: consumer groups live on the broker, which concurrent test runs share.
+GROUP = f"clock-{uuid.uuid4().hex[:8]}"
 FUTURE_SKEW_S = 600.0  # default 300
 BACKWARD_SKEW_S = 1800.0  # default 3600
 ROUNDS = 40

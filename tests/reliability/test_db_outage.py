@@ -4,6 +4,7 @@ same process from start to end (no crash loop). The database is a private cluste
 
 from __future__ import annotations
 
+import uuid
 import time
 from pathlib import Path
 
@@ -23,7 +24,8 @@ from tests.fix_faults import (
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-GROUP = "outage"
+# Unique per run: consumer groups live on the broker, which concurrent test runs share.
+GROUP = f"outage-{uuid.uuid4().hex[:8]}"
 # How long the database stays down: several backoff rounds at --retry-max 2.
 OUTAGE_S = 8.0
 

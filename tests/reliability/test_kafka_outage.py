@@ -9,6 +9,7 @@ deterministic fleet, so a snapshot lost anywhere on the way shows up as a differ
 
 from __future__ import annotations
 
+import uuid
 import time
 from pathlib import Path
 
@@ -31,7 +32,8 @@ from tests.fix_faults import (
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-GROUP = "kafka-outage"
+# Unique per run: consumer groups live on the broker, which concurrent test runs share.
+GROUP = f"kafka-outage-{uuid.uuid4().hex[:8]}"
 TOPIC = "faults.snapshots"
 SEED, HOSTS, GPUS, INTERVAL_S, CLUSTER = 5, 2, 4, 15.0, "faults"
 # 0.2 s between rounds: 200 rounds take ~40 s, enough for a stop and a start of the broker.

@@ -8,6 +8,7 @@ snapshot of the feed carries that namespace."""
 
 from __future__ import annotations
 
+import uuid
 import dataclasses
 import time
 from pathlib import Path
@@ -32,7 +33,8 @@ from tests.fix_faults import (
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-GROUP = "merge-failure"
+# Unique per run: consumer groups live on the broker, which concurrent test runs share.
+GROUP = f"merge-failure-{uuid.uuid4().hex[:8]}"
 POISON = "poison-ns"
 POISON_ROUND = 25
 

@@ -9,6 +9,7 @@ metering for every GPU behind it.
 
 from __future__ import annotations
 
+import uuid
 import json
 from pathlib import Path
 
@@ -23,7 +24,8 @@ from tests.integration.proc_kit import produce, produce_raw
 
 pytestmark = pytest.mark.integration
 
-GROUP = "poison-values"
+# Unique per run: consumer groups live on the broker, which concurrent test runs share.
+GROUP = f"poison-values-{uuid.uuid4().hex[:8]}"
 # (field, value, words of the reason): integers past 32 bits, and strings PostgreSQL's text
 # cannot hold (a NUL) or UTF-8 cannot encode (a lone surrogate, legal in JSON's \\u escapes).
 HOSTILE = [("gi_id", 2**31, "32-bit"), ("gpu_index", 2**40, "32-bit"), ("sm_count", 2**63, "32-bit"),

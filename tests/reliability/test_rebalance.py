@@ -9,6 +9,7 @@ with SIGTERM. The warehouse must end exactly equal to the oracle.
 
 from __future__ import annotations
 
+import uuid
 import random
 import re
 from pathlib import Path
@@ -29,7 +30,8 @@ from tests.fix_faults import (
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-GROUP = "rebalance"
+# Unique per run: consumer groups live on the broker, which concurrent test runs share.
+GROUP = f"rebalance-{uuid.uuid4().hex[:8]}"
 # Long batches: a rebalance almost always finds records collected but not yet written.
 LONG_BATCH = ("--batch-ms", "3000", "--batch-records", "100000")
 

@@ -46,5 +46,5 @@ def test_soak_memory_flat_and_totals_exact(kafka_bootstrap: str, new_topic, fres
     produced = [s for _ in range(run.rounds) for s in fleet.read()]
     expected = oracle(produced)
     assert_same_totals(expected, fresh_db, grains=("1h",))
-    stored = stored_offsets(fresh_db, "soak").values()
+    stored = stored_offsets(fresh_db, run.group).values()
     assert sum(v[0] for v in stored) == len(produced) and sum(v[3] for v in stored) == 0

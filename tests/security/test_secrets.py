@@ -12,6 +12,7 @@ import os
 import socket
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
@@ -98,7 +99,7 @@ def test_processor_does_not_print_the_database_password(kafka_bootstrap: str, ne
     for url in _bad_urls():
         proc = subprocess.Popen(
             [sys.executable, "-m", "migmeter.cli", "--log-level", "DEBUG", "process", "--bootstrap", kafka_bootstrap,
-             "--topic", topic, "--metrics-port", "0", "--retry-max", "1"],
+             "--topic", topic, "--group", f"secrets-{uuid.uuid4().hex[:8]}", "--metrics-port", "0", "--retry-max", "1"],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL,
             env={**env, settings.ENV_DATABASE_URL: url})
         try:
