@@ -50,7 +50,6 @@ __all__ = [
     "spawn",
     "processor_args",
     "scrape_metrics",
-    "rss_kib",
     "stored_offsets",
     "Feeder",
     "end_offsets_total",
@@ -78,9 +77,6 @@ class Totals:
     snapshots: int = 0
     duplicates: int = 0
 
-    def fleet(self) -> tuple[float, float, float]:
-        """(GPU-seconds, allocated GPU-seconds, busy GPU-seconds) over the fleet."""
-        return tuple(sum(v[i] for v in self.gpu.values()) for i in range(3))  # type: ignore[return-value]
 
 
 def oracle(snaps: Iterable[Snapshot]) -> Totals:
@@ -251,14 +247,6 @@ def scrape_metrics(port: int) -> dict[str, float]:
             key = s.name + ("{" + ",".join(f"{k}={v}" for k, v in sorted(s.labels.items())) + "}" if s.labels else "")
             out[key] = s.value
     return out
-
-
-def rss_kib(pid: int) -> int:
-    """Resident set size of ``pid`` from /proc/PID/status (VmRSS, KiB)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise AssertionError(f"no VmRSS for pid {pid}")
 
 
 # --------------------------------------------------------------------------- private services
