@@ -165,3 +165,20 @@ def test_help_never_shows_secrets_from_the_environment() -> None:
 ])
 def test_redact_url_masks_every_form(url: str) -> None:
     assert "pw-1" not in settings.redact_url(url)
+
+
+@pytest.mark.integration
+def test_database_password_from_a_file_not_the_url(fresh_db: str, tmp_path: Path) -> None:
+    """libpq's password file: the URL carries no secret at all (what the README recommends)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(fresh_db)
+    assert parts.password
+    passfile = tmp_path / "pgpass"
+    passfile.write_text(f"{parts.hostname}:{parts.port}:*:{parts.username}:{parts.password}\n")
+    passfile.chmod(0o600)
+    bare = urlunsplit(parts._replace(netloc=f"{parts.username}@{parts.hostname}:{parts.port}"))
+    proc = _migmeter("db", "migrate", env={settings.ENV_DATABASE_URL: bare, "PGPASSFILE": str(passfile)})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "up to date" in proc.stdout
+    assert parts.password not in proc.stdout + proc.stderr
