@@ -152,9 +152,10 @@ def run_soak(bootstrap: str, db_url: str, topic: str, seconds: float, log_dir: P
                         "--speed", str(SPEED), "--rounds", str(rounds), "--bootstrap", bootstrap, "--topic", topic,
                         "--spool-dir", str(log_dir / "spool"), "--metrics-port", "0", "--log-every", "30"],
                        run.logs["collect"], env)
-    processor = _spawn(["process", "--bootstrap", bootstrap, "--database-url", db_url, "--topic", topic,
+    # The database URL (with its password) through the environment, not argv, which `ps` shows.
+    processor = _spawn(["process", "--bootstrap", bootstrap, "--topic", topic,
                         "--dead-letter-topic", topic + ".dlq", "--group", run.group, "--metrics-port", "0",
-                        "--summary-every", "30"], run.logs["process"], env)
+                        "--summary-every", "30"], run.logs["process"], {**env, settings.ENV_DATABASE_URL: db_url})
     t0 = time.monotonic()
     try:
         while collector.poll() is None:
