@@ -18,7 +18,7 @@ from collector.publish import describe_security, kafka_security
 from migmeter import settings
 from migmeter.errors import ConfigError
 from processor.consumer import DEFAULT_BATCH_MS, DEFAULT_BATCH_RECORDS, DEFAULT_GROUP, Processor, ProcessorConfig
-from processor.fold import DEFAULT_MAX_BACKWARD_SKEW_S, DEFAULT_MAX_FUTURE_SKEW_S
+from processor.fold import DEFAULT_MAX_AGE_S, DEFAULT_MAX_BACKWARD_SKEW_S, DEFAULT_MAX_FUTURE_SKEW_S
 from processor.metrics import DEFAULT_METRICS_ADDR, DEFAULT_METRICS_PORT, ProcessorMetrics, serve
 
 __all__ = ["configure", "run"]
@@ -61,6 +61,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-backward-skew", type=_positive_float, default=DEFAULT_MAX_BACKWARD_SKEW_S,
                         metavar="SECONDS", help="dead-letter snapshots further behind their GPU's last ts "
                         "(default %(default)g); closer ones are duplicates")
+    parser.add_argument("--max-age", type=_non_negative_float, default=DEFAULT_MAX_AGE_S / 86400, metavar="DAYS",
+                        help="dead-letter snapshots older than this many days by the processor's clock: a reset "
+                        "clock, e.g. 1970 (default %(default)g; 0 = no limit, for deep backfills)")
     parser.add_argument("--retry-max", type=_positive_float, default=30.0, metavar="SECONDS",
                         help="cap of the exponential backoff while the database is down (default %(default)g)")
     parser.add_argument("--summary-every", type=float, default=30.0, metavar="SECONDS",
@@ -87,6 +90,7 @@ def run(args: argparse.Namespace) -> int:
         batch_ms=args.batch_ms,
         max_future_skew_s=args.max_future_skew,
         max_backward_skew_s=args.max_backward_skew,
+        max_age_s=args.max_age * 86400,
         retry_max_s=args.retry_max,
         summary_every_s=args.summary_every,
         stop_when_idle_s=args.stop_when_idle,
@@ -134,6 +138,13 @@ def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"{text} is not a positive integer")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"{text} is not a number >= 0")
     return value
 
 

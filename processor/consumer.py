@@ -43,7 +43,14 @@ from kafka.structs import OffsetAndMetadata
 
 from collector.snapshot import Snapshot, from_json
 from migmeter.errors import BadSnapshot, MigmeterError, SinkError
-from processor.fold import DEFAULT_MAX_BACKWARD_SKEW_S, DEFAULT_MAX_FUTURE_SKEW_S, BatchFold, DeadLetter, FoldedBatch
+from processor.fold import (
+    DEFAULT_MAX_AGE_S,
+    DEFAULT_MAX_BACKWARD_SKEW_S,
+    DEFAULT_MAX_FUTURE_SKEW_S,
+    BatchFold,
+    DeadLetter,
+    FoldedBatch,
+)
 from processor.layout import GpuState
 from processor.metrics import ProcessorMetrics
 from processor.sink import OffsetConflict, Sink
@@ -89,6 +96,7 @@ class ProcessorConfig:
     batch_ms: int = DEFAULT_BATCH_MS
     max_future_skew_s: float = DEFAULT_MAX_FUTURE_SKEW_S
     max_backward_skew_s: float = DEFAULT_MAX_BACKWARD_SKEW_S
+    max_age_s: float = DEFAULT_MAX_AGE_S
     retry_max_s: float = RETRY_MAX_S
     summary_every_s: float = 30.0
     stop_when_idle_s: float = 0.0  # > 0: exit once caught up and nothing arrived for this long
@@ -305,7 +313,7 @@ class Processor:
                 self._states[uuid] = loaded.get(uuid)
         stored = {(tp.topic, tp.partition): off for tp, off in self._stored.items()}
         fold = BatchFold(self._states, stored, self.config.max_future_skew_s, self.config.max_backward_skew_s,
-                         self.clock)
+                         self.clock, self.config.max_age_s)
         for rec, snap in zip(records, decoded):
             fold.add(rec.topic, rec.partition, rec.offset, rec.key, rec.value, snap)
         return fold.finish()

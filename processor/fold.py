@@ -15,7 +15,12 @@ Ordering and clock rules (applied per GPU, in this order):
 3. A snapshot whose ts is more than ``max_backward_skew_s`` (default 3600 s) behind its
    GPU's last ts is a dead letter: a collector clock that jumped back, or a replay far too
    old to be a plain retry; never silently dropped as a duplicate nor merged.
-4. Otherwise a snapshot whose ts is not newer than its GPU's last ts is a duplicate: dropped
+4. A snapshot whose ts is more than ``max_age_s`` (default 10 years; 0 = no limit) behind the
+   processor's clock is a dead letter: a GPU node whose clock was reset (to 1970, or to a
+   firmware build date) would otherwise open its history, or a brand-new GPU's, in a month
+   that was billed long ago. The limit is generous so Prometheus backfills of past months
+   and the simulated fleet's fixed 2025 calendar still merge.
+5. Otherwise a snapshot whose ts is not newer than its GPU's last ts is a duplicate: dropped
    and counted. A late snapshot that is still newer merges into its (old) buckets.
 
 Every consumed record is counted exactly once, so per partition:
@@ -37,6 +42,7 @@ from processor.layout import GpuState, IntervalBook, LayoutEvent, diff_layout
 __all__ = [
     "DEFAULT_MAX_FUTURE_SKEW_S",
     "DEFAULT_MAX_BACKWARD_SKEW_S",
+    "DEFAULT_MAX_AGE_S",
     "MERGED",
     "DUPLICATE",
     "DEAD_LETTER",
@@ -53,6 +59,8 @@ DEFAULT_MAX_FUTURE_SKEW_S = 300.0
 # One hour back covers a collector spool replaying after an outage of its own partition, but
 # not a clock reset to an old date.
 DEFAULT_MAX_BACKWARD_SKEW_S = 3600.0
+# Ten years: no real backfill reaches that far; a reset clock (1970, a firmware date) does.
+DEFAULT_MAX_AGE_S = 10 * 365 * 86400.0
 
 MERGED = "merged"
 DUPLICATE = "duplicate"
@@ -69,7 +77,7 @@ class DeadLetter:
     key: bytes | None
     payload: bytes
     reason: str
-    kind: str  # decode | clock_future | clock_backward: a small set, usable as a metric label
+    kind: str  # decode | clock_future | clock_past | clock_backward: a small set, usable as a metric label
 
 
 @dataclass(slots=True)
@@ -125,6 +133,7 @@ class BatchFold:
     max_future_skew_s: float = DEFAULT_MAX_FUTURE_SKEW_S
     max_backward_skew_s: float = DEFAULT_MAX_BACKWARD_SKEW_S
     clock: Callable[[], float] = time.time
+    max_age_s: float = DEFAULT_MAX_AGE_S
     _agg: Aggregates = field(default_factory=Aggregates.empty)
     _events: list[LayoutEvent] = field(default_factory=list)
     _book: IntervalBook = field(default_factory=IntervalBook)
@@ -155,6 +164,10 @@ class BatchFold:
             return self._reject(prog, topic, partition, offset, key, value,
                                 f"ts {format_ts(snap.ts)} is {ahead:.0f} s ahead of the processor clock "
                                 f"(limit {self.max_future_skew_s:g} s)", "clock_future")
+        if self.max_age_s and -ahead > self.max_age_s:
+            return self._reject(prog, topic, partition, offset, key, value,
+                                f"ts {format_ts(snap.ts)} is {-ahead / 86400:.0f} days behind the processor clock "
+                                f"(limit {self.max_age_s / 86400:g} days): a reset clock", "clock_past")
         state = self.state_of(snap.gpu_uuid)
         if state is not None:
             behind = state.last_ts.timestamp() - ts

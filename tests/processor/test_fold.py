@@ -58,6 +58,25 @@ def test_backward_jump_beyond_skew_is_dead_lettered_not_a_duplicate():
     assert "behind the GPU's last ts" in batch.dead_letters[0].reason
 
 
+def test_reset_clock_on_a_new_gpu_is_dead_lettered():
+    """A GPU never seen before whose first snapshot says 1970: no state to compare with, the age rule catches it."""
+    from datetime import datetime, timezone
+
+    f = _fold(max_age_s=30 * 86400)
+    assert _add(f, 0, mig(datetime(1970, 1, 1, 0, 0, 15, tzinfo=timezone.utc), [])) == DEAD_LETTER
+    assert _add(f, 1, mig(at(86400 - 29 * 86400), [])) == MERGED  # 29 days old: a backfill, merged
+    batch = f.finish()
+    assert [d.kind for d in batch.dead_letters] == ["clock_past"]
+    assert "a reset clock" in batch.dead_letters[0].reason and batch.dead_letters[0].offset == 0
+
+
+def test_age_limit_zero_means_no_limit():
+    from datetime import datetime, timezone
+
+    f = _fold(max_age_s=0)
+    assert _add(f, 0, mig(datetime(1971, 1, 1, tzinfo=timezone.utc), [])) == MERGED
+
+
 def test_bad_record_is_counted_and_kept_with_its_payload():
     f = _fold()
     try:
