@@ -22,25 +22,22 @@ from types import FrameType
 from typing import Any
 
 from collector.metrics import DEFAULT_METRICS_ADDR, DEFAULT_METRICS_PORT, CollectorMetrics, serve
-from collector.publish import (
-    DEFAULT_FLUSH_TIMEOUT_S,
+from collector.publish import DEFAULT_FLUSH_TIMEOUT_S, KafkaPublisher, Publisher, StdoutPublisher
+from collector.run import DEFAULT_LOG_EVERY_S, RunSummary, run_loop
+from collector.sources.base import Source
+from collector.spool import DEFAULT_MAX_BYTES, FULL_POLICIES, Spool
+from migmeter import settings
+from migmeter.errors import ConfigError
+from migmeter.kafka_security import (
     ENV_SASL_MECHANISM,
     ENV_SASL_PASSWORD,
     ENV_SASL_PASSWORD_FILE,
     ENV_SASL_USERNAME,
     ENV_SECURITY_PROTOCOL,
     ENV_SSL_CAFILE,
-    KafkaPublisher,
-    Publisher,
-    StdoutPublisher,
     describe_security,
     kafka_security,
 )
-from collector.run import DEFAULT_LOG_EVERY_S, RunSummary, run_loop
-from collector.sources.base import Source
-from collector.spool import DEFAULT_MAX_BYTES, FULL_POLICIES, Spool
-from migmeter import settings
-from migmeter.errors import ConfigError
 
 __all__ = ["configure", "run", "ENV_CLUSTER", "ENV_SPOOL_DIR", "SOURCES", "parse_time", "default_spool_dir"]
 

@@ -25,13 +25,13 @@ Kafka delivery (:class:`KafkaPublisher`):
   then stored past the bound rather than lost.
 - Without a spool, records that could not be delivered are dropped and counted.
 
-Credentials (SASL/TLS) come from the caller as ``security`` (see :func:`kafka_security`),
-are passed through to kafka-python, and never appear in logs or reprs.
+Credentials (SASL/TLS) come from the caller as ``security``
+(built by :func:`migmeter.kafka_security.kafka_security`), are passed through to kafka-python,
+and never appear in logs or reprs.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import socket
@@ -41,7 +41,6 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import IO, Any, Protocol
 
 from kafka import KafkaProducer
@@ -52,43 +51,20 @@ from collector.snapshot import Snapshot
 from collector.spool import Spool, SpoolFull
 from migmeter import settings
 from migmeter.errors import ConfigError
+from migmeter.kafka_security import SECURITY_KEYS
 
 __all__ = [
-    "ENV_SECURITY_PROTOCOL",
-    "ENV_SASL_MECHANISM",
-    "ENV_SASL_USERNAME",
-    "ENV_SASL_PASSWORD",
-    "ENV_SASL_PASSWORD_FILE",
-    "ENV_SSL_CAFILE",
-    "SECURITY_KEYS",
     "PublishStats",
     "Publisher",
     "InMemoryPublisher",
     "StdoutPublisher",
     "KafkaPublisher",
-    "kafka_security",
-    "describe_security",
     "default_compression",
 ]
 
 log = logging.getLogger("migmeter.collector.publish")
 
-ENV_SECURITY_PROTOCOL = "MIGMETER_KAFKA_SECURITY_PROTOCOL"
-ENV_SASL_MECHANISM = "MIGMETER_KAFKA_SASL_MECHANISM"
-ENV_SASL_USERNAME = "MIGMETER_KAFKA_SASL_USERNAME"
-ENV_SASL_PASSWORD = "MIGMETER_KAFKA_SASL_PASSWORD"
-ENV_SASL_PASSWORD_FILE = "MIGMETER_KAFKA_SASL_PASSWORD_FILE"
-ENV_SSL_CAFILE = "MIGMETER_KAFKA_SSL_CAFILE"
 
-# What may be passed through to KafkaProducer as ``security``: connection security only, so a
-# typo or a stray setting cannot silently change delivery semantics (acks, idempotence).
-SECURITY_KEYS = frozenset({
-    "security_protocol", "sasl_mechanism", "sasl_plain_username", "sasl_plain_password",
-    "sasl_kerberos_name", "sasl_kerberos_service_name", "sasl_kerberos_domain_name",
-    "sasl_oauth_token_provider", "ssl_context", "ssl_check_hostname", "ssl_cafile",
-    "ssl_certfile", "ssl_keyfile", "ssl_crlfile", "ssl_password", "ssl_ciphers",
-})
-_SECRET_KEYS = frozenset({"sasl_plain_password", "ssl_password", "sasl_oauth_token_provider"})
 
 # Batching: 20 ms is invisible at a 15 s scrape interval and lets one round of a large fleet
 # go out as a few compressed batches instead of one request per GPU.
@@ -518,65 +494,3 @@ def _any_reachable(servers: list[str], timeout_s: float) -> bool:
 def default_compression() -> str:
     """lz4 when its package is importable (fast), else gzip (built into kafka-python)."""
     return "lz4" if has_lz4() else "gzip"
-
-
-def kafka_security(
-    *,
-    security_protocol: str | None = None,
-    sasl_mechanism: str | None = None,
-    ssl_cafile: str | None = None,
-    ssl_certfile: str | None = None,
-    ssl_keyfile: str | None = None,
-    sasl_password_file: str | None = None,
-    environ: Mapping[str, str] | None = None,
-) -> dict[str, Any]:
-    """kafka-python security settings from flags, then the environment.
-
-    The SASL user name and password only ever come from the environment
-    (``MIGMETER_KAFKA_SASL_USERNAME`` / ``MIGMETER_KAFKA_SASL_PASSWORD``) or a file
-    (``--sasl-password-file`` / ``MIGMETER_KAFKA_SASL_PASSWORD_FILE``), never from a flag
-    (flags show in ``ps``). Returns {} for a plaintext broker.
-    """
-    env = os.environ if environ is None else environ
-    out: dict[str, Any] = {}
-    protocol = security_protocol or env.get(ENV_SECURITY_PROTOCOL)
-    if protocol:
-        protocol = protocol.upper()
-        if protocol not in ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"):
-            raise ConfigError(f"Kafka security protocol {protocol!r} is not PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL")
-        out["security_protocol"] = protocol
-    cafile = ssl_cafile or env.get(ENV_SSL_CAFILE)
-    for name, path in (("ssl_cafile", cafile), ("ssl_certfile", ssl_certfile), ("ssl_keyfile", ssl_keyfile)):
-        if path:
-            if not Path(path).is_file():
-                raise ConfigError(f"{name.replace('_', ' ')} {path} does not exist")
-            out[name] = path
-    mechanism = sasl_mechanism or env.get(ENV_SASL_MECHANISM)
-    if mechanism:
-        out["sasl_mechanism"] = mechanism.upper()
-    username = env.get(ENV_SASL_USERNAME)
-    password = env.get(ENV_SASL_PASSWORD)
-    password_file = sasl_password_file or env.get(ENV_SASL_PASSWORD_FILE)
-    if password_file:
-        try:
-            password = Path(password_file).read_text().strip()
-        except OSError as exc:
-            raise ConfigError(f"cannot read the SASL password file {password_file}: {exc.strerror}") from None
-    if username:
-        out["sasl_plain_username"] = username
-    if password:
-        out["sasl_plain_password"] = password
-    if (username or password) and "sasl_mechanism" not in out:
-        out["sasl_mechanism"] = "PLAIN"
-    if "sasl_mechanism" in out and out["sasl_mechanism"] in ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"):
-        if not (username and password):
-            raise ConfigError(
-                f"SASL {out['sasl_mechanism']} needs {ENV_SASL_USERNAME} and {ENV_SASL_PASSWORD} "
-                f"(or a password file)"
-            )
-    return out
-
-
-def describe_security(security: Mapping[str, Any]) -> str:
-    """A log-safe summary: the settings' names and non-secret values."""
-    return json.dumps({k: ("***" if k in _SECRET_KEYS else v) for k, v in sorted(security.items())})

@@ -14,7 +14,7 @@ import threading
 from types import FrameType
 from typing import Any
 
-from collector.publish import describe_security, kafka_security
+from migmeter.kafka_security import describe_security, kafka_security
 from migmeter import settings
 from migmeter.errors import ConfigError
 from processor.consumer import DEFAULT_BATCH_MS, DEFAULT_BATCH_RECORDS, DEFAULT_GROUP, Processor, ProcessorConfig

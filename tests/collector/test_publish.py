@@ -13,16 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from collector.publish import (
-    InMemoryPublisher,
-    KafkaPublisher,
-    StdoutPublisher,
-    describe_security,
-    kafka_security,
-)
+from collector.publish import InMemoryPublisher, KafkaPublisher, StdoutPublisher
 from collector.snapshot import from_json
 from collector.spool import Spool
 from migmeter.errors import ConfigError
+from migmeter.kafka_security import describe_security, kafka_security
 from tests.collector.snaps import series
 
 # Port 1 on loopback: nothing listens there, connecting is refused at once.

@@ -21,6 +21,7 @@ from kafka.errors import KafkaTimeoutError
 from collector import cli as collector_cli
 from collector import publish
 from collector.sources.simulate import SimulatedFleet
+from migmeter import kafka_security
 from migmeter.errors import MigmeterError
 from processor import cli as processor_cli
 from processor import consumer
@@ -70,7 +71,7 @@ def test_collector_flags_and_env_reach_the_producer(tmp_path: Path, monkeypatch:
     monkeypatch.setattr(publish, "_any_reachable", lambda servers, timeout_s: True)
     args = _collect_args(tmp_path, "--ssl-cafile", str(ca), "--security-protocol", "SASL_SSL")
     caplog.set_level(logging.DEBUG)
-    pub = publish.KafkaPublisher(args.bootstrap, spool=None, security=publish.kafka_security(
+    pub = publish.KafkaPublisher(args.bootstrap, spool=None, security=kafka_security.kafka_security(
         security_protocol=args.security_protocol, sasl_mechanism=args.sasl_mechanism,
         ssl_cafile=args.ssl_cafile, sasl_password_file=args.sasl_password_file))
     pub.send(SimulatedFleet(hosts=1, gpus_per_host=1).read()[0])
@@ -122,7 +123,7 @@ def test_processor_env_reaches_consumer_and_dead_letter_producer(monkeypatch: py
     # The dead-letter producer is built from the same settings.
     config = consumer.ProcessorConfig(bootstrap="127.0.0.1:9", database_url="postgresql://u@127.0.0.1:9/d",
                                       topic="t", dead_letter_topic="t.dlq",
-                                      kafka_options=tuple(sorted(publish.kafka_security().items())))
+                                      kafka_options=tuple(sorted(kafka_security.kafka_security().items())))
     proc = consumer.Processor(config)
     proc._publish_dead_letters([DeadLetter("t", 0, 1, b"k", b"x", "not JSON", "decode")])
     assert producers and {k: producers[0][k] for k in EXPECTED} == EXPECTED

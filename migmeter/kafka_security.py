@@ -1,0 +1,107 @@
+"""Kafka connection security (TLS, SASL) shared by the collector's producer and the processor.
+
+Plaintext on loopback is only the local stack's default; a real site passes its broker's
+security settings here. Secrets come only from the environment or a file, never from a flag
+(flags show in ``ps``), and :func:`describe_security` is the only form that may be logged.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from migmeter.errors import ConfigError
+
+__all__ = [
+    "ENV_SECURITY_PROTOCOL",
+    "ENV_SASL_MECHANISM",
+    "ENV_SASL_USERNAME",
+    "ENV_SASL_PASSWORD",
+    "ENV_SASL_PASSWORD_FILE",
+    "ENV_SSL_CAFILE",
+    "SECURITY_KEYS",
+    "kafka_security",
+    "describe_security",
+]
+
+ENV_SECURITY_PROTOCOL = "MIGMETER_KAFKA_SECURITY_PROTOCOL"
+ENV_SASL_MECHANISM = "MIGMETER_KAFKA_SASL_MECHANISM"
+ENV_SASL_USERNAME = "MIGMETER_KAFKA_SASL_USERNAME"
+ENV_SASL_PASSWORD = "MIGMETER_KAFKA_SASL_PASSWORD"
+ENV_SASL_PASSWORD_FILE = "MIGMETER_KAFKA_SASL_PASSWORD_FILE"
+ENV_SSL_CAFILE = "MIGMETER_KAFKA_SSL_CAFILE"
+
+# What may be passed through to KafkaProducer as ``security``: connection security only, so a
+# typo or a stray setting cannot silently change delivery semantics (acks, idempotence).
+SECURITY_KEYS = frozenset({
+    "security_protocol", "sasl_mechanism", "sasl_plain_username", "sasl_plain_password",
+    "sasl_kerberos_name", "sasl_kerberos_service_name", "sasl_kerberos_domain_name",
+    "sasl_oauth_token_provider", "ssl_context", "ssl_check_hostname", "ssl_cafile",
+    "ssl_certfile", "ssl_keyfile", "ssl_crlfile", "ssl_password", "ssl_ciphers",
+})
+_SECRET_KEYS = frozenset({"sasl_plain_password", "ssl_password", "sasl_oauth_token_provider"})
+
+
+def kafka_security(
+    *,
+    security_protocol: str | None = None,
+    sasl_mechanism: str | None = None,
+    ssl_cafile: str | None = None,
+    ssl_certfile: str | None = None,
+    ssl_keyfile: str | None = None,
+    sasl_password_file: str | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """kafka-python security settings from flags, then the environment.
+
+    The SASL user name and password only ever come from the environment
+    (``MIGMETER_KAFKA_SASL_USERNAME`` / ``MIGMETER_KAFKA_SASL_PASSWORD``) or a file
+    (``--sasl-password-file`` / ``MIGMETER_KAFKA_SASL_PASSWORD_FILE``), never from a flag
+    (flags show in ``ps``). Returns {} for a plaintext broker.
+    """
+    env = os.environ if environ is None else environ
+    out: dict[str, Any] = {}
+    protocol = security_protocol or env.get(ENV_SECURITY_PROTOCOL)
+    if protocol:
+        protocol = protocol.upper()
+        if protocol not in ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"):
+            raise ConfigError(f"Kafka security protocol {protocol!r} is not PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL")
+        out["security_protocol"] = protocol
+    cafile = ssl_cafile or env.get(ENV_SSL_CAFILE)
+    for name, path in (("ssl_cafile", cafile), ("ssl_certfile", ssl_certfile), ("ssl_keyfile", ssl_keyfile)):
+        if path:
+            if not Path(path).is_file():
+                raise ConfigError(f"{name.replace('_', ' ')} {path} does not exist")
+            out[name] = path
+    mechanism = sasl_mechanism or env.get(ENV_SASL_MECHANISM)
+    if mechanism:
+        out["sasl_mechanism"] = mechanism.upper()
+    username = env.get(ENV_SASL_USERNAME)
+    password = env.get(ENV_SASL_PASSWORD)
+    password_file = sasl_password_file or env.get(ENV_SASL_PASSWORD_FILE)
+    if password_file:
+        try:
+            password = Path(password_file).read_text().strip()
+        except OSError as exc:
+            raise ConfigError(f"cannot read the SASL password file {password_file}: {exc.strerror}") from None
+    if username:
+        out["sasl_plain_username"] = username
+    if password:
+        out["sasl_plain_password"] = password
+    if (username or password) and "sasl_mechanism" not in out:
+        out["sasl_mechanism"] = "PLAIN"
+    if "sasl_mechanism" in out and out["sasl_mechanism"] in ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"):
+        if not (username and password):
+            raise ConfigError(
+                f"SASL {out['sasl_mechanism']} needs {ENV_SASL_USERNAME} and {ENV_SASL_PASSWORD} "
+                f"(or a password file)"
+            )
+    return out
+
+
+def describe_security(security: Mapping[str, Any]) -> str:
+    """A log-safe summary: the settings' names and non-secret values."""
+    return json.dumps({k: ("***" if k in _SECRET_KEYS else v) for k, v in sorted(security.items())})
