@@ -12,10 +12,22 @@ the measured queries read:
 - the 1-minute partials (and, unless ``--with-hourly``, the hourly ones) are not written:
   chargeback reads only the daily tables.
 
-Measured (warm cache, median of ``--repeats`` runs, plus the first run): ``migmeter report
-chargeback`` by namespace and by pod (``processor.reports.chargeback``, which includes the
-reconciliation query), the reconciliation alone, the BI view ``chargeback_namespace_monthly``
-filtered on one month, and the EXPLAIN ANALYZE execution time of the report's main query.
+Measured on ONE generated database, before and after issue #7's rewrite, in the same run:
+- the report's main query, OLD text (``OLD_CHARGEBACK_SQL`` below: the query as it was before
+  ``sql/012_chargeback_usage.sql``, reading the per-pod priced view ``chargeback_pod_daily``)
+  and NEW text (``sql/reports/chargeback.sql``: aggregate per day and key, then price), by
+  namespace and by pod. Old and new runs alternate (old, new, old, new...) so both see the
+  same machine load; the first run of each is reported apart, the figure is the median of the
+  ``--repeats`` warm-cache runs after it. Two measures each: wall time including fetching
+  every row into Python (by pod that is ~220k rows, a cost of its own), and the server's
+  EXPLAIN ANALYZE execution time (no fetch), median of ``--explain-repeats`` runs;
+- that old and new return the same lines (keys and currency equal, numbers within 1e-9);
+- the whole ``migmeter report chargeback`` (``processor.reports.chargeback``: main query,
+  reconciliation, Python), by namespace and by pod, new path only;
+- the BI view ``chargeback_namespace_monthly`` filtered on the month, 011's definition
+  (``OLD_BI_NAMESPACE_MONTHLY_SQL``) vs 012's;
+- the load average before and after the measurements (the machine is shared).
+All at the server's default settings (``work_mem`` is recorded).
 
 Run: ``python -m bench.chargeback_query [--gpus-per-host 8 --hosts 125 --repeats 5]``; it
 creates and drops its own database on the local stack (or ``$MIGMETER_DATABASE_URL``'s server).
@@ -27,6 +39,7 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Iterator
 from datetime import date, datetime, timezone
 from decimal import Decimal
 from typing import Any
@@ -42,13 +55,54 @@ from processor.fold import BatchFold
 from processor.layout import GpuState
 from processor.sink import Sink
 
-__all__ = ["generate", "measure", "main"]
+__all__ = ["OLD_CHARGEBACK_SQL", "OLD_BI_NAMESPACE_MONTHLY_SQL", "generate", "measure", "main"]
 
 MONTH = date(2025, 1, 1)
 START = datetime(2025, 1, 1, tzinfo=timezone.utc)
 DAYS = 31
 TOPIC = "bench.chargeback"
 PRICES = {"A100-SXM4-80GB": "2.50", "H100-80GB-HBM3": "4.00", "A30": "1.00"}
+# Old and new lines must agree to this many GPU-hours / currency units: only the order of
+# float additions differs (~1e-12 relative on a fleet-month).
+_SAME_LINES_TOLERANCE = 1e-6
+
+# ---------------------------------------------------------------------------------------------
+# OLD QUERY, kept only to measure before/after in one run (issue #7). This is
+# sql/reports/chargeback.sql as it was before sql/012_chargeback_usage.sql: it sums the
+# per-pod, per-day, already-priced rows of the view chargeback_pod_daily (011), which groups
+# every daily tenant row at pod grain and joins a price to each of those groups.
+# Do not use it for reports.
+OLD_CHARGEBACK_SQL = """
+SELECT line,
+       {keys},
+       sum(alloc_gpu_hours)                                                AS alloc_gpu_hours,
+       sum(used_gpu_hours)                                                 AS used_gpu_hours,
+       100.0 * sum(used_gpu_hours) / NULLIF(sum(util_known_gpu_hours), 0)  AS alloc_util_pct,
+       sum(cost_alloc)                                                     AS cost_alloc,
+       sum(cost_used)                                                      AS cost_used,
+       currency
+FROM chargeback_pod_daily
+WHERE bucket >= %(start)s AND bucket < %(end)s
+  AND (%(cluster)s::text IS NULL OR cluster = %(cluster)s::text)
+GROUP BY line, {keys}, currency
+ORDER BY CASE line WHEN 'tenant' THEN 0 WHEN 'unassigned' THEN 1 ELSE 2 END,
+         sum(alloc_gpu_hours) DESC, {keys}, currency
+"""
+# OLD BI VIEW, same purpose: chargeback_namespace_monthly as 011 defined it (summing
+# chargeback_pod_monthly, itself a sum of chargeback_pod_daily), filtered on one month.
+OLD_BI_NAMESPACE_MONTHLY_SQL = """
+SELECT month, cluster, line, namespace, currency,
+       sum(alloc_gpu_hours)                                                AS alloc_gpu_hours,
+       sum(used_gpu_hours)                                                 AS used_gpu_hours,
+       sum(util_known_gpu_hours)                                           AS util_known_gpu_hours,
+       100.0 * sum(used_gpu_hours) / NULLIF(sum(util_known_gpu_hours), 0)  AS alloc_util_pct,
+       sum(cost_alloc)                                                     AS cost_alloc,
+       sum(cost_used)                                                      AS cost_used
+FROM chargeback_pod_monthly
+WHERE month = %(month)s
+GROUP BY month, cluster, line, namespace, currency
+"""
+# ---------------------------------------------------------------------------------------------
 
 
 def _log(msg: str) -> None:
@@ -102,7 +156,7 @@ def generate(url: str, hosts: int, gpus_per_host: int, interval_s: float, with_h
     return {"snapshots": snapshots, "fold_s": round(fold_s, 1), "write_s": round(write_s, 1), "rows": counts}
 
 
-def _scalar(conn: psycopg.Connection[Any], query: sql.Composed, params: dict[str, Any] | None = None) -> Any:
+def _scalar(conn: psycopg.Connection[Any], query: sql.SQL | sql.Composed, params: dict[str, Any] | None = None) -> Any:
     row = conn.execute(query, params).fetchone()
     assert row is not None
     return row[0]
@@ -121,27 +175,94 @@ def _timed(fn: Any, repeats: int) -> dict[str, float]:
             "max_ms": round(max(runs) * 1000, 1)}
 
 
-def measure(url: str, repeats: int) -> dict[str, Any]:
+def _timed_pair(old: Any, new: Any, repeats: int) -> dict[str, dict[str, float]]:
+    """Old and new alternately (one first run each, then ``repeats`` pairs): load that comes
+    and goes on the shared machine hits both alike, so their ratio is fair."""
+    firsts: dict[str, float] = {}
+    runs: dict[str, list[float]] = {"old": [], "new": []}
+    for i in range(repeats + 1):
+        for name, fn in (("old", old), ("new", new)):
+            t0 = time.perf_counter()
+            fn()
+            elapsed = time.perf_counter() - t0
+            if i == 0:
+                firsts[name] = elapsed
+            else:
+                runs[name].append(elapsed)
+    return {name: {"first_ms": round(firsts[name] * 1000, 1), "median_ms": round(median(r) * 1000, 1),
+                   "max_ms": round(max(r) * 1000, 1)} for name, r in runs.items()}
+
+
+def _walk(node: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    yield node
+    for child in node.get("Plans", ()):
+        yield from _walk(child)
+
+
+def _explain(conn: psycopg.Connection[Any], query: sql.Composed, params: dict[str, Any],
+             repeats: int) -> dict[str, Any]:
+    """Server-side execution time (EXPLAIN ANALYZE: no rows sent to the client), median of
+    ``repeats``, and whether any sort or hash aggregate of the plan spilled to disk."""
+    times, spills = [], set()
+    for _ in range(repeats):
+        plan = _scalar(conn, sql.SQL("EXPLAIN (ANALYZE, FORMAT JSON) ") + query, params)[0]
+        times.append(plan["Execution Time"])
+        for node in _walk(plan["Plan"]):
+            if node.get("Sort Space Type") == "Disk" or node.get("Disk Usage", 0) or node.get("HashAgg Batches", 1) > 1:
+                spills.add(node["Node Type"])
+    return {"execution_ms": round(median(times), 1), "spills_to_disk": sorted(spills)}
+
+
+def _lines(rows: list[tuple[Any, ...]], n_keys: int) -> dict[tuple[Any, ...], tuple[float, ...]]:
+    """(line, keys..., currency) -> (alloc, used, util %, cost_alloc, cost_used) as floats (NULL = NaN)."""
+    return {tuple(r[:1 + n_keys]) + (r[-1],): tuple(float("nan") if v is None else float(v) for v in r[1 + n_keys:-1])
+            for r in rows}
+
+
+def _compare(old_rows: list[tuple[Any, ...]], new_rows: list[tuple[Any, ...]], n_keys: int) -> dict[str, Any]:
+    old, new = _lines(old_rows, n_keys), _lines(new_rows, n_keys)
+    diff = max((abs(a - b) for k in old.keys() & new.keys() for a, b in zip(old[k], new[k])
+                if not (a != a and b != b)), default=0.0)  # NaN == NaN (an unpriced line) counts as equal
+    return {"same_keys": old.keys() == new.keys(), "lines": len(new), "max_abs_diff": diff,
+            "same_lines": old.keys() == new.keys() and diff <= _SAME_LINES_TOLERANCE}
+
+
+def measure(url: str, repeats: int, explain_repeats: int = 3) -> dict[str, Any]:
+    """Old vs new chargeback query on the same database, then the full report and the BI view."""
     start, end = reports.month_range(MONTH)
+    params = {"start": start, "end": end, "cluster": None}
     out: dict[str, Any] = {}
     with psycopg.connect(url) as conn:
         conn.read_only = True
-        cb = reports.chargeback(conn, MONTH, by="namespace")
+        out["work_mem"] = _scalar(conn, sql.SQL("SHOW work_mem"))
+        out["load_before_queries"] = load_average()
+        for by, key_names in reports.CHARGEBACK_BY.items():
+            keys = sql.SQL(", ").join(map(sql.Identifier, key_names))
+            old_q = sql.SQL(OLD_CHARGEBACK_SQL).format(keys=keys)
+            new_q = sql.SQL(reports.load_query("chargeback")).format(keys=keys)
+            part: dict[str, Any] = {}
+            part["compare"] = _compare(conn.execute(old_q, params).fetchall(),
+                                       conn.execute(new_q, params).fetchall(), len(key_names))
+            part["query_with_fetch"] = _timed_pair(lambda: conn.execute(old_q, params).fetchall(),
+                                                   lambda: conn.execute(new_q, params).fetchall(), repeats)
+            part["explain"] = {name: _explain(conn, q, params, explain_repeats)
+                               for name, q in (("old", old_q), ("new", new_q))}
+            fetch, explain = part["query_with_fetch"], part["explain"]
+            part["ratio_with_fetch"] = round(fetch["old"]["median_ms"] / fetch["new"]["median_ms"], 2)
+            part["ratio_execution"] = round(explain["old"]["execution_ms"] / explain["new"]["execution_ms"], 2)
+            out[f"by_{by}"] = part
         rec = reports.reconciliation(conn, start, end)
-        out["lines_by_namespace"] = len(cb.rows)
-        out["lines_by_pod"] = len(reports.chargeback(conn, MONTH, by="pod").rows)
         out["physical_gpu_hours"] = round(rec.physical_gpu_hours, 3)
         out["reconciles"] = rec.ok
         out["difference_gpu_hours"] = rec.difference_gpu_hours
         out["report_by_namespace"] = _timed(lambda: reports.chargeback(conn, MONTH, by="namespace"), repeats)
         out["report_by_pod"] = _timed(lambda: reports.chargeback(conn, MONTH, by="pod"), repeats)
         out["reconciliation"] = _timed(lambda: reports.reconciliation(conn, start, end), repeats)
-        out["bi_view_namespace_monthly"] = _timed(lambda: conn.execute(
-            "SELECT * FROM chargeback_namespace_monthly WHERE month = %s", (MONTH,)).fetchall(), repeats)
-        query = sql.SQL(reports.load_query("chargeback")).format(keys=sql.Identifier("namespace"))
-        plan = _scalar(conn, sql.SQL("EXPLAIN (ANALYZE, FORMAT JSON) ") + query,
-                       {"start": start, "end": end, "cluster": None})
-        out["explain_execution_ms"] = round(plan[0]["Execution Time"], 1)
+        out["bi_view_namespace_monthly"] = _timed_pair(
+            lambda: conn.execute(OLD_BI_NAMESPACE_MONTHLY_SQL, {"month": MONTH}).fetchall(),
+            lambda: conn.execute("SELECT * FROM chargeback_namespace_monthly WHERE month = %(month)s",
+                                 {"month": MONTH}).fetchall(), repeats)
+        out["load_after_queries"] = load_average()
     return out
 
 
@@ -151,24 +272,49 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--gpus-per-host", type=int, default=8)
     ap.add_argument("--interval", type=float, default=3600.0, help="simulated scrape interval, s (default 3600)")
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--explain-repeats", type=int, default=3)
+    ap.add_argument("--database-url", help="measure an already generated month in this database (no generation, "
+                    "nothing dropped); default: generate one in a new database")
     ap.add_argument("--with-hourly", action="store_true", help="also write the hourly rows (slower)")
     args = ap.parse_args(argv)
     result: dict[str, Any] = {"gpus": args.hosts * args.gpus_per_host, "month": f"{MONTH:%Y-%m}",
                               "models": list(DEFAULT_MODELS), "interval_s": args.interval,
                               "load_before": load_average()}
-    with fresh_database() as url:
-        t0 = time.perf_counter()
-        result["generate"] = generate(url, args.hosts, args.gpus_per_host, args.interval, args.with_hourly)
-        result["generate"]["total_s"] = round(time.perf_counter() - t0, 1)
-        result["query"] = measure(url, args.repeats)
+    if args.database_url:
+        with psycopg.connect(args.database_url) as conn:
+            result["generate"] = {"rows": {"tenant_usage_1d": _scalar(conn, sql.SQL("SELECT count(*) FROM tenant_usage_1d"))}}
+        result["query"] = measure(args.database_url, args.repeats, args.explain_repeats)
+    else:
+        with fresh_database() as url:
+            t0 = time.perf_counter()
+            result["generate"] = generate(url, args.hosts, args.gpus_per_host, args.interval, args.with_hourly)
+            result["generate"]["total_s"] = round(time.perf_counter() - t0, 1)
+            result["query"] = measure(url, args.repeats, args.explain_repeats)
     result["load_after"] = load_average()
     print(json.dumps(result, indent=2, default=str))
-    q = result["query"]
-    print(f"\n{result['gpus']} GPUs, {result['month']}: {result['generate']['rows']['tenant_usage_1d']:,} daily tenant "
-          f"rows; `migmeter report chargeback --by namespace` median {q['report_by_namespace']['median_ms']} ms "
-          f"(first {q['report_by_namespace']['first_ms']} ms), by pod {q['report_by_pod']['median_ms']} ms; "
-          f"main query execution {q['explain_execution_ms']} ms", file=sys.stderr)
+    print(_summary(result), file=sys.stderr)
     return 0
+
+
+def _summary(result: dict[str, Any]) -> str:
+    q = result["query"]
+    lines = [f"\n{result['gpus']} GPUs, {result['month']}: {result['generate']['rows']['tenant_usage_1d']:,} daily "
+             f"tenant rows; work_mem {q['work_mem']}; load average {q['load_before_queries']} before, "
+             f"{q['load_after_queries']} after the queries"]
+    for by in reports.CHARGEBACK_BY:
+        p = q[f"by_{by}"]
+        f, e = p["query_with_fetch"], p["explain"]
+        lines.append(
+            f"chargeback by {by} ({p['compare']['lines']:,} lines, old = new: {p['compare']['same_lines']}): "
+            f"with fetch old {f['old']['median_ms']} ms -> new {f['new']['median_ms']} ms ({p['ratio_with_fetch']}x); "
+            f"server execution old {e['old']['execution_ms']} ms -> new {e['new']['execution_ms']} ms "
+            f"({p['ratio_execution']}x); spills to disk: old {e['old']['spills_to_disk'] or 'none'}, "
+            f"new {e['new']['spills_to_disk'] or 'none'}")
+    bi = q["bi_view_namespace_monthly"]
+    lines.append(f"whole `migmeter report chargeback` (new): by namespace {q['report_by_namespace']['median_ms']} ms, "
+                 f"by pod {q['report_by_pod']['median_ms']} ms; BI chargeback_namespace_monthly "
+                 f"old {bi['old']['median_ms']} ms -> new {bi['new']['median_ms']} ms")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

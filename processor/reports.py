@@ -2,8 +2,8 @@
 
 Why queries live in ``.sql`` files loaded by name: analysts read and reuse them in BI tools
 unchanged, and reviewers see the SQL a report runs. Every query reads only the views the
-reader role may select (``sql/011_bi_views.sql``), so a BI login can run ``migmeter report``
-too. User input never becomes SQL text: values are parameters, and the only choices that
+reader role may select (``sql/011_bi_views.sql``, ``sql/012_chargeback_usage.sql``), so a BI
+login can run ``migmeter report`` too. User input never becomes SQL text: values are parameters, and the only choices that
 change the SQL (``--by``, the grain) pick a file or an identifier from a fixed whitelist.
 
 Every query filters on ``bucket`` ranges (not on derived dates) so TimescaleDB skips chunks

@@ -100,6 +100,47 @@ def test_price_change_splits_the_month(month_db: str) -> None:
     assert float(rows[0][2]) == pytest.approx(24 / 7) and float(rows[1][2]) == pytest.approx(6.0)
 
 
+_VIEW_LINES = {
+    "pod": "SELECT line, namespace, pod, alloc_gpu_hours, used_gpu_hours, alloc_util_pct, cost_alloc, cost_used, "
+           "currency FROM chargeback_pod_monthly WHERE month = '2025-11-01'",
+    "namespace": "SELECT line, namespace, alloc_gpu_hours, used_gpu_hours, alloc_util_pct, cost_alloc, cost_used, "
+                 "currency FROM chargeback_namespace_monthly WHERE month = '2025-11-01'",
+}
+
+
+def _by_key(rows, n_keys: int) -> dict:
+    """(line, keys..., currency) -> the numbers as floats (None stays None)."""
+    return {tuple(r[:1 + n_keys]) + (r[-1],): [None if v is None else float(v) for v in r[1 + n_keys:-1]]
+            for r in rows}
+
+
+def _assert_report_equals_views(conn: psycopg.Connection) -> None:
+    for by, n_keys in (("pod", 2), ("namespace", 1)):
+        report = _by_key(reports.chargeback(conn, date(2025, 11, 1), by=by).rows, n_keys)
+        view = _by_key(conn.execute(_VIEW_LINES[by]).fetchall(), n_keys)
+        assert report.keys() == view.keys(), by
+        for key, numbers in report.items():
+            assert numbers == pytest.approx(view[key], abs=1e-9, nan_ok=True), (by, key)
+
+
+def test_report_and_bi_monthly_views_give_identical_lines(month_db: str) -> None:
+    # Two paths to the same month: the report aggregates per day and key, then prices
+    # (sql/reports/chargeback.sql); chargeback_pod_monthly sums 011's per-pod priced days and
+    # chargeback_namespace_monthly 012's per-namespace priced days. They must not drift.
+    with psycopg.connect(month_db) as conn:
+        _assert_report_equals_views(conn)
+        # Same with a model that has no price: its hours move to lines with a NULL currency.
+        conn.execute("DELETE FROM prices WHERE gpu_model = %s", (A30,))
+        _assert_report_equals_views(conn)
+        unpriced = {r["pod"]: r for r in reports.chargeback(conn, date(2025, 11, 1), by="pod").as_dicts()
+                    if r["currency"] is None}
+        # GPU-B's 2 h (team-b/pod-b2), and its unallocated line (0 h: the whole GPU was in use)
+        assert set(unpriced) == {"pod-b2", "(unallocated)"}
+        assert unpriced["pod-b2"]["alloc_gpu_hours"] == pytest.approx(2.0) and unpriced["pod-b2"]["cost_alloc"] is None
+        assert unpriced["(unallocated)"]["alloc_gpu_hours"] == pytest.approx(0.0)
+        conn.rollback()
+
+
 def test_month_reconciles_to_physical_gpu_hours(month_db: str) -> None:
     start, end = reports.month_range(date(2025, 11, 1))
     with psycopg.connect(month_db) as conn:
