@@ -31,6 +31,8 @@ All at the server's default settings (``work_mem`` is recorded).
 
 Run: ``python -m bench.chargeback_query [--gpus-per-host 8 --hosts 125 --repeats 5]``; it
 creates and drops its own database on the local stack (or ``$MIGMETER_DATABASE_URL``'s server).
+``--copies 4`` measures on four copies of the month's daily rows (~1.15M tenant rows, same
+tenants); ``--database-url URL`` measures a month already generated there (nothing dropped).
 """
 
 from __future__ import annotations
@@ -156,6 +158,34 @@ def generate(url: str, hosts: int, gpus_per_host: int, interval_s: float, with_h
     return {"snapshots": snapshots, "fold_s": round(fold_s, 1), "write_s": round(write_s, 1), "rows": counts}
 
 
+# The daily tables' columns after (bucket, gpu_uuid), in order: a copy keeps them as they are.
+_COPY_COLUMNS = {
+    "tenant_usage_1d": "namespace, pod, cluster, gpu_model, seconds, alloc_gpu_seconds, util_alloc_gpu_seconds, "
+                       "busy_gpu_seconds, samples",
+    "gpu_usage_1d": "cluster, host, gpu_model, total_slices, seconds, mig_seconds, alloc_gpu_seconds, "
+                    "util_alloc_gpu_seconds, busy_gpu_seconds, simple_util_seconds, simple_seconds, instance_samples, "
+                    "snapshots, alloc_min, alloc_max, whole_util_min, whole_util_max",
+}
+
+
+def replicate(url: str, copies: int) -> dict[str, int]:
+    """Scale the generated month up: ``copies - 1`` more copies of every daily row under new GPU
+    ids (same cluster, tenants and days), as if the fleet were ``copies`` times larger with the
+    same tenants. The report's lines stay the same, with ``copies`` times the hours; what grows
+    is the number of rows it reads (e.g. ``--copies 4``: ~1.15M daily tenant rows, the size at
+    which the old query's sorts spilled to disk for tens of seconds)."""
+    with psycopg.connect(url) as conn:
+        for table, columns in _COPY_COLUMNS.items():
+            conn.execute(sql.SQL("INSERT INTO {t} (bucket, gpu_uuid, {c}) SELECT bucket, gpu_uuid || '-copy' || k, {c} "
+                                 "FROM {t}, generate_series(1, %(n)s::int) AS k").format(
+                t=sql.Identifier(table), c=sql.SQL(columns)), {"n": copies - 1})
+        conn.commit()
+        conn.autocommit = True
+        for table in _COPY_COLUMNS:
+            conn.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(table)))
+        return {t: _scalar(conn, sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(t))) for t in _COPY_COLUMNS}
+
+
 def _scalar(conn: psycopg.Connection[Any], query: sql.SQL | sql.Composed, params: dict[str, Any] | None = None) -> Any:
     row = conn.execute(query, params).fetchone()
     assert row is not None
@@ -276,10 +306,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--database-url", help="measure an already generated month in this database (no generation, "
                     "nothing dropped); default: generate one in a new database")
     ap.add_argument("--with-hourly", action="store_true", help="also write the hourly rows (slower)")
+    ap.add_argument("--copies", type=int, default=1,
+                    help="measure on this many copies of the month's daily rows under new GPU ids (default 1)")
     args = ap.parse_args(argv)
     result: dict[str, Any] = {"gpus": args.hosts * args.gpus_per_host, "month": f"{MONTH:%Y-%m}",
                               "models": list(DEFAULT_MODELS), "interval_s": args.interval,
                               "load_before": load_average()}
+    if args.copies < 1:
+        ap.error("--copies must be >= 1")
     if args.database_url:
         with psycopg.connect(args.database_url) as conn:
             result["generate"] = {"rows": {"tenant_usage_1d": _scalar(conn, sql.SQL("SELECT count(*) FROM tenant_usage_1d"))}}
@@ -289,6 +323,9 @@ def main(argv: list[str] | None = None) -> int:
             t0 = time.perf_counter()
             result["generate"] = generate(url, args.hosts, args.gpus_per_host, args.interval, args.with_hourly)
             result["generate"]["total_s"] = round(time.perf_counter() - t0, 1)
+            if args.copies > 1:
+                result["gpus"] *= args.copies
+                result["generate"]["rows"] = replicate(url, args.copies)
             result["query"] = measure(url, args.repeats, args.explain_repeats)
     result["load_after"] = load_average()
     print(json.dumps(result, indent=2, default=str))
