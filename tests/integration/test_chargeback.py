@@ -141,6 +141,29 @@ def test_report_and_bi_monthly_views_give_identical_lines(month_db: str) -> None
         conn.rollback()
 
 
+def test_daily_views_and_plot_data_agree_with_the_per_pod_days(month_db: str) -> None:
+    # 012 computes chargeback_namespace_daily from the daily rows directly; 011's per-pod priced
+    # days summed per namespace are the reference. The --plot data must add up to the report.
+    with psycopg.connect(month_db) as conn:
+        ns_daily = _by_key(conn.execute(
+            "SELECT bucket, cluster, line, namespace, alloc_gpu_hours, used_gpu_hours, util_known_gpu_hours, "
+            "cost_alloc, cost_used, currency FROM chargeback_namespace_daily").fetchall(), 3)
+        pod_daily = _by_key(conn.execute(
+            "SELECT bucket, cluster, line, namespace, sum(alloc_gpu_hours), sum(used_gpu_hours), "
+            "sum(util_known_gpu_hours), sum(cost_alloc), sum(cost_used), currency FROM chargeback_pod_daily "
+            "GROUP BY bucket, cluster, line, namespace, currency").fetchall(), 3)
+        plot = reports.chargeback_daily(conn, date(2025, 11, 1)).rows
+        report = reports.chargeback(conn, date(2025, 11, 1)).as_dicts()
+    assert ns_daily.keys() == pod_daily.keys()
+    assert len(ns_daily) == 6  # Nov 10: 4 lines; Nov 20: team-a and unallocated (0 h, the 7g fills GPU-A)
+    for key, numbers in ns_daily.items():
+        assert numbers == pytest.approx(pod_daily[key], abs=1e-9), key
+    per_namespace: dict[str, float] = {}
+    for _, namespace, hours in plot:
+        per_namespace[namespace] = per_namespace.get(namespace, 0.0) + hours
+    assert per_namespace == pytest.approx({r["namespace"]: r["alloc_gpu_hours"] for r in report}, abs=1e-9)
+
+
 def test_month_reconciles_to_physical_gpu_hours(month_db: str) -> None:
     start, end = reports.month_range(date(2025, 11, 1))
     with psycopg.connect(month_db) as conn:
