@@ -80,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _load(module_name: str) -> _Command | None:
     try:
-        return importlib.import_module(module_name)  # type: ignore[return-value]
+        return importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
         # Only a command whose module is absent is left out; a broken import elsewhere raises.
         if exc.name == module_name:

@@ -121,7 +121,7 @@ class NvmlSource:
     ) -> None:
         if nvml is None:
             try:
-                import pynvml  # type: ignore[import-untyped]
+                import pynvml
             except ImportError as exc:
                 raise SourceUnavailable("the nvml source needs nvidia-ml-py: pip install nvidia-ml-py") from exc
             nvml = pynvml
