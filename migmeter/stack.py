@@ -37,6 +37,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import psycopg
 from kafka import KafkaAdminClient
@@ -410,6 +411,7 @@ class KafkaNode:
                 admin = KafkaAdminClient(
                     bootstrap_servers=self.bootstrap, request_timeout_ms=ms,
                     bootstrap_timeout_ms=ms, client_id="migmeter-stack-probe",
+                    **self.client_options(),
                 )
             except KafkaConfigurationError:
                 raise  # our bug, not a broker that is down
@@ -422,6 +424,13 @@ class KafkaNode:
                 return False
             finally:
                 admin.close()
+
+    def client_options(self) -> dict[str, Any]:
+        """Extra kafka-python settings clients need to reach this node (none: plaintext).
+
+        A node configured for TLS/SASL overrides this, and the readiness probe follows.
+        """
+        return {}
 
     def start(self, wait: bool = True, timeout_s: float = KAFKA_START_TIMEOUT_S) -> None:
         """Start the node (idempotent); with ``wait``, return once it is ready."""

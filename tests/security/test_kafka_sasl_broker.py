@@ -12,11 +12,11 @@ from __future__ import annotations
 import socket
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from kafka import KafkaAdminClient
 from kafka.admin import NewTopic
-from kafka.errors import KafkaError
 
 from collector.sources.simulate import SimulatedFleet
 from migmeter import stack
@@ -48,26 +48,12 @@ class SaslKafkaNode(stack.KafkaNode):
         )
         self.config_path.write_text(text)
 
+    def client_options(self) -> dict[str, Any]:
+        return {"sasl_plain_username": "admin", "sasl_plain_password": ADMIN_PW, **_SASL}
+
     def admin(self) -> KafkaAdminClient:
         return KafkaAdminClient(bootstrap_servers=self.bootstrap, client_id="migmeter-tests", request_timeout_ms=5000,
-                                sasl_plain_username="admin", sasl_plain_password=ADMIN_PW, **_SASL)
-
-    def is_ready(self, timeout_s: float = 3.0) -> bool:
-        # A closed port first, as KafkaNode does: kafka-python 3.0.12 leaks the socket of a failed
-        # connect, which the garbage collector would later close with a ResourceWarning.
-        if not self.is_running() or not socket_open(self.port):
-            return False
-        try:
-            admin = self.admin()
-        except (KafkaError, OSError, ValueError):
-            return False
-        try:
-            admin.list_topics()
-            return True
-        except (KafkaError, OSError, ValueError):
-            return False
-        finally:
-            admin.close()
+                                **self.client_options())
 
 
 @pytest.fixture
