@@ -9,7 +9,6 @@ checked at unit level in ``test_kafka_security.py``); a certificate authority is
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -70,12 +69,6 @@ def sasl_kafka(kafka_bootstrap: str, private_home: Path) -> Iterator[SaslKafkaNo
         yield node
     finally:
         node.stop()
-
-
-def socket_open(port: int) -> bool:
-    with socket.socket() as s:
-        s.settimeout(0.5)
-        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 def _env(password: str) -> dict[str, str]:
