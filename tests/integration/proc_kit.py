@@ -48,8 +48,10 @@ def config(bootstrap: str, db: str, topic: str, group: str = "g", **kw) -> Proce
                            group=group, **kw)
 
 
-def run_until_idle(cfg: ProcessorConfig, timeout_s: float = 120.0) -> ProcessorMetrics:
-    """Run one processor in a thread until it is caught up and idle; fail if it never gets there."""
+def start_in_thread(
+    cfg: ProcessorConfig,
+) -> tuple[Processor, ProcessorMetrics, threading.Thread, list[BaseException]]:
+    """Start one processor in a daemon thread; whatever ``run()`` raises lands in the list."""
     metrics = ProcessorMetrics()
     proc = Processor(cfg, metrics)
     errors: list[BaseException] = []
@@ -57,11 +59,17 @@ def run_until_idle(cfg: ProcessorConfig, timeout_s: float = 120.0) -> ProcessorM
     def target() -> None:
         try:
             proc.run()
-        except BaseException as exc:  # surfaced below
+        except BaseException as exc:  # surfaced by the caller
             errors.append(exc)
 
     t = threading.Thread(target=target, daemon=True)
     t.start()
+    return proc, metrics, t, errors
+
+
+def run_until_idle(cfg: ProcessorConfig, timeout_s: float = 120.0) -> ProcessorMetrics:
+    """Run one processor in a thread until it is caught up and idle; fail if it never gets there."""
+    proc, metrics, t, errors = start_in_thread(cfg)
     t.join(timeout_s)
     if t.is_alive():
         proc.stop()

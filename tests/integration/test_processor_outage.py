@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 import time
 import uuid
 from urllib.parse import urlsplit, urlunsplit
@@ -13,30 +12,12 @@ from psycopg import sql
 
 from collector.sources.simulate import SimulatedFleet
 from migmeter.migrate import migrate
-from processor.consumer import Processor
-from processor.metrics import ProcessorMetrics
-from tests.integration.proc_kit import Oracle, config, db_totals, produce, stored_offsets_total
+from tests.integration.proc_kit import Oracle, config, db_totals, produce, start_in_thread, stored_offsets_total
 
 pytestmark = pytest.mark.integration
 
 REL = 1e-9
 DEADLINE_S = 120.0  # only keeps a broken test from hanging
-
-
-def _start(cfg):  # type: ignore[no-untyped-def]
-    metrics = ProcessorMetrics()
-    proc = Processor(cfg, metrics)
-    errors: list[BaseException] = []
-
-    def target() -> None:
-        try:
-            proc.run()
-        except BaseException as exc:
-            errors.append(exc)
-
-    t = threading.Thread(target=target, daemon=True)
-    t.start()
-    return proc, metrics, t, errors
 
 
 def _wait(cond, what: str) -> None:  # type: ignore[no-untyped-def]
@@ -77,7 +58,7 @@ def test_database_missing_at_start_then_appearing(kafka_bootstrap, new_topic, ad
     url = urlunsplit(urlsplit(admin_url)._replace(path="/" + name))
     snaps = _snaps(120)
     produce(kafka_bootstrap, topic, snaps[: len(snaps) // 2])
-    proc, metrics, thread, errors = _start(config(kafka_bootstrap, url, topic, retry_max_s=1.0))
+    proc, metrics, thread, errors = start_in_thread(config(kafka_bootstrap, url, topic, retry_max_s=1.0))
     try:
         # The database does not exist: the processor retries and consumes nothing meanwhile.
         _wait(lambda: metrics.db_retries._value.get() >= 3, "retries while the database is missing")
@@ -103,7 +84,7 @@ def test_connections_killed_mid_stream(kafka_bootstrap, new_topic, fresh_db, adm
     topic = new_topic(partitions=2)
     snaps = _snaps(200, seed=9)
     dbname = urlsplit(fresh_db).path.lstrip("/")
-    proc, metrics, thread, errors = _start(config(kafka_bootstrap, fresh_db, topic, retry_max_s=0.5,
+    proc, metrics, thread, errors = start_in_thread(config(kafka_bootstrap, fresh_db, topic, retry_max_s=0.5,
                                                   batch_records=50, batch_ms=50))
     killed = 0
     try:

@@ -9,10 +9,8 @@ import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
@@ -140,17 +138,6 @@ def test_stack_env_prints_exports() -> None:
 
 
 # ------------------------------------------------------------------------- private nodes
-
-
-@pytest.fixture
-def private_home() -> Iterator[Path]:
-    """A folder the unprivileged PostgreSQL user can enter (pytest's tmp_path is 0700 root)."""
-    home = Path(tempfile.mkdtemp(prefix="migmeter-private-"))
-    home.chmod(0o755)
-    try:
-        yield home
-    finally:
-        shutil.rmtree(home, ignore_errors=True)
 
 
 @pytest.mark.slow
