@@ -25,6 +25,7 @@ table specs below, never from input; values are always parameters or COPY data.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import operator
@@ -233,15 +234,26 @@ class Sink:
 
     def _read(self, query: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
         conn = self._connection()
-        try:
+        with self._database_errors("reading failed", "reading failed"):
             with conn.transaction():
-                return conn.execute(query, params).fetchall()
+                rows = conn.execute(query, params).fetchall()
+        return rows
+
+    @contextlib.contextmanager
+    def _database_errors(self, unavailable: str, refused: str) -> Iterator[None]:
+        """Map psycopg failures to the sink's errors; a broken connection is dropped either way.
+
+        Lost connection / server gone -> DatabaseUnavailable (retry after backoff); anything the
+        server refused -> SinkError. Our own errors (OffsetConflict) pass through untouched.
+        """
+        try:
+            yield
         except psycopg.OperationalError as exc:
             self._discard()
-            raise DatabaseUnavailable(f"reading failed: {_first_line(exc)}") from None
+            raise DatabaseUnavailable(f"{unavailable}: {_first_line(exc)}") from None
         except psycopg.Error as exc:
             self._discard()
-            raise SinkError(f"reading failed: {_first_line(exc)}") from None
+            raise SinkError(f"{refused}: {_first_line(exc)}") from None
 
     # -- the batch transaction -------------------------------------------------------------
 
@@ -254,7 +266,7 @@ class Sink:
         """
         conn = self._connection()
         rows: dict[str, int] = {}
-        try:
+        with self._database_errors("batch not written (or commit outcome unknown)", "database refused the batch"):
             with conn.transaction():
                 with conn.cursor() as cur:
                     # Step 1: offsets compare-and-set.
@@ -288,14 +300,6 @@ class Sink:
                              d.payload[:DEAD_LETTER_PAYLOAD_MAX], len(d.payload)) for d in batch.dead_letters])
                         rows["dead_letters"] = len(batch.dead_letters)
             # Step 7: the commit happened when the transaction block exited without error.
-        except OffsetConflict:
-            raise
-        except psycopg.OperationalError as exc:
-            self._discard()
-            raise DatabaseUnavailable(f"batch not written (or commit outcome unknown): {_first_line(exc)}") from None
-        except psycopg.Error as exc:
-            self._discard()
-            raise SinkError(f"database refused the batch: {_first_line(exc)}") from None
         return rows
 
     def _advance_offsets(self, cur: psycopg.Cursor[Any], batch: FoldedBatch) -> None:
