@@ -5,15 +5,17 @@ exactly these endpoints."""
 
 from __future__ import annotations
 
-import urllib.error
-import urllib.request
+import uuid
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
+import psycopg
 import pytest
+from psycopg import sql
 
 from migmeter import stack
-from tests.fix_faults import free_port, processor_args, spawn, wait_until
+from tests.fix_faults import Proc, free_port, processor_args, spawn, wait_until
+from tests.processor.health_kit import http_get
 
 pytestmark = pytest.mark.integration
 
@@ -21,14 +23,13 @@ pytestmark = pytest.mark.integration
 HEALTH_INTERVAL = "0.5"
 
 
-def _get(port: int, path: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as resp:  # noqa: S310
-            return resp.status, resp.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
-    except OSError:
-        return 0, ""  # not listening yet
+def _readyz_when(port: int, status: int, what: str, proc: Proc, must_contain: str = "") -> str:
+    """The /readyz body once it answers ``status`` (and holds ``must_contain``)."""
+    def check() -> str | None:
+        code, body = http_get(port, "/readyz")
+        return body if code == status and must_contain in body else None
+
+    return str(wait_until(check, what, alive=[proc]))
 
 
 def test_readiness_follows_the_database(kafka_bootstrap: str, new_topic, private_pg, tmp_path: Path) -> None:
@@ -39,22 +40,20 @@ def test_readiness_follows_the_database(kafka_bootstrap: str, new_topic, private
     proc = spawn("processor", processor_args(kafka_bootstrap, url, topic, "health-" + topic, port,
                                              "--health-interval", HEALTH_INTERVAL), tmp_path)
     try:
-        status, body = wait_until(lambda: (r := _get(port, "/readyz"))[0] == 200 and r, "processor ready",
-                                  alive=[proc])  # type: ignore[misc]
+        body = _readyz_when(port, 200, "processor ready", proc)
         assert body.startswith("ready (probed ")
         assert "kafka: ok\ndatabase: ok\n" in body
 
         cluster.stop()
-        status, body = wait_until(lambda: (r := _get(port, "/readyz"))[0] == 503 and r,
-                                  "not ready while the database is down", alive=[proc])  # type: ignore[misc]
+        body = _readyz_when(port, 503, "not ready while the database is down", proc)
         assert "kafka: ok" in body
         assert "database: failed: " in body
         password = urlsplit(url).password
         assert password and password not in body
-        assert _get(port, "/healthz") == (200, "live\n")  # the database being down is no reason to restart
+        assert http_get(port, "/healthz") == (200, "live\n")  # the database being down is no reason to restart
 
         cluster.start()
-        wait_until(lambda: _get(port, "/readyz")[0] == 200, "ready again after the database is back", alive=[proc])
+        _readyz_when(port, 200, "ready again after the database is back", proc)
     finally:
         rc = proc.terminate()
     assert rc == 0, proc.tail()
@@ -63,23 +62,15 @@ def test_readiness_follows_the_database(kafka_bootstrap: str, new_topic, private
 def test_a_database_without_the_schema_is_not_ready(kafka_bootstrap: str, new_topic, admin_url: str,
                                                     tmp_path: Path) -> None:
     """The probe reads sink_offsets: a server that answers but was never migrated is not ready."""
-    import uuid
-
-    import psycopg
-    from psycopg import sql
-
-    from tests.fix_stack import _with_database
-
     name = f"migmeter_unmigrated_{uuid.uuid4().hex[:10]}"
     with psycopg.connect(admin_url, autocommit=True) as conn:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     port = free_port()
     topic = new_topic(partitions=1)
-    proc = spawn("processor", processor_args(kafka_bootstrap, _with_database(admin_url, name), topic,
+    proc = spawn("processor", processor_args(kafka_bootstrap, urlunsplit(urlsplit(admin_url)._replace(path='/' + name)), topic,
                                              "health-" + topic, port, "--health-interval", HEALTH_INTERVAL), tmp_path)
     try:
-        status, body = wait_until(lambda: (r := _get(port, "/readyz"))[0] == 503 and "database: failed" in r[1] and r,
-                                  "not ready on an unmigrated database", alive=[proc])  # type: ignore[misc]
+        body = _readyz_when(port, 503, "not ready on an unmigrated database", proc, "database: failed")
         assert 'UndefinedTable: relation "sink_offsets" does not exist' in body
         assert "kafka: ok" in body
     finally:

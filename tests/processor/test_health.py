@@ -4,13 +4,12 @@ HTTP routing next to /metrics, and the probes against real closed ports (no serv
 from __future__ import annotations
 
 import socket
-import urllib.error
-import urllib.request
 
 import pytest
 
 from processor.health import Check, HealthState, probe_database, probe_kafka
 from processor.metrics import ProcessorMetrics, serve
+from tests.processor.health_kit import http_get
 
 
 class FakeClock:
@@ -75,12 +74,6 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _get(port: int, path: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as resp:  # noqa: S310
-            return resp.status, resp.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
 
 
 def test_health_paths_are_served_next_to_metrics():
@@ -91,11 +84,11 @@ def test_health_paths_are_served_next_to_metrics():
     stop = serve(metrics.registry, port, "127.0.0.1", state)
     assert stop is not None
     try:
-        assert _get(port, "/readyz") == (503, "not ready: no probe round finished yet\n")
+        assert http_get(port, "/readyz") == (503, "not ready: no probe round finished yet\n")
         state.record((Check("kafka"), Check("database")))
-        assert _get(port, "/readyz") == (200, "ready (probed 0 s ago)\nkafka: ok\ndatabase: ok\n")
-        assert _get(port, "/healthz") == (200, "live\n")
-        status, body = _get(port, "/metrics")
+        assert http_get(port, "/readyz") == (200, "ready (probed 0 s ago)\nkafka: ok\ndatabase: ok\n")
+        assert http_get(port, "/healthz") == (200, "live\n")
+        status, body = http_get(port, "/metrics")
         assert status == 200 and "migmeter_processor_duplicates_total 2.0" in body
     finally:
         stop()
@@ -106,7 +99,7 @@ def test_without_health_every_path_is_metrics():
     stop = serve(ProcessorMetrics().registry, port)
     assert stop is not None
     try:
-        status, body = _get(port, "/readyz")
+        status, body = http_get(port, "/readyz")
     finally:
         stop()
     assert status == 200 and "migmeter_processor_batches_total" in body
