@@ -257,9 +257,14 @@ def test_more_processors_than_partitions_is_refused() -> None:
     assert _one(render(None, "--set", "processor.replicas=4"), "StatefulSet", "processor")["spec"]["replicas"] == 4
 
 
-def test_an_unknown_source_is_refused() -> None:
-    assert 'collector.source must be dcgm or nvml, not "prometheus"' in render_error(
+def test_values_are_checked_against_the_charts_schema() -> None:
+    assert "at '/collector/source': value must be one of 'dcgm', 'nvml'" in render_error(
         None, "--set", "collector.source=prometheus")
+    # a misspelt key is an error, not a silently ignored setting
+    assert "at '/processor': additional properties 'replica' not allowed" in render_error(
+        None, "--set", "processor.replica=3")
+    assert "at '/kafka/securityProtocol': value must be one of" in render_error(
+        None, "--set", "kafka.securityProtocol=TLS")
 
 
 def test_collectors_run_on_gpu_operator_nodes() -> None:

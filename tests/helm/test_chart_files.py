@@ -102,3 +102,19 @@ def test_an_empty_datasource_uid_leaves_the_dashboard_as_exported() -> None:
     cm = next(o for o in objects if o["metadata"]["name"] == "mm-migmeter-timescaledb-dashboard")
     assert json.loads(cm["data"]["migmeter-timescaledb.json"]) == json.loads(
         (GRAFANA / "migmeter-timescaledb.json").read_text())
+
+
+def test_the_bi_login_job_runs_the_tested_script_with_its_secret() -> None:
+    objects = render("ci/dcgm-values.yaml")  # biReader.enabled
+    cm = next(o for o in objects if o["kind"] == "ConfigMap" and o["metadata"]["name"] == "mm-migmeter-bi-reader")
+    assert cm["data"]["bi_reader.py"] == (CHART / "files" / "bi_reader.py").read_text().rstrip("\n")
+    job = next(o for o in objects if o["kind"] == "Job" and o["metadata"]["name"] == "mm-migmeter-bi-reader")
+    assert job["metadata"]["annotations"]["helm.sh/hook"] == "post-install,post-upgrade"  # after the migrations
+    pod = job["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    mount = next(m for m in c["volumeMounts"] if c["args"][0].startswith(m["mountPath"] + "/"))
+    assert next(v for v in pod["volumes"] if v["name"] == mount["name"])["configMap"] == {"name": cm["metadata"]["name"]}
+    refs = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in c["env"] if "valueFrom" in e}
+    assert refs == {"MIGMETER_DATABASE_URL": {"name": "migmeter-db-owner", "key": "url"},
+                    "MIGMETER_BI_USERNAME": {"name": "migmeter-bi-reader", "key": "username"},
+                    "MIGMETER_BI_PASSWORD": {"name": "migmeter-bi-reader", "key": "password"}}

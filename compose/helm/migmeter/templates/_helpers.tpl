@@ -31,16 +31,11 @@ helm.sh/chart: {{ printf "%s-%s" .ctx.Chart.Name .ctx.Chart.Version | replace "+
 {{ printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
 {{- end -}}
 
-{{/* Checks that fail the render instead of producing a broken release. */}}
+{{/* Checks across values that fail the render instead of producing a broken release (each
+     value's own type and range are in values.schema.json). */}}
 {{- define "migmeter.validate" -}}
 {{- if and .Values.processor.enabled (gt (int .Values.processor.replicas) (int .Values.kafka.partitions)) -}}
 {{- fail (printf "processor.replicas (%d) exceeds kafka.partitions (%d): processors beyond the topic's partitions get no partition and idle; add partitions to the topic first" (int .Values.processor.replicas) (int .Values.kafka.partitions)) -}}
-{{- end -}}
-{{- if not (has .Values.collector.source (list "dcgm" "nvml")) -}}
-{{- fail (printf "collector.source must be dcgm or nvml, not %q" .Values.collector.source) -}}
-{{- end -}}
-{{- if not (has .Values.kafka.securityProtocol (list "PLAINTEXT" "SSL" "SASL_PLAINTEXT" "SASL_SSL")) -}}
-{{- fail (printf "kafka.securityProtocol must be PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL, not %q" .Values.kafka.securityProtocol) -}}
 {{- end -}}
 {{- if and (hasPrefix "SASL_" .Values.kafka.securityProtocol) (not .Values.kafka.sasl.existingSecret) -}}
 {{- fail "kafka.securityProtocol SASL_* needs kafka.sasl.existingSecret (a Secret with the SASL user and password)" -}}
@@ -214,7 +209,7 @@ spec:
       command: {{ toJson .command }}
       args: {{ toJson .args }}
       env:
-        {{- include "migmeter.dbEnv" (dict "ctx" $ "role" "owner") | nindent 8 }}
+        {{- include "migmeter.dbEnv" (dict "ctx" $ "role" "owner") | indent 8 }}
         {{- with .extraEnv }}{{ . | nindent 8 }}{{- end }}
       securityContext:
         {{- toYaml $.Values.securityContext | nindent 8 }}
@@ -223,10 +218,10 @@ spec:
       volumeMounts:
         - name: tmp
           mountPath: /tmp
-        {{- include "migmeter.dbVolumeMounts" (dict "ctx" $ "role" "owner") | nindent 8 }}
+        {{- with include "migmeter.dbVolumeMounts" (dict "ctx" $ "role" "owner") }}{{ . | nindent 8 }}{{ end }}
         {{- with .extraMounts }}{{ . | nindent 8 }}{{- end }}
   volumes:
     {{- include "migmeter.tmpVolume" $ | nindent 4 }}
-    {{- include "migmeter.dbVolumes" (dict "ctx" $ "role" "owner") | nindent 4 }}
+    {{- with include "migmeter.dbVolumes" (dict "ctx" $ "role" "owner") }}{{ . | nindent 4 }}{{ end }}
     {{- with .extraVolumes }}{{ . | nindent 4 }}{{- end }}
 {{- end -}}
