@@ -22,6 +22,7 @@ __all__ = [
     "KUBE_VERSIONS",
     "RELEASE",
     "NAMESPACE",
+    "MONITORING_API",
     "helm_binary",
     "render",
     "render_error",
@@ -53,18 +54,28 @@ def helm_binary() -> str:
     return found
 
 
+# The Prometheus Operator's API: the chart renders ServiceMonitors and the PrometheusRule only
+# where the cluster serves it.
+MONITORING_API = "monitoring.coreos.com/v1"
+
+
 def _template_cmd(values: str | None, kube_version: str, extra: tuple[str, ...]) -> list[str]:
     cmd = [helm_binary(), "template", RELEASE, str(CHART), "--namespace", NAMESPACE,
-           "--kube-version", kube_version]
+           "--kube-version", kube_version, "--api-versions", MONITORING_API]
     if values:
         cmd += ["-f", str(CHART / values)]
     return cmd + list(extra)
 
 
-def render(values: str | None = None, *extra: str, kube_version: str = KUBE_VERSIONS[-1]) -> list[dict[str, Any]]:
-    """Every object ``helm template`` renders (hooks included), as dicts."""
-    proc = subprocess.run(_template_cmd(values, kube_version, extra), capture_output=True, text=True,
-                          timeout=_HELM_TIMEOUT_S, check=False)
+def render(values: str | None = None, *extra: str, kube_version: str = KUBE_VERSIONS[-1],
+           monitoring: bool = True) -> list[dict[str, Any]]:
+    """Every object ``helm template`` renders (hooks included), as dicts; ``monitoring=False``
+    renders for a cluster without the Prometheus Operator."""
+    cmd = _template_cmd(values, kube_version, extra)
+    if not monitoring:
+        cmd.remove("--api-versions")
+        cmd.remove(MONITORING_API)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=_HELM_TIMEOUT_S, check=False)
     assert proc.returncode == 0, f"helm template failed:\n{proc.stderr}"
     return [d for d in yaml.safe_load_all(proc.stdout) if d]
 

@@ -21,6 +21,7 @@ from processor.retention import parse_keep
 from tests.helm.chart_kit import (
     CHART,
     KUBE_VERSIONS,
+    MONITORING_API,
     NAMESPACE,
     RELEASE,
     VALUES_FILES,
@@ -31,7 +32,6 @@ from tests.helm.chart_kit import (
     render_error,
 )
 
-_MONITORING = "monitoring.coreos.com/v1"
 # What the kubelet substitutes for the downward-API variables the chart's args use.
 _FIELD_SAMPLES = {"status.hostIP": "10.0.3.17", "metadata.name": f"{RELEASE}-migmeter-processor-0"}
 _REF = re.compile(r"(?<!\$)\$\(([A-Za-z_][A-Za-z0-9_]*)\)")
@@ -82,7 +82,7 @@ def test_every_object_matches_the_kubernetes_api_schema(values: str | None, kube
     objects = render(values, kube_version=kube_version)
     validated = 0
     for obj in objects:
-        if obj["apiVersion"] == _MONITORING:
+        if obj["apiVersion"] == MONITORING_API:
             continue  # a CRD: no schema offline; checked structurally below and by promtool
         try:
             kubernetes_validate.validate(obj, kube_version, strict=True)
@@ -343,7 +343,7 @@ def test_service_monitors_scrape_the_metrics_port_of_their_component() -> None:
     for component in ("collector", "processor"):
         sm = _one(objects, "ServiceMonitor", component)
         svc = _one(objects, "Service", component)
-        assert sm["apiVersion"] == _MONITORING
+        assert sm["apiVersion"] == MONITORING_API
         assert sm["metadata"]["labels"]["release"] == "kube-prometheus-stack"
         assert sm["spec"]["selector"]["matchLabels"].items() <= svc["metadata"]["labels"].items()
         assert sm["spec"]["namespaceSelector"] == {"matchNames": [NAMESPACE]}
@@ -353,3 +353,11 @@ def test_service_monitors_scrape_the_metrics_port_of_their_component() -> None:
         assert svc["metadata"]["labels"][sm["spec"]["jobLabel"]] == f"migmeter-{component}"
         pods = _one(objects, "DaemonSet" if component == "collector" else "StatefulSet", component)
         assert svc["spec"]["selector"].items() <= pods["spec"]["template"]["metadata"]["labels"].items()
+
+
+def test_without_the_prometheus_operator_no_monitoring_objects_are_rendered() -> None:
+    """A cluster without the operator's CRDs would refuse the whole install over them."""
+    kinds = sorted(o["kind"] for o in render(monitoring=False))
+    with_operator = sorted(o["kind"] for o in render())
+    assert "ServiceMonitor" not in kinds and "PrometheusRule" not in kinds
+    assert with_operator == sorted(kinds + ["PrometheusRule", "ServiceMonitor", "ServiceMonitor"])
