@@ -120,3 +120,13 @@ def test_kafka_probe_of_closed_ports_fails():
     assert check.error == (f"no bootstrap server accepts a connection (127.0.0.1:{ports[0]}: ConnectionRefusedError: "
                            f"[Errno 111] Connection refused; 127.0.0.1:{ports[1]}: ConnectionRefusedError: "
                            "[Errno 111] Connection refused)")
+
+
+def test_health_interval_flag():
+    from migmeter.cli import build_parser
+
+    assert build_parser().parse_args(["process"]).health_interval == 10.0
+    assert build_parser().parse_args(["process", "--health-interval", "2.5"]).health_interval == 2.5
+    with pytest.raises(SystemExit) as exc:
+        build_parser().parse_args(["process", "--health-interval", "0"])
+    assert exc.value.code == 2
