@@ -1,5 +1,5 @@
 """The processor's own /metrics: how far behind it is, how big and slow its batches are, what it
-merged, dropped and retried.
+merged, dropped and retried. The same server answers /healthz and /readyz (``processor.health``).
 
 Everything lives in a :class:`prometheus_client.CollectorRegistry` made here (never the global
 ``REGISTRY``), so several processors in one test process stay independent.

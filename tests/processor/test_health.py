@@ -7,6 +7,7 @@ import socket
 
 import pytest
 
+from migmeter.cli import build_parser
 from processor.health import Check, HealthState, probe_database, probe_kafka
 from processor.metrics import ProcessorMetrics, serve
 from tests.processor.health_kit import http_get
@@ -123,8 +124,6 @@ def test_kafka_probe_of_closed_ports_fails():
 
 
 def test_health_interval_flag():
-    from migmeter.cli import build_parser
-
     assert build_parser().parse_args(["process"]).health_interval == 10.0
     assert build_parser().parse_args(["process", "--health-interval", "2.5"]).health_interval == 2.5
     with pytest.raises(SystemExit) as exc:
