@@ -19,6 +19,7 @@ from migmeter import settings
 from migmeter.errors import ConfigError
 from processor.consumer import DEFAULT_BATCH_MS, DEFAULT_BATCH_RECORDS, DEFAULT_GROUP, Processor, ProcessorConfig
 from processor.fold import DEFAULT_MAX_AGE_S, DEFAULT_MAX_BACKWARD_SKEW_S, DEFAULT_MAX_FUTURE_SKEW_S
+from processor.health import DEFAULT_INTERVAL_S, STALE_ROUNDS, HealthState, Prober, probe_database, probe_kafka
 from processor.metrics import DEFAULT_METRICS_ADDR, DEFAULT_METRICS_PORT, ProcessorMetrics, serve
 
 __all__ = ["configure", "run"]
@@ -73,7 +74,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
                              "(backfills, benchmarks; default 0 = run until signalled)")
     parser.add_argument("--metrics-addr", default=DEFAULT_METRICS_ADDR, help="/metrics address (default %(default)s)")
     parser.add_argument("--metrics-port", type=int, default=DEFAULT_METRICS_PORT,
-                        help="/metrics port (default %(default)s; 0 disables)")
+                        help="/metrics port (default %(default)s; 0 disables); also serves /healthz (the "
+                             "process is not wedged) and /readyz (Kafka and the database answered a recent probe)")
+    parser.add_argument("--health-interval", type=_positive_float, default=DEFAULT_INTERVAL_S, metavar="SECONDS",
+                        help="seconds between probes of Kafka and the database for /readyz (default %(default)g); "
+                             f"an answer older than {STALE_ROUNDS} intervals counts as not ready")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -102,15 +107,22 @@ def run(args: argparse.Namespace) -> int:
         log.info("kafka security: %s", describe_security(security))
     logging.getLogger("kafka").setLevel(max(logging.WARNING, logging.getLogger().getEffectiveLevel()))
     metrics = ProcessorMetrics()
+    health = HealthState(stale_after_s=STALE_ROUNDS * args.health_interval)
     try:
-        stop_http = serve(metrics.registry, args.metrics_port, args.metrics_addr)
+        stop_http = serve(metrics.registry, args.metrics_port, args.metrics_addr, health)
     except OSError as exc:
         raise ConfigError(f"cannot serve /metrics on {args.metrics_addr}:{args.metrics_port}: {exc}") from None
+    prober = Prober(health, (lambda: probe_kafka(config.bootstrap, security),
+                             lambda: probe_database(config.database_url)), args.health_interval)
     processor = Processor(config, metrics)
+    if stop_http is not None:
+        prober.start()
     previous = _on_signals(processor)
     try:
         processor.run()
     finally:
+        health.loop_ended()
+        prober.stop()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         if stop_http is not None:
