@@ -51,7 +51,10 @@ def test_future_clock_is_dead_lettered_with_reason():
 def test_backward_jump_beyond_skew_is_dead_lettered_not_a_duplicate():
     f = _fold(max_backward_skew_s=3600)
     _add(f, 0, mig(at(7200), []))
-    assert _add(f, 1, mig(at(7200 - 3600), [])) == DUPLICATE  # exactly at the limit: a duplicate
+    # Exactly at the limit: accepted; v2 time model: its own 15 s (3585, 3600] were never billed,
+    # so they are billed (before v2 it was a duplicate). Re-sent, it bills nothing.
+    assert _add(f, 1, mig(at(7200 - 3600), [])) == MERGED
+    assert _add(f, 3, mig(at(7200 - 3600), [])) == DUPLICATE
     assert _add(f, 2, mig(at(7200 - 3601), [])) == DEAD_LETTER
     batch = f.finish()
     assert [d.kind for d in batch.dead_letters] == ["clock_backward"]
@@ -98,16 +101,23 @@ def test_every_record_is_accounted_for():
         _add(f, off, snap, partition=off % 2)
     b = f.finish()
     assert b.records == 30 == len(f)
-    # Per GPU the ts indexes arrive as e.g. 0,3,6,9,2,5,...: only the 4 increasing ones merge.
-    assert sum(p.snapshots for p in b.progress.values()) == 12
-    assert sum(p.duplicates for p in b.progress.values()) == 18
+    # v2 time model: a snapshot merges when any of its covered time is new. Per GPU (ts index):
+    # GPU-0 gets 0,3,6,9,2,5,8,1,4,7: 0 covers (-15,0], 3/6/9 (gap 45 s = 3 x 15) cover up to 135;
+    #   the rest lie inside (-15,135]: 4 merged.
+    # GPU-1 gets 1,4,7,0,3,6,9,2,5,8: 1,4,7 cover (0,105]; 0 fills (-15,0] before the life; 9
+    #   covers (105,135]: 5 merged.
+    # GPU-2 gets 2,5,8,1,4,7,0,3,6,9: 2,5,8 cover (15,120]; 1 fills (0,15]; 0 fills (-15,0];
+    #   9 covers (120,135]: 6 merged. 4 + 5 + 6 = 15 merged, 15 duplicates.
+    assert sum(p.snapshots for p in b.progress.values()) == 15
+    assert sum(p.duplicates for p in b.progress.values()) == 15
+    assert sum(p.trimmed for p in b.progress.values()) == 0
     assert {tp: p.next_offset for tp, p in b.progress.items()} == {("t", 0): 29, ("t", 1): 30}
     assert b.instance_samples == sum(p.snapshots for p in b.progress.values())
 
 
 def test_finish_gives_all_three_grains_with_equal_totals():
     f = _fold()
-    for t in range(0, 7200, 15):
+    for t in range(15, 7201, 15):  # covers (0, 7200]: the first snapshot covers (0, 15]
         _add(f, t, mig(at(t), [inst(0, "3g.40gb", 0.5, "a", "p")]))
     aggs = f.finish().aggregates
     assert [len(aggs[g].gpus) for g in ("1m", "1h", "1d")] == [120, 2, 1]
