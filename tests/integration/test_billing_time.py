@@ -40,7 +40,7 @@ def _hours(db: str, sql: str, *params: object) -> dict:  # type: ignore[type-arg
         return {r[0]: tuple(r[1:]) for r in conn.execute(sql, params).fetchall()}  # type: ignore[arg-type]
 
 
-def test_two_interleaved_streams_bill_one_gpu_hour_per_hour(kafka_bootstrap, new_topic, fresh_db):  # type: ignore[no-untyped-def]
+def test_two_interleaved_streams_bill_one_gpu_hour_per_hour(kafka_bootstrap, new_topic, fresh_db, caplog):  # type: ignore[no-untyped-def]
     # One 7g GPU fed by two collectors (node URL and service URL) at 15 s, offset by 7 s:
     # A at 15, 30, ..., 3600 and B at 7, 22, ..., 3592. Each covers (previous ts of the GPU, ts],
     # so the hour [T0, T0+3600) holds exactly (0, 3600] = 3600 s; B's first snapshot covers
@@ -58,6 +58,11 @@ def test_two_interleaved_streams_bill_one_gpu_hour_per_hour(kafka_bootstrap, new
     assert worst <= 60.0 + 1e-9  # one GPU's minute never holds more than 60 s
     assert off == (480, 0, 0, 0)  # in order: nothing overlaps, every record billed whole
     assert m.registry.get_sample_value("migmeter_processor_snapshots_total") == 480
+    assert m.registry.get_sample_value("migmeter_processor_trimmed_seconds_total") == 0
+    # The second feed is reported once, with both names (B's 7 came first, then A's 15).
+    fed = [r.getMessage() for r in caplog.records if "fed by more than one stream" in r.getMessage()]
+    assert fed == ["GPU GPU-a is fed by more than one stream (dcgm@svc-1 and dcgm@node-1): overlapping time "
+                   "is billed once, the rest trimmed"]
 
 
 def test_outage_is_unmetered_and_the_month_reconciles_to_capacity(kafka_bootstrap, new_topic, fresh_db):  # type: ignore[no-untyped-def]
@@ -137,7 +142,7 @@ def test_backfill_of_last_month_bills_once_beside_live(kafka_bootstrap, new_topi
     topic = new_topic(partitions=1)
     _process(kafka_bootstrap, fresh_db, topic, live)
     _process(kafka_bootstrap, fresh_db, topic, history)
-    _process(kafka_bootstrap, fresh_db, topic, history + [jumped])
+    again = _process(kafka_bootstrap, fresh_db, topic, history + [jumped])
     with psycopg.connect(fresh_db) as conn:
         march = conn.execute("SELECT sum(alloc_gpu_seconds) FROM tenant_usage_1d WHERE bucket < %s", (apr,)).fetchone()[0]
         april = conn.execute("SELECT sum(alloc_gpu_seconds) FROM tenant_usage_1d WHERE bucket >= %s", (apr,)).fetchone()[0]
@@ -148,6 +153,9 @@ def test_backfill_of_last_month_bills_once_beside_live(kafka_bootstrap, new_topi
     assert march == pytest.approx(3600.0) and april == pytest.approx(3600.0)
     assert last_ts == apr + timedelta(hours=1)
     assert off == (240 + 60, 0, 60, 1)
+    # the second backfill: 60 duplicates x 60 s not billed again
+    assert again.registry.get_sample_value("migmeter_processor_trimmed_seconds_total") == 3600.0
+    assert again.registry.get_sample_value("migmeter_processor_duplicates_total") == 60
     assert len(dl) == 1 and "behind the GPU's last ts" in dl[0][0]
     # March: 1 h billed, then the GPU's life runs on from 11:00 Mar 10 to April: unmetered
     # (Mar 10 11:00 .. Apr 1 00:00) = 13 h + 21 days = 517 h; capacity 518 h.
