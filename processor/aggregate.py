@@ -358,6 +358,10 @@ class Aggregates:
         return len(self.instances) + len(self.tenants) + len(self.gpus)
 
 
+# Per number of bucket parts: the count (samples, snapshots) goes to the last part only.
+_COUNTS: tuple[tuple[int, ...], ...] = tuple((0,) * (k - 1) + (1,) if k else () for k in range(16))
+
+
 def fold_snapshot(snap: Snapshot, agg: Aggregates, parts: Sequence[tuple[int, float]] | None = None) -> None:
     """Fold one (already validated, not duplicate) snapshot into ``agg``, one row per bucket part.
 
@@ -378,7 +382,7 @@ def fold_snapshot(snap: Snapshot, agg: Aggregates, parts: Sequence[tuple[int, fl
     gpus_d = agg.gpus
     alloc = util_alloc = busy = u_sum = 0.0
     n_known = 0
-    last = len(parts) - 1
+    counts = _COUNTS[len(parts)] if len(parts) < len(_COUNTS) else (0,) * (len(parts) - 1) + (1,)
     for inst in snap.instances:
         w = inst.slices / total
         metrics = inst.metrics
@@ -386,8 +390,7 @@ def fold_snapshot(snap: Snapshot, agg: Aggregates, parts: Sequence[tuple[int, fl
         fb = metrics.fb_used_mib
         tenant = inst.tenant
         ns, pod = tenant.namespace, tenant.pod
-        for j, (b, dt) in enumerate(parts):
-            n = 1 if j == last else 0
+        for (b, dt), n in zip(parts, counts):
             ikey = InstanceKey(b, gpu, inst.gi_id, inst.profile, ns, pod)
             isum = instances_d.get(ikey)
             if isum is None:
@@ -408,10 +411,9 @@ def fold_snapshot(snap: Snapshot, agg: Aggregates, parts: Sequence[tuple[int, fl
             n_known += 1
     n_inst = len(snap.instances)
     simple = u_sum / n_known if n_known else None
-    for j, (b, dt) in enumerate(parts):
+    for (b, dt), n in zip(parts, counts):
         gsum = _gpu_row(gpus_d, b, snap)
-        gsum.add_snapshot(dt, snap.mig_enabled, alloc, util_alloc, busy, simple, n_inst, n_known == n_inst,
-                          1 if j == last else 0)
+        gsum.add_snapshot(dt, snap.mig_enabled, alloc, util_alloc, busy, simple, n_inst, n_known == n_inst, n)
 
 
 def add_unmetered(snap: Snapshot, agg: Aggregates, parts: Sequence[tuple[int, float]], sign: int) -> None:

@@ -176,6 +176,7 @@ class BatchFold:
     _progress: dict[tuple[str, int], PartitionProgress] = field(default_factory=dict)
     _instance_samples: int = 0
     _multi_fed: dict[str, tuple[str, str]] = field(default_factory=dict)
+    _feeds: dict[tuple[str, str], str] = field(default_factory=dict)
 
     def state_of(self, gpu_uuid: str) -> GpuState | None:
         """The GPU's state as of the records folded so far."""
@@ -210,7 +211,7 @@ class BatchFold:
         uuid = snap.gpu_uuid
         state = self.state_of(uuid)
         last = state.last_ts.timestamp() if state is not None else None
-        if last is not None and snap.source not in HISTORY_SOURCES:
+        if state is not None and last is not None and snap.source not in HISTORY_SOURCES:
             behind = last - ts
             if behind > self.max_backward_skew_s:
                 return self._reject(prog, topic, partition, offset, key, value,
@@ -234,37 +235,42 @@ class BatchFold:
         else:
             spans, version = new.billed, new.version
         ts_us = to_us(ts)
+        newer = last is None or ts > last
         gap = self.max_gap_s or DEFAULT_GAP_FACTOR * snap.interval_s
-        start_us = to_us(last) if last is not None and 0 < ts - last <= gap else ts_us - to_us(snap.interval_s)
-        res = bill(spans, start_us, ts_us)
-        trimmed_s = res.trimmed_us / US
-        prog.trimmed_seconds += trimmed_s
-        feed = f"{snap.source}@{snap.host}"
+        start_us = to_us(last) if last is not None and newer and ts - last <= gap else ts_us - to_us(snap.interval_s)
+        billed, trimmed_us, unmetered = bill(spans, start_us, ts_us)
+        if trimmed_us:
+            prog.trimmed_seconds += trimmed_us / US
+        feed = self._feed(snap.source, snap.host)
         before = new.feed if new is not None else state.feed if state is not None else ""
-        if before and before != feed and (res.trimmed_us or (last is not None and 0 < ts - last < snap.interval_s)):
+        if before != feed and before and (trimmed_us or (last is not None and 0 < ts - last < snap.interval_s)):
             self._multi_fed.setdefault(uuid, (before, feed))
-        if not res.billed:
+        if not billed:
             prog.duplicates += 1
             return DUPLICATE
-        if res.trimmed_us:
+        if trimmed_us:
             prog.trimmed += 1
         else:
             prog.snapshots += 1
         self._instance_samples += len(snap.instances)
         width = GRAINS["1m"]
-        parts = [p for a, b in res.billed for p in split(a, b, width)]
+        if len(billed) == 1:
+            parts = split(billed[0][0], billed[0][1], width)
+        else:
+            parts = [p for a, b in billed for p in split(a, b, width)]
         fold_snapshot(snap, self._agg, parts)
-        for a, b, sign in res.unmetered:
+        for a, b, sign in unmetered:
             add_unmetered(snap, self._agg, split(a, b, width), sign)
-        if state is None or ts > last:  # type: ignore[operator]
+        if state is None or newer:
             events, new_state = diff_layout(state, snap, self._book, partition, offset)
             if events:
                 self._events.extend(events)
+            new_state.feed = feed
         else:
             new_state = GpuState(state.last_ts, state.mig_enabled, state.layout, state.source_partition,
                                  state.source_offset, state.signature)
+            new_state.feed = before
         new_state.billed, new_state.version = spans, version
-        new_state.feed = feed if state is None or ts > last else before  # type: ignore[operator]
         self._new_states[uuid] = new_state
         seen = self._gpus.get(uuid)
         if seen is None:
@@ -277,6 +283,13 @@ class BatchFold:
         else:
             seen.first_seen = min(seen.first_seen, snap.ts)
         return MERGED
+
+    def _feed(self, source: str, host: str) -> str:
+        """``source@host``, made once per pair and batch (the hot path compares it per snapshot)."""
+        feed = self._feeds.get((source, host))
+        if feed is None:
+            feed = self._feeds[(source, host)] = f"{source}@{host}"
+        return feed
 
     def _reject(self, prog: PartitionProgress, topic: str, partition: int, offset: int, key: bytes | None,
                 value: bytes | None, reason: str, kind: str) -> str:

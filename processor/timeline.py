@@ -22,7 +22,8 @@ Rules (DESIGN.md "Time model"):
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from typing import NamedTuple
 
 __all__ = ["US", "MAX_INTERVALS", "Billing", "bill", "split", "to_us"]
 
@@ -37,41 +38,42 @@ def to_us(epoch_s: float) -> int:
     return round(epoch_s * US)
 
 
-@dataclass(slots=True)
-class Billing:
-    """What one covered interval did to a GPU's billed set (all in microseconds)."""
+class Billing(NamedTuple):
+    """What one covered interval did to a GPU's billed set (all in microseconds). A NamedTuple:
+    one is made per snapshot on the processor's hot path."""
 
-    billed: list[tuple[int, int]] = field(default_factory=list)  # newly billed pieces
-    trimmed_us: int = 0  # part of the covered interval that was billed already
-    unmetered: list[tuple[int, int, int]] = field(default_factory=list)  # (start, end, +1 | -1)
+    billed: Sequence[tuple[int, int]]  # newly billed pieces
+    trimmed_us: int  # part of the covered interval that was billed already
+    unmetered: Sequence[tuple[int, int, int]]  # (start, end, +1 | -1)
 
     @property
     def billed_us(self) -> int:
         return sum(b - a for a, b in self.billed)
 
 
+_NOTHING = Billing((), 0, ())
+
+
 def bill(spans: list[list[int]], a: int, b: int) -> Billing:
     """Bill ``(a, b]`` against ``spans`` (modified in place: the new pieces are added)."""
-    out = Billing()
     if b <= a:
-        return out
+        return _NOTHING
     if not spans:
         spans.append([a, b])
-        out.billed.append((a, b))
-        return out
+        return Billing([(a, b)], 0, ())
     last = spans[-1]
     if a >= last[1]:
         # Hot path: the next interval of a live stream, at or after the GPU's last ts.
-        out.billed.append((a, b))
         if a == last[1]:
             last[1] = b
-        else:
-            out.unmetered.append((last[1], a, 1))
-            spans.append([a, b])
-            _cap(spans)
-        return out
+            return Billing([(a, b)], 0, ())
+        hole = last[1]
+        spans.append([a, b])
+        _cap(spans)
+        return Billing([(a, b)], 0, ((hole, a, 1),))
     lo, hi = spans[0][0], last[1]
     # Pieces of (a, b] not in any span.
+    pieces: list[tuple[int, int]] = []
     cursor = a
     for s, e in spans:
         if e <= cursor:
@@ -79,23 +81,23 @@ def bill(spans: list[list[int]], a: int, b: int) -> Billing:
         if s >= b:
             break
         if s > cursor:
-            out.billed.append((cursor, s))
+            pieces.append((cursor, s))
         cursor = max(cursor, e)
         if cursor >= b:
             break
     if cursor < b:
-        out.billed.append((cursor, b))
-    out.trimmed_us = (b - a) - out.billed_us
-    for pa, pb in out.billed:
+        pieces.append((cursor, b))
+    unmetered: list[tuple[int, int, int]] = []
+    for pa, pb in pieces:
         # Inside the old hull: a hole is filled.
         ia, ib = max(pa, lo), min(pb, hi)
         if ib > ia:
-            out.unmetered.append((ia, ib, -1))
+            unmetered.append((ia, ib, -1))
     if b < lo:  # history before the GPU's life: the life now starts at a
-        out.unmetered.append((b, lo, 1))
-    if out.billed:
-        _insert(spans, out.billed)
-    return out
+        unmetered.append((b, lo, 1))
+    if pieces:
+        _insert(spans, pieces)
+    return Billing(pieces, (b - a) - sum(pb - pa for pa, pb in pieces), unmetered)
 
 
 def _insert(spans: list[list[int]], pieces: list[tuple[int, int]]) -> None:
