@@ -151,8 +151,8 @@ def _max_gap(flag: float | None) -> float:
         return 0.0
     try:
         return _non_negative_float(raw)
-    except argparse.ArgumentTypeError as exc:
-        raise ConfigError(f"${ENV_MAX_GAP}: {exc}") from None
+    except (argparse.ArgumentTypeError, ValueError):
+        raise ConfigError(f"${ENV_MAX_GAP}={raw[:40]!r} is not a number of seconds >= 0") from None
 
 
 def _positive_int(text: str) -> int:
