@@ -358,10 +358,6 @@ class Aggregates:
         return len(self.instances) + len(self.tenants) + len(self.gpus)
 
 
-# Per number of bucket parts: the count (samples, snapshots) goes to the last part only.
-_COUNTS: tuple[tuple[int, ...], ...] = tuple((0,) * (k - 1) + (1,) if k else () for k in range(16))
-
-
 def fold_snapshot(snap: Snapshot, agg: Aggregates, parts: Sequence[tuple[int, float]] | None = None) -> None:
     """Fold one (already validated, not duplicate) snapshot into ``agg``, one row per bucket part.
 
@@ -382,7 +378,13 @@ def fold_snapshot(snap: Snapshot, agg: Aggregates, parts: Sequence[tuple[int, fl
     gpus_d = agg.gpus
     alloc = util_alloc = busy = u_sum = 0.0
     n_known = 0
-    counts = _COUNTS[len(parts)] if len(parts) < len(_COUNTS) else (0,) * (len(parts) - 1) + (1,)
+    # (bucket, seconds, count): the count (samples, snapshots) goes to the part holding ts.
+    if len(parts) == 1:
+        b, dt = parts[0]
+        counted: Sequence[tuple[int, float, int]] = ((b, dt, 1),)
+    else:
+        counted = [(b, dt, 0) for b, dt in parts[:-1]]
+        counted.append((parts[-1][0], parts[-1][1], 1))
     for inst in snap.instances:
         w = inst.slices / total
         metrics = inst.metrics
@@ -390,7 +392,7 @@ def fold_snapshot(snap: Snapshot, agg: Aggregates, parts: Sequence[tuple[int, fl
         fb = metrics.fb_used_mib
         tenant = inst.tenant
         ns, pod = tenant.namespace, tenant.pod
-        for (b, dt), n in zip(parts, counts):
+        for b, dt, n in counted:
             ikey = InstanceKey(b, gpu, inst.gi_id, inst.profile, ns, pod)
             isum = instances_d.get(ikey)
             if isum is None:
@@ -411,7 +413,7 @@ def fold_snapshot(snap: Snapshot, agg: Aggregates, parts: Sequence[tuple[int, fl
             n_known += 1
     n_inst = len(snap.instances)
     simple = u_sum / n_known if n_known else None
-    for (b, dt), n in zip(parts, counts):
+    for b, dt, n in counted:
         gsum = _gpu_row(gpus_d, b, snap)
         gsum.add_snapshot(dt, snap.mig_enabled, alloc, util_alloc, busy, simple, n_inst, n_known == n_inst, n)
 
