@@ -338,7 +338,8 @@ class Processor:
         m.snapshots.inc(merged)
         m.instance_samples.inc(batch.instance_samples)
         m.duplicates.inc(dups)
-        m.trimmed.inc(sum(p.trimmed for p in batch.progress.values()))
+        trimmed = sum(p.trimmed for p in batch.progress.values())
+        m.trimmed.inc(trimmed)
         m.trimmed_seconds.inc(sum(p.trimmed_seconds for p in batch.progress.values()))
         for uuid, (before, feed) in batch.multi_fed.items():
             if uuid not in self._multi_fed_logged:
@@ -349,7 +350,8 @@ class Processor:
             m.dead_letters.labels(d.kind).inc()
         for table, count in rows.items():
             m.rows_merged.labels(table).inc(count)
-        self._summary.add(n, merged, batch.instance_samples, dups, len(batch.dead_letters))
+        # The summary's "snapshots" are all that billed time (whole or trimmed), so its counts add up.
+        self._summary.add(n, merged + trimmed, batch.instance_samples, dups, len(batch.dead_letters))
         self._update_lag()
         log.debug("batch committed: %d records (%d merged, %d duplicates, %d dead letters), %d rows, write %.3f s",
                   n, merged, dups, len(batch.dead_letters), sum(rows.values()), write_s)
