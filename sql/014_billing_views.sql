@@ -74,29 +74,32 @@ $$;
 --   view reaches every arm's scan.
 CREATE VIEW chargeback_lines_daily AS
 SELECT bucket, (bucket AT TIME ZONE 'UTC')::date AS day, cluster, gpu_model, line, namespace, pod,
-       alloc_gpu_hours, used_gpu_hours, util_known_gpu_hours, alloc_gpu_hours - util_known_gpu_hours AS unmeasured_gpu_hours
+       alloc_gpu_hours, used_gpu_hours, util_known_gpu_hours, unmeasured_gpu_hours
 FROM (
     SELECT bucket, cluster, gpu_model, 'tenant' AS line, namespace, pod,
            sum(alloc_gpu_seconds) / 3600.0 AS alloc_gpu_hours, sum(busy_gpu_seconds) / 3600.0 AS used_gpu_hours,
-           sum(util_alloc_gpu_seconds) / 3600.0 AS util_known_gpu_hours
+           sum(util_alloc_gpu_seconds) / 3600.0 AS util_known_gpu_hours,
+           sum(alloc_gpu_seconds - util_alloc_gpu_seconds) / 3600.0 AS unmeasured_gpu_hours
     FROM tenant_usage_1d
     WHERE NOT (namespace = '' AND pod = '')
     GROUP BY bucket, cluster, gpu_model, namespace, pod
     UNION ALL
     SELECT bucket, cluster, gpu_model, 'unassigned', '(unassigned)', '(unassigned)',
-           sum(alloc_gpu_seconds) / 3600.0, sum(busy_gpu_seconds) / 3600.0, sum(util_alloc_gpu_seconds) / 3600.0
+           sum(alloc_gpu_seconds) / 3600.0, sum(busy_gpu_seconds) / 3600.0, sum(util_alloc_gpu_seconds) / 3600.0,
+           sum(alloc_gpu_seconds - util_alloc_gpu_seconds) / 3600.0
     FROM tenant_usage_1d
     WHERE namespace = '' AND pod = ''
     GROUP BY bucket, cluster, gpu_model
     UNION ALL
     SELECT bucket, cluster, gpu_model, 'unallocated', '(unallocated)', '(unallocated)',
-           sum(seconds - alloc_gpu_seconds) / 3600.0, 0.0::double precision, 0.0::double precision
+           sum(seconds - alloc_gpu_seconds) / 3600.0, 0.0::double precision, 0.0::double precision,
+           0.0::double precision
     FROM gpu_usage_1d
     WHERE seconds <> 0  -- a day inside an outage has only unmetered time
     GROUP BY bucket, cluster, gpu_model
     UNION ALL
     SELECT bucket, cluster, gpu_model, 'unmetered', '(unmetered)', '(unmetered)',
-           sum(unmetered_seconds) / 3600.0, 0.0::double precision, 0.0::double precision
+           sum(unmetered_seconds) / 3600.0, 0.0::double precision, 0.0::double precision, 0.0::double precision
     FROM gpu_usage_1d
     WHERE unmetered_seconds <> 0
     GROUP BY bucket, cluster, gpu_model

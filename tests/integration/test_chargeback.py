@@ -93,6 +93,8 @@ def test_monthly_chargeback_equals_hand_computed_values(month_db: str) -> None:
     # utilization of what was allocated: used / allocated
     assert got["team-a"]["alloc_util_pct"] == pytest.approx(100 * (6 / 7 + 0.5) / (12 / 7 + 2))
     assert got["(unallocated)"]["line"] == "unallocated" and got["(unassigned)"]["line"] == "unassigned"
+    # every instance reported a utilization: nothing unmeasured, on any line
+    assert [r["unmeasured_gpu_hours"] for r in report.as_dicts()] == pytest.approx([0.0] * len(EXPECTED))
 
 
 def test_price_change_splits_the_month(month_db: str) -> None:
