@@ -189,6 +189,8 @@ def test_gpu_on_two_partitions_with_two_processors_bills_180_s(kafka_bootstrap, 
     assert last_ts == at(180)
     assert counts == (5, 3, 1, 1)  # 5 records = 3 billed + 1 duplicate + 1 dead letter
     assert "is not the snapshot's gpu_uuid 'GPU-b'" in reason
+    assert sum(m.registry.get_sample_value("migmeter_processor_dead_letters_total", {"kind": "key_mismatch"}) or 0
+               for _, m, _, _ in runs) == 1
 
 
 def test_sink_fence_refuses_a_batch_folded_on_a_stale_state(fresh_db):  # type: ignore[no-untyped-def]
