@@ -243,7 +243,7 @@ def baseline(gpus: int = 8, days: int = 7, repeats: int = 5) -> dict[str, Any]:
                 for i in range(0, len(day), _BATCH_SNAPSHOTS):
                     fold = BatchFold(states, {("bench", 0): offset or None})
                     for s in day[i:i + _BATCH_SNAPSHOTS]:
-                        fold.add("bench", 0, offset, None, None, s)
+                        fold.add("bench", 0, offset, s.key, None, s)
                         offset += 1
                     batch = fold.finish()
                     sink.write(batch)

@@ -73,7 +73,7 @@ def usage_rows(snapshots: int = 20_000, gpus: int = 1000, seed: int = 11) -> dic
     rounds = max(1, snapshots // (max(1, gpus // 8) * 8))
     for rnd in fleet.rounds(rounds):
         for s in rnd:
-            fold.add("t", 0, n, None, None, s)
+            fold.add("t", 0, n, s.key, None, s)
             n += 1
     batch = fold.finish()
     out: dict[str, list[tuple[Any, ...]]] = {}

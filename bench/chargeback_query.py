@@ -74,12 +74,14 @@ _SAME_LINES_TOLERANCE = 1e-6
 # sql/reports/chargeback.sql as it was before sql/012_chargeback_usage.sql: it sums the
 # per-pod, per-day, already-priced rows of the view chargeback_pod_daily (011), which groups
 # every daily tenant row at pod grain and joins a price to each of those groups.
-# Do not use it for reports.
+# Do not use it for reports. (unmeasured_gpu_hours added with sql/014, so its lines have the
+# report's columns and the comparison below stays column for column.)
 OLD_CHARGEBACK_SQL = """
 SELECT line,
        {keys},
        sum(alloc_gpu_hours)                                                AS alloc_gpu_hours,
        sum(used_gpu_hours)                                                 AS used_gpu_hours,
+       sum(unmeasured_gpu_hours)                                           AS unmeasured_gpu_hours,
        100.0 * sum(used_gpu_hours) / NULLIF(sum(util_known_gpu_hours), 0)  AS alloc_util_pct,
        sum(cost_alloc)                                                     AS cost_alloc,
        sum(cost_used)                                                      AS cost_used,
@@ -128,7 +130,7 @@ def generate(url: str, hosts: int, gpus_per_host: int, interval_s: float, with_h
             offset = next_offset or 0
             for round_ in fleet.rounds(rounds_per_day):
                 for snap in round_:
-                    fold.add(TOPIC, 0, offset, None, None, snap)
+                    fold.add(TOPIC, 0, offset, snap.key, None, snap)
                     offset += 1
             batch = fold.finish()
             batch.aggregates["1m"] = Aggregates.empty()

@@ -318,7 +318,8 @@ def _report(url: str, cfg: DemoConfig, result: DemoResult, echo: Callable[[str],
             {"simple mean": [r["simple_util_pct"] for r in rows],
              "weighted (allocated)": [r["weighted_util_pct"] for r in rows],
              "whole GPU": [r["whole_util_pct"] for r in rows],
-             "allocation": [r["allocation_pct"] for r in rows]},
+             "allocation": [r["allocation_pct"] for r in rows],
+             "coverage (metered / capacity)": [r["coverage_pct"] for r in rows]},
             out / "utilization-hourly.png", f"Fleet utilization per hour, {result.cluster}"), echo)
         events = conn.execute("SELECT event, count(*) FROM layout_changes WHERE cluster = %s GROUP BY event "
                               "ORDER BY event", (result.cluster,)).fetchall()

@@ -5,19 +5,28 @@ late data, a restarted processor — and the parts add up to exactly what one pa
 samples would give. Ratios (weighted utilization, whole-GPU utilization, simple mean,
 allocation) are computed only in ``result()`` or in the database views, from the sums.
 
-Time-weighting: a snapshot represents ``interval_s`` seconds (dt) of its GPU. Each sample is
-weighted by its dt and lands wholly in the bucket containing its ``ts``; it is never split
-across a bucket edge. Buckets are ``[start, start + width)`` in UTC (1 minute, 1 hour, 1 day).
+Time-weighting (DESIGN.md "Time model"): a snapshot stands for the time it covers, which
+``processor.fold`` decides (``(prev_ts, ts]`` of its GPU, minus what is billed already) and
+:mod:`processor.timeline` splits at bucket edges in proportion to time: each part is a
+(bucket, dt) pair. Buckets are ``[start, start + width)`` in UTC (1 minute, 1 hour, 1 day).
+Counts (samples, snapshots) go to the bucket holding the snapshot's ts (the last part).
 
-Per snapshot of a GPU with instances i (w_i = slices_i / total_slices, u_i = gr_engine_active):
+Per part of a snapshot of a GPU with instances i (w_i = slices_i / total_slices,
+u_i = gr_engine_active):
 
 - instance: seconds += dt, alloc += w·dt, and where u is known util_seconds += dt,
   busy += u·dt, busy_gpu += w·u·dt; samples += 1; min/max of u; peak framebuffer use.
-- GPU: seconds += dt (physical capacity); alloc += Σw_i·dt; busy += Σw_i·u_i·dt;
+- GPU: seconds += dt (metered GPU-seconds); alloc += Σw_i·dt; busy += Σw_i·u_i·dt;
   util_alloc += Σ w_i·dt over instances with known u; simple mean (Σu_i/n)·dt over the
   snapshots that have at least one known u. MIG on with no instances adds alloc 0.
+  unmetered_seconds: time inside the GPU's life that no snapshot covers (may be negative in
+  a batch: backfill filling a hole written by an earlier batch); capacity = seconds +
+  unmetered_seconds.
 - tenant (per GPU, so one processor writes each row): alloc/busy GPU-seconds per tenant;
   unassigned instances under namespace '' and pod ''.
+
+Unknown utilization stays unknown: allocated time without a value is out of the numerator
+and the denominator of every utilization (weighted, whole-GPU, simple); all unknown -> None.
 
 The processor folds a batch at 1-minute grain only and derives 1h and 1d by merging the
 1-minute partials (:func:`rollup`), which is exact because merge is associative.
@@ -25,11 +34,12 @@ The processor folds a batch at 1-minute grain only and derives 1h and 1d by merg
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, NamedTuple, TypeVar
 
 from collector.snapshot import Snapshot
+from processor.timeline import split, to_us
 
 __all__ = [
     "GRAINS",
@@ -41,8 +51,10 @@ __all__ = [
     "TenantSums",
     "GpuSums",
     "GpuRatios",
+    "whole_utilization",
     "Aggregates",
     "fold_snapshot",
+    "add_unmetered",
     "rollup",
 ]
 
@@ -164,11 +176,12 @@ class InstanceSums(_Mergeable):
     util_max: float | None = None
     fb_used_max_mib: float | None = None
 
-    def add(self, dt: float, w: float, u: float | None, fb_used_mib: float | None) -> None:
-        """Fold one instance sample of ``dt`` seconds, share ``w`` of the GPU, utilization ``u``."""
+    def add(self, dt: float, w: float, u: float | None, fb_used_mib: float | None, n: int = 1) -> None:
+        """Fold ``dt`` seconds of one instance sample (share ``w`` of the GPU, utilization ``u``);
+        ``n`` = 1 in the bucket holding the sample's ts, 0 in the others it covers."""
         self.seconds += dt
         self.alloc_gpu_seconds += w * dt
-        self.samples += 1
+        self.samples += n
         if u is not None:
             self.util_seconds += dt
             self.busy_seconds += u * dt
@@ -206,10 +219,10 @@ class TenantSums(_Mergeable):
     busy_gpu_seconds: float = 0.0
     samples: int = 0
 
-    def add(self, dt: float, w: float, u: float | None) -> None:
+    def add(self, dt: float, w: float, u: float | None, n: int = 1) -> None:
         self.seconds += dt
         self.alloc_gpu_seconds += w * dt
-        self.samples += 1
+        self.samples += n
         if u is not None:
             self.util_alloc_gpu_seconds += w * dt
             self.busy_gpu_seconds += w * u * dt
@@ -222,7 +235,7 @@ class GpuRatios(NamedTuple):
     """The four per-GPU figures of DESIGN.md, as ratios 0..1 (None where undefined)."""
 
     weighted: float | None  # Σw·u / Σw (allocated capacity)
-    whole: float | None  # Σw·u (unallocated slices idle)
+    whole: float | None  # Σw·u over time with known u (unallocated slices idle)
     simple: float | None  # Σu/n (misleading; for comparison)
     allocation: float | None  # Σw
 
@@ -234,7 +247,7 @@ class GpuSums(_Mergeable):
     ATTRS: ClassVar[tuple[str, ...]] = ("cluster", "host", "gpu_model", "total_slices")
     SUMS: ClassVar[tuple[str, ...]] = (
         "seconds", "mig_seconds", "alloc_gpu_seconds", "util_alloc_gpu_seconds", "busy_gpu_seconds",
-        "simple_util_seconds", "simple_seconds", "instance_samples", "snapshots",
+        "simple_util_seconds", "simple_seconds", "instance_samples", "snapshots", "unmetered_seconds",
     )
     MINS: ClassVar[tuple[str, ...]] = ("alloc_min", "whole_util_min")
     MAXS: ClassVar[tuple[str, ...]] = ("alloc_max", "whole_util_max")
@@ -252,6 +265,7 @@ class GpuSums(_Mergeable):
     simple_seconds: float = 0.0
     instance_samples: int = 0
     snapshots: int = 0
+    unmetered_seconds: float = 0.0
     alloc_min: float | None = None
     alloc_max: float | None = None
     whole_util_min: float | None = None
@@ -267,8 +281,10 @@ class GpuSums(_Mergeable):
         simple_mean: float | None,
         n_instances: int,
         all_known: bool,
+        n: int = 1,
     ) -> None:
-        """Fold one snapshot's per-GPU totals (Σw, Σw over known u, Σw·u, mean u)."""
+        """Fold ``dt`` seconds of one snapshot's per-GPU totals (Σw, Σw over known u, Σw·u, mean u);
+        ``n`` = 1 in the bucket holding its ts, 0 in the others."""
         self.seconds += dt
         if mig_enabled:
             self.mig_seconds += dt
@@ -278,8 +294,8 @@ class GpuSums(_Mergeable):
         if simple_mean is not None:
             self.simple_util_seconds += simple_mean * dt
             self.simple_seconds += dt
-        self.instance_samples += n_instances
-        self.snapshots += 1
+        self.instance_samples += n_instances * n
+        self.snapshots += n
         self.alloc_min = _min(self.alloc_min, alloc)
         self.alloc_max = _max(self.alloc_max, alloc)
         if all_known:
@@ -293,10 +309,23 @@ class GpuSums(_Mergeable):
         """Ratios from the sums; the same arithmetic as the ``gpu_utilization_*`` views."""
         return GpuRatios(
             weighted=self.busy_gpu_seconds / self.util_alloc_gpu_seconds if self.util_alloc_gpu_seconds else None,
-            whole=self.busy_gpu_seconds / self.seconds if self.seconds else None,
+            whole=whole_utilization(self.seconds, self.alloc_gpu_seconds, self.util_alloc_gpu_seconds,
+                                    self.busy_gpu_seconds),
             simple=self.simple_util_seconds / self.simple_seconds if self.simple_seconds else None,
             allocation=self.alloc_gpu_seconds / self.seconds if self.seconds else None,
         )
+
+
+def whole_utilization(seconds: float, alloc: float, util_alloc: float, busy: float) -> float | None:
+    """Whole-GPU utilization: busy / (GPU time minus allocated time of unknown utilization).
+
+    None when there was allocated time and none of it had a value (unknown, not 0 %), or no
+    time at all. The ``gpu_utilization_*`` views compute the same (sql/014).
+    """
+    if alloc > 0 and util_alloc <= 0:
+        return None
+    known = seconds - alloc + util_alloc
+    return busy / known if known > 0 else None
 
 
 def _merged(a: _S, b: _S) -> _S:
@@ -329,63 +358,80 @@ class Aggregates:
         return len(self.instances) + len(self.tenants) + len(self.gpus)
 
 
-def fold_snapshot(snap: Snapshot, agg: Aggregates, width_s: int = GRAINS["1m"]) -> None:
-    """Fold one (already validated, not duplicate) snapshot into ``agg`` at bucket width ``width_s``.
+def fold_snapshot(snap: Snapshot, agg: Aggregates, parts: Sequence[tuple[int, float]] | None = None) -> None:
+    """Fold one (already validated, not duplicate) snapshot into ``agg``, one row per bucket part.
 
-    This is the processor's hot path: one pass over the instances, no allocation beyond the
-    dictionary entries of new rows.
+    ``parts`` are (bucket start, seconds) pairs from :func:`processor.timeline.split`, the last
+    one holding ``ts`` (it gets the counts); default: ``(ts - interval_s, ts]`` split into
+    1-minute buckets, what a GPU's first snapshot covers. This is the processor's hot path:
+    per-instance values are computed once, then added to each part.
     """
-    dt = snap.interval_s
-    b = bucket_start(snap.ts.timestamp(), width_s)
+    if parts is None:
+        ts_us = to_us(snap.ts.timestamp())
+        parts = split(ts_us - to_us(snap.interval_s), ts_us, GRAINS["1m"])
     gpu = snap.gpu_uuid
     total = snap.total_slices
     cluster = snap.cluster
     model = snap.gpu_model
     instances_d = agg.instances
     tenants_d = agg.tenants
+    gpus_d = agg.gpus
     alloc = util_alloc = busy = u_sum = 0.0
     n_known = 0
+    # (bucket, seconds, count): the count (samples, snapshots) goes to the part holding ts.
+    if len(parts) == 1:
+        b, dt = parts[0]
+        counted: Sequence[tuple[int, float, int]] = ((b, dt, 1),)
+    else:
+        counted = [(b, dt, 0) for b, dt in parts[:-1]]
+        counted.append((parts[-1][0], parts[-1][1], 1))
     for inst in snap.instances:
         w = inst.slices / total
         metrics = inst.metrics
         u = metrics.gr_engine_active
+        fb = metrics.fb_used_mib
         tenant = inst.tenant
         ns, pod = tenant.namespace, tenant.pod
-        ikey = InstanceKey(b, gpu, inst.gi_id, inst.profile, ns, pod)
-        isum = instances_d.get(ikey)
-        if isum is None:
-            isum = instances_d[ikey] = InstanceSums(cluster, model, inst.slices, total, tenant.container)
-        else:
-            isum.container = tenant.container
-        isum.add(dt, w, u, metrics.fb_used_mib)
-        tkey = TenantKey(b, gpu, ns, pod)
-        tsum = tenants_d.get(tkey)
-        if tsum is None:
-            tsum = tenants_d[tkey] = TenantSums(cluster, model)
-        tsum.add(dt, w, u)
+        for b, dt, n in counted:
+            ikey = InstanceKey(b, gpu, inst.gi_id, inst.profile, ns, pod)
+            isum = instances_d.get(ikey)
+            if isum is None:
+                isum = instances_d[ikey] = InstanceSums(cluster, model, inst.slices, total, tenant.container)
+            else:
+                isum.container = tenant.container
+            isum.add(dt, w, u, fb, n)
+            tkey = TenantKey(b, gpu, ns, pod)
+            tsum = tenants_d.get(tkey)
+            if tsum is None:
+                tsum = tenants_d[tkey] = TenantSums(cluster, model)
+            tsum.add(dt, w, u, n)
         alloc += w
         if u is not None:
             util_alloc += w
             busy += w * u
             u_sum += u
             n_known += 1
-    n = len(snap.instances)
-    gkey = GpuKey(b, gpu)
-    gsum = agg.gpus.get(gkey)
+    n_inst = len(snap.instances)
+    simple = u_sum / n_known if n_known else None
+    for b, dt, n in counted:
+        gsum = _gpu_row(gpus_d, b, snap)
+        gsum.add_snapshot(dt, snap.mig_enabled, alloc, util_alloc, busy, simple, n_inst, n_known == n_inst, n)
+
+
+def add_unmetered(snap: Snapshot, agg: Aggregates, parts: Sequence[tuple[int, float]], sign: int) -> None:
+    """Add (sign = 1) or remove (sign = -1) unmetered seconds of ``snap``'s GPU in these buckets."""
+    for b, dt in parts:
+        _gpu_row(agg.gpus, b, snap).unmetered_seconds += sign * dt
+
+
+def _gpu_row(gpus_d: dict[GpuKey, GpuSums], b: int, snap: Snapshot) -> GpuSums:
+    gkey = GpuKey(b, snap.gpu_uuid)
+    gsum = gpus_d.get(gkey)
     if gsum is None:
-        gsum = agg.gpus[gkey] = GpuSums(cluster, snap.host, model, total)
+        gsum = gpus_d[gkey] = GpuSums(snap.cluster, snap.host, snap.gpu_model, snap.total_slices)
     else:
         gsum.host = snap.host
-    gsum.add_snapshot(
-        dt,
-        snap.mig_enabled,
-        alloc,
-        util_alloc,
-        busy,
-        u_sum / n_known if n_known else None,
-        n,
-        n_known == n,
-    )
+    return gsum
 
 
 def rollup(src: Aggregates, width_s: int) -> Aggregates:

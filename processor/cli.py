@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import threading
 from types import FrameType
@@ -21,6 +22,9 @@ from processor.consumer import DEFAULT_BATCH_MS, DEFAULT_BATCH_RECORDS, DEFAULT_
 from processor.fold import DEFAULT_MAX_AGE_S, DEFAULT_MAX_BACKWARD_SKEW_S, DEFAULT_MAX_FUTURE_SKEW_S
 from processor.health import DEFAULT_INTERVAL_S, STALE_ROUNDS, HealthState, Prober, probe_database, probe_kafka
 from processor.metrics import DEFAULT_METRICS_ADDR, DEFAULT_METRICS_PORT, ProcessorMetrics, serve
+
+# --max-gap from the environment (seconds; 0 = 3 x each snapshot's interval_s).
+ENV_MAX_GAP = "MIGMETER_MAX_GAP"
 
 __all__ = ["configure", "run"]
 
@@ -65,6 +69,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-age", type=_non_negative_float, default=DEFAULT_MAX_AGE_S / 86400, metavar="DAYS",
                         help="dead-letter snapshots older than this many days by the processor's clock: a reset "
                         "clock, e.g. 1970 (default %(default)g; 0 = no limit, for deep backfills)")
+    parser.add_argument("--max-gap", type=_non_negative_float, default=None, metavar="SECONDS",
+                        help="a snapshot this soon after its GPU's previous one covers all the time since; after a "
+                             f"longer silence only its own interval_s, the rest is unmetered (default ${ENV_MAX_GAP} "
+                             "or 0 = 3 x the snapshot's interval_s)")
     parser.add_argument("--retry-max", type=_positive_float, default=30.0, metavar="SECONDS",
                         help="cap of the exponential backoff while the database is down (default %(default)g)")
     parser.add_argument("--summary-every", type=float, default=30.0, metavar="SECONDS",
@@ -96,6 +104,7 @@ def run(args: argparse.Namespace) -> int:
         max_future_skew_s=args.max_future_skew,
         max_backward_skew_s=args.max_backward_skew,
         max_age_s=args.max_age * 86400,
+        max_gap_s=_max_gap(args.max_gap),
         retry_max_s=args.retry_max,
         summary_every_s=args.summary_every,
         stop_when_idle_s=args.stop_when_idle,
@@ -144,6 +153,18 @@ def _on_signals(processor: Processor) -> dict[signal.Signals, Any]:
     if threading.current_thread() is not threading.main_thread():
         return {}
     return {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+
+
+def _max_gap(flag: float | None) -> float:
+    if flag is not None:
+        return flag
+    raw = os.environ.get(ENV_MAX_GAP, "").strip()
+    if not raw:
+        return 0.0
+    try:
+        return _non_negative_float(raw)
+    except (argparse.ArgumentTypeError, ValueError):
+        raise ConfigError(f"${ENV_MAX_GAP}={raw[:40]!r} is not a number of seconds >= 0") from None
 
 
 def _positive_int(text: str) -> int:

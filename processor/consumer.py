@@ -97,6 +97,7 @@ class ProcessorConfig:
     max_future_skew_s: float = DEFAULT_MAX_FUTURE_SKEW_S
     max_backward_skew_s: float = DEFAULT_MAX_BACKWARD_SKEW_S
     max_age_s: float = DEFAULT_MAX_AGE_S
+    max_gap_s: float = 0.0  # 0 = 3 x each snapshot's interval_s (processor.fold rule 5)
     retry_max_s: float = RETRY_MAX_S
     summary_every_s: float = 30.0
     stop_when_idle_s: float = 0.0  # > 0: exit once caught up and nothing arrived for this long
@@ -146,6 +147,7 @@ class Processor:
         self._backoff_s = RETRY_INITIAL_S
         self._summary = _Summary()
         self._last_record_at = time.monotonic()
+        self._multi_fed_logged: set[str] = set()  # GPUs already reported as fed by two feeds
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -313,7 +315,7 @@ class Processor:
                 self._states[uuid] = loaded.get(uuid)
         stored = {(tp.topic, tp.partition): off for tp, off in self._stored.items()}
         fold = BatchFold(self._states, stored, self.config.max_future_skew_s, self.config.max_backward_skew_s,
-                         self.clock, self.config.max_age_s)
+                         self.clock, self.config.max_age_s, self.config.max_gap_s)
         for rec, snap in zip(records, decoded):
             fold.add(rec.topic, rec.partition, rec.offset, rec.key, rec.value, snap)
         return fold.finish()
@@ -336,11 +338,20 @@ class Processor:
         m.snapshots.inc(merged)
         m.instance_samples.inc(batch.instance_samples)
         m.duplicates.inc(dups)
+        trimmed = sum(p.trimmed for p in batch.progress.values())
+        m.trimmed.inc(trimmed)
+        m.trimmed_seconds.inc(sum(p.trimmed_seconds for p in batch.progress.values()))
+        for uuid, (before, feed) in batch.multi_fed.items():
+            if uuid not in self._multi_fed_logged:
+                self._multi_fed_logged.add(uuid)
+                log.warning("GPU %s is fed by more than one stream (%s and %s): overlapping time is billed once, "
+                            "the rest trimmed", uuid, before, feed)
         for d in batch.dead_letters:
             m.dead_letters.labels(d.kind).inc()
         for table, count in rows.items():
             m.rows_merged.labels(table).inc(count)
-        self._summary.add(n, merged, batch.instance_samples, dups, len(batch.dead_letters))
+        # The summary's "snapshots" are all that billed time (whole or trimmed), so its counts add up.
+        self._summary.add(n, merged + trimmed, batch.instance_samples, dups, len(batch.dead_letters))
         self._update_lag()
         log.debug("batch committed: %d records (%d merged, %d duplicates, %d dead letters), %d rows, write %.3f s",
                   n, merged, dups, len(batch.dead_letters), sum(rows.values()), write_s)

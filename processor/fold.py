@@ -5,26 +5,41 @@ each one whether it is merged, a duplicate, or a dead letter, folds merged snaps
 1-minute partials, diffs layouts, and tracks per-partition progress. :meth:`BatchFold.finish`
 returns a :class:`FoldedBatch` that the sink writes in one transaction.
 
-Ordering and clock rules (applied per GPU, in this order):
+Ordering, clock and time rules (applied per GPU, in this order):
 
 1. A record that does not decode into a valid v1 snapshot is a dead letter (reason from
-   ``BadSnapshot``).
+   ``BadSnapshot``); so is one whose Kafka key is not its ``gpu_uuid`` (``key_mismatch``): a
+   producer not keyed by GPU spreads a GPU over partitions, and the warehouse must say so.
 2. A snapshot whose ts is more than ``max_future_skew_s`` (default 300 s) ahead of the
    processor's clock is a dead letter: merging it would put usage into a future bucket (a
    future month of chargeback) and make every real snapshot after it look like a duplicate.
-3. A snapshot whose ts is more than ``max_backward_skew_s`` (default 3600 s) behind its
-   GPU's last ts is a dead letter: a collector clock that jumped back, or a replay far too
-   old to be a plain retry; never silently dropped as a duplicate nor merged.
-4. A snapshot whose ts is more than ``max_age_s`` (default 10 years; 0 = no limit) behind the
+3. A snapshot whose ts is more than ``max_age_s`` (default 10 years; 0 = no limit) behind the
    processor's clock is a dead letter: a GPU node whose clock was reset (to 1970, or to a
    firmware build date) would otherwise open its history, or a brand-new GPU's, in a month
-   that was billed long ago. The limit is generous so Prometheus backfills of past months
-   and the simulated fleet's fixed 2025 calendar still merge.
-5. Otherwise a snapshot whose ts is not newer than its GPU's last ts is a duplicate: dropped
-   and counted. A late snapshot that is still newer merges into its (old) buckets.
+   that was billed long ago.
+4. History or live: a snapshot from a history source (:data:`HISTORY_SOURCES`, the
+   Prometheus backfill) is history; any other is live. A live snapshot whose ts is more
+   than ``max_backward_skew_s`` (default 3600 s) behind its GPU's last ts is a dead letter
+   (``clock_backward``): a collector clock that jumped back. History is never
+   ``clock_backward``: it may reach any distance back (rule 3 still applies).
+5. Covered interval: ``(last_ts, ts]`` when ts is newer than the GPU's last ts by at most
+   the gap limit (``max_gap_s``; 0 = 3 × the snapshot's ``interval_s``); otherwise (the
+   GPU's first snapshot, one after a longer gap, history, a late or re-sent one)
+   ``(ts - interval_s, ts]``.
+6. Seconds of the covered interval already billed for the GPU are trimmed (never billed
+   twice, whatever stream brought them: processor.timeline); the rest is billed, split at
+   1-minute bucket edges in proportion to time, and fills holes (unmetered time) when it
+   lies inside the GPU's life. A snapshot that bills nothing is a duplicate; one that bills
+   part of its interval is counted as trimmed; one billed whole as merged.
+7. Only a snapshot newer than the GPU's last ts moves the GPU's state on (last ts, layout,
+   layout events and intervals); older ones bill their time and leave the state's clock and
+   layout alone, so ``last_ts`` never moves backward.
+8. A GPU whose snapshots come from a second feed (``source@host``) that overlaps the first
+   (trimmed, or arriving sooner than its own interval) is reported in ``multi_fed`` so the
+   processor can log it once with both names.
 
 Every consumed record is counted exactly once, so per partition:
-records consumed = snapshots merged + duplicates + dead letters.
+records consumed = merged + trimmed + duplicates + dead letters.
 """
 
 from __future__ import annotations
@@ -36,13 +51,16 @@ from datetime import datetime
 
 from collector.snapshot import Snapshot, format_ts
 from migmeter.errors import BadSnapshot
-from processor.aggregate import GRAINS, Aggregates, fold_snapshot, rollup
+from processor.aggregate import GRAINS, Aggregates, add_unmetered, fold_snapshot, rollup
 from processor.layout import GpuState, IntervalBook, LayoutEvent, diff_layout
+from processor.timeline import US, bill, split, to_us
 
 __all__ = [
     "DEFAULT_MAX_FUTURE_SKEW_S",
     "DEFAULT_MAX_BACKWARD_SKEW_S",
     "DEFAULT_MAX_AGE_S",
+    "DEFAULT_GAP_FACTOR",
+    "HISTORY_SOURCES",
     "MERGED",
     "DUPLICATE",
     "DEAD_LETTER",
@@ -61,6 +79,13 @@ DEFAULT_MAX_FUTURE_SKEW_S = 300.0
 DEFAULT_MAX_BACKWARD_SKEW_S = 3600.0
 # Ten years: no real backfill reaches that far; a reset clock (1970, a firmware date) does.
 DEFAULT_MAX_AGE_S = 10 * 365 * 86400.0
+# A snapshot that follows its GPU's previous one within this many of its own intervals covers
+# the whole time since: rounds that overrun and skip a slot, or a collector restart, still
+# bill every second. A longer silence is an outage: the time is unmetered, not billed.
+DEFAULT_GAP_FACTOR = 3.0
+# Sources that replay the past (`migmeter collect --source prometheus`): their snapshots fill
+# holes in a GPU's billed time at any age instead of being rejected as a clock that jumped back.
+HISTORY_SOURCES = frozenset({"prometheus"})
 
 MERGED = "merged"
 DUPLICATE = "duplicate"
@@ -77,7 +102,7 @@ class DeadLetter:
     key: bytes | None
     payload: bytes
     reason: str
-    kind: str  # decode | clock_future | clock_past | clock_backward: a small set, usable as a metric label
+    kind: str  # decode | key_mismatch | clock_future | clock_past | clock_backward: a metric label
 
 
 @dataclass(slots=True)
@@ -86,9 +111,15 @@ class PartitionProgress:
 
     expected: int | None
     next_offset: int
-    snapshots: int = 0
-    duplicates: int = 0
+    snapshots: int = 0  # billed whole
+    duplicates: int = 0  # billed nothing: all of its time was billed already
     dead_letters: int = 0
+    trimmed: int = 0  # billed in part
+    trimmed_seconds: float = 0.0  # seconds not billed again (of trimmed records and duplicates)
+
+    @property
+    def records(self) -> int:
+        return self.snapshots + self.trimmed + self.duplicates + self.dead_letters
 
 
 @dataclass(slots=True)
@@ -113,14 +144,15 @@ class FoldedBatch:
     events: list[LayoutEvent]
     intervals: IntervalBook
     gpus: dict[str, GpuSeen]
-    states: dict[str, GpuState]  # new state of every GPU merged in this batch
+    states: dict[str, GpuState]  # new state of every GPU merged in this batch (version = base + 1)
     dead_letters: list[DeadLetter]
     progress: dict[tuple[str, int], PartitionProgress]
     instance_samples: int
+    multi_fed: dict[str, tuple[str, str]] = field(default_factory=dict)  # GPU -> (feed before, new feed)
 
     @property
     def records(self) -> int:
-        return sum(p.snapshots + p.duplicates + p.dead_letters for p in self.progress.values())
+        return sum(p.records for p in self.progress.values())
 
 
 @dataclass
@@ -134,6 +166,7 @@ class BatchFold:
     max_backward_skew_s: float = DEFAULT_MAX_BACKWARD_SKEW_S
     clock: Callable[[], float] = time.time
     max_age_s: float = DEFAULT_MAX_AGE_S
+    max_gap_s: float = 0.0  # 0 = DEFAULT_GAP_FACTOR × the snapshot's interval_s
     _agg: Aggregates = field(default_factory=Aggregates.empty)
     _events: list[LayoutEvent] = field(default_factory=list)
     _book: IntervalBook = field(default_factory=IntervalBook)
@@ -142,6 +175,8 @@ class BatchFold:
     _dead: list[DeadLetter] = field(default_factory=list)
     _progress: dict[tuple[str, int], PartitionProgress] = field(default_factory=dict)
     _instance_samples: int = 0
+    _multi_fed: dict[str, tuple[str, str]] = field(default_factory=dict)
+    _feeds: dict[tuple[str, str], str] = field(default_factory=dict)
 
     def state_of(self, gpu_uuid: str) -> GpuState | None:
         """The GPU's state as of the records folded so far."""
@@ -158,6 +193,11 @@ class BatchFold:
         prog.next_offset = offset + 1
         if isinstance(snap, BadSnapshot):
             return self._reject(prog, topic, partition, offset, key, value, snap.reason, "decode")
+        if key != snap.key:
+            shown = "none" if key is None else repr(key[:80])
+            return self._reject(prog, topic, partition, offset, key, value,
+                                f"record key {shown} is not the snapshot's gpu_uuid {snap.gpu_uuid!r}: "
+                                f"the producer must key records by GPU UUID", "key_mismatch")
         ts = snap.ts.timestamp()
         ahead = ts - self.clock()
         if ahead > self.max_future_skew_s:
@@ -168,33 +208,88 @@ class BatchFold:
             return self._reject(prog, topic, partition, offset, key, value,
                                 f"ts {format_ts(snap.ts)} is {-ahead / 86400:.0f} days behind the processor clock "
                                 f"(limit {self.max_age_s / 86400:g} days): a reset clock", "clock_past")
-        state = self.state_of(snap.gpu_uuid)
-        if state is not None:
-            behind = state.last_ts.timestamp() - ts
+        uuid = snap.gpu_uuid
+        state = self.state_of(uuid)
+        last = state.last_ts.timestamp() if state is not None else None
+        if state is not None and last is not None and snap.source not in HISTORY_SOURCES:
+            behind = last - ts
             if behind > self.max_backward_skew_s:
                 return self._reject(prog, topic, partition, offset, key, value,
                                     f"ts {format_ts(snap.ts)} is {behind:.0f} s behind the GPU's last ts "
                                     f"{format_ts(state.last_ts)} (limit {self.max_backward_skew_s:g} s)",
                                     "clock_backward")
-            if behind >= 0:
-                prog.duplicates += 1
-                return DUPLICATE
-        prog.snapshots += 1
-        self._instance_samples += len(snap.instances)
-        fold_snapshot(snap, self._agg)
-        events, new_state = diff_layout(state, snap, self._book, partition, offset)
-        if events:
-            self._events.extend(events)
-        self._new_states[snap.gpu_uuid] = new_state
-        seen = self._gpus.get(snap.gpu_uuid)
-        if seen is None:
-            self._gpus[snap.gpu_uuid] = GpuSeen(snap.cluster, snap.host, snap.gpu_index, snap.gpu_model,
-                                               snap.total_slices, snap.mig_enabled, snap.ts, snap.ts)
+        return self._bill(prog, snap, state, ts, last, partition, offset)
+
+    def _bill(self, prog: PartitionProgress, snap: Snapshot, state: GpuState | None, ts: float,
+              last: float | None, partition: int, offset: int) -> str:
+        """Rules 5-8: bill the snapshot's uncovered time and move the GPU's state on."""
+        uuid = snap.gpu_uuid
+        new = self._new_states.get(uuid)
+        if new is None:
+            # First touch in this batch: a private copy of the billed set (the input is read-only).
+            # A state written before billing was recorded (no set): everything up to its last
+            # ts counts as billed, since nothing says which of those seconds were.
+            spans = [list(p) for p in state.billed] if state is not None and state.billed else (
+                [[0, to_us(last)]] if last is not None else [])
+            version = state.version + 1 if state is not None else 1
         else:
+            spans, version = new.billed, new.version
+        ts_us = to_us(ts)
+        newer = last is None or ts > last
+        gap = self.max_gap_s or DEFAULT_GAP_FACTOR * snap.interval_s
+        start_us = to_us(last) if last is not None and newer and ts - last <= gap else ts_us - to_us(snap.interval_s)
+        billed, trimmed_us, unmetered = bill(spans, start_us, ts_us)
+        if trimmed_us:
+            prog.trimmed_seconds += trimmed_us / US
+        feed = self._feed(snap.source, snap.host)
+        before = new.feed if new is not None else state.feed if state is not None else ""
+        if before != feed and before and (trimmed_us or (last is not None and 0 < ts - last < snap.interval_s)):
+            self._multi_fed.setdefault(uuid, (before, feed))
+        if not billed:
+            prog.duplicates += 1
+            return DUPLICATE
+        if trimmed_us:
+            prog.trimmed += 1
+        else:
+            prog.snapshots += 1
+        self._instance_samples += len(snap.instances)
+        width = GRAINS["1m"]
+        if len(billed) == 1:
+            parts = split(billed[0][0], billed[0][1], width)
+        else:
+            parts = [p for a, b in billed for p in split(a, b, width)]
+        fold_snapshot(snap, self._agg, parts)
+        for a, b, sign in unmetered:
+            add_unmetered(snap, self._agg, split(a, b, width), sign)
+        if state is None or newer:
+            events, new_state = diff_layout(state, snap, self._book, partition, offset)
+            if events:
+                self._events.extend(events)
+            new_state.feed = feed
+        else:
+            new_state = GpuState(state.last_ts, state.mig_enabled, state.layout, state.source_partition,
+                                 state.source_offset, state.signature)
+            new_state.feed = before
+        new_state.billed, new_state.version = spans, version
+        self._new_states[uuid] = new_state
+        seen = self._gpus.get(uuid)
+        if seen is None:
+            self._gpus[uuid] = GpuSeen(snap.cluster, snap.host, snap.gpu_index, snap.gpu_model,
+                                       snap.total_slices, snap.mig_enabled, snap.ts, snap.ts)
+        elif ts >= seen.last_seen.timestamp():
             seen.cluster, seen.host, seen.gpu_index = snap.cluster, snap.host, snap.gpu_index
             seen.gpu_model, seen.total_slices, seen.mig_enabled = snap.gpu_model, snap.total_slices, snap.mig_enabled
-            seen.last_seen = snap.ts  # ts only increases per GPU once duplicates are out
+            seen.last_seen = snap.ts
+        else:
+            seen.first_seen = min(seen.first_seen, snap.ts)
         return MERGED
+
+    def _feed(self, source: str, host: str) -> str:
+        """``source@host``, made once per pair and batch (the hot path compares it per snapshot)."""
+        feed = self._feeds.get((source, host))
+        if feed is None:
+            feed = self._feeds[(source, host)] = f"{source}@{host}"
+        return feed
 
     def _reject(self, prog: PartitionProgress, topic: str, partition: int, offset: int, key: bytes | None,
                 value: bytes | None, reason: str, kind: str) -> str:
@@ -203,7 +298,7 @@ class BatchFold:
         return DEAD_LETTER
 
     def __len__(self) -> int:
-        return sum(p.snapshots + p.duplicates + p.dead_letters for p in self._progress.values())
+        return sum(p.records for p in self._progress.values())
 
     def finish(self) -> FoldedBatch:
         """The batch at every grain (1h and 1d rolled up from the 1-minute partials)."""
@@ -213,4 +308,4 @@ class BatchFold:
             # Each grain from the next finer one: exact (merge is associative) and fewer rows to merge.
             finer = aggs[grain] = finer if not aggs else rollup(finer, width)
         return FoldedBatch(aggs, self._events, self._book, self._gpus, self._new_states, self._dead,
-                           self._progress, self._instance_samples)
+                           self._progress, self._instance_samples, self._multi_fed)

@@ -71,16 +71,26 @@ class GpuState:
     source_partition: int | None = None
     source_offset: int | None = None
     signature: Signature | None = field(default=None, compare=False)
+    # Billing (processor.timeline): the GPU's billed time as [start, end] µs pairs; the stored
+    # row's version (0 = no row yet), which the sink's fence compares; the last feed
+    # ("source@host") that fed the GPU. Set by processor.fold, not by diff_layout.
+    billed: list[list[int]] = field(default_factory=list, compare=False)
+    version: int = field(default=0, compare=False)
+    feed: str = field(default="", compare=False)
 
     def layout_json(self) -> dict[str, Any]:
         return {str(gi): slot.to_json() for gi, slot in sorted(self.layout.items())}
 
     @classmethod
     def from_row(cls, last_ts: datetime, mig_enabled: bool, layout: dict[str, Any],
-                 partition: int | None = None, offset: int | None = None) -> GpuState:
+                 partition: int | None = None, offset: int | None = None,
+                 billed: list[list[int]] | None = None, version: int = 0, feed: str = "") -> GpuState:
         slots = {int(gi): Slot.from_json(int(gi), d) for gi, d in layout.items()}
         state = cls(last_ts, mig_enabled, slots, partition, offset)
         state.signature = (mig_enabled, tuple(sorted(slots.values())))
+        state.billed = [[int(a), int(b)] for a, b in billed or ()]
+        state.version = version
+        state.feed = feed
         return state
 
 

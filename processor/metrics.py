@@ -56,7 +56,14 @@ class ProcessorMetrics:
         self.rows_merged = Counter(
             "migmeter_processor_rows_merged", "Rows written per table", ["table"], registry=r)
         self.duplicates = Counter(
-            "migmeter_processor_duplicates", "Snapshots dropped as not newer than their GPU's last ts", registry=r)
+            "migmeter_processor_duplicates", "Snapshots that billed nothing: all of their time was billed already", registry=r)
+        self.trimmed = Counter(
+            "migmeter_processor_trimmed_snapshots",
+            "Snapshots billed in part: some of their time was billed already (another feed, a replay)", registry=r)
+        self.trimmed_seconds = Counter(
+            "migmeter_processor_trimmed_seconds",
+            "GPU-seconds not billed again because they were billed already (trimmed snapshots and duplicates)",
+            registry=r)
         self.dead_letters = Counter(
             "migmeter_processor_dead_letters", "Records rejected to the dead-letter topic and table", ["kind"],
             registry=r)

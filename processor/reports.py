@@ -30,6 +30,7 @@ __all__ = [
     "CHARGEBACK_BY",
     "UTILIZATION_BY",
     "RECONCILE_TOLERANCE_GPU_HOURS",
+    "CHARGEBACK_LINES",
     "Reconciliation",
     "load_query",
     "parse_month",
@@ -60,16 +61,25 @@ _MAX_RANGE = timedelta(days=3660)
 
 @dataclass(frozen=True, slots=True)
 class Reconciliation:
-    """Allocated lines vs. physical capacity over a period: tenants + unassigned + unallocated = physical."""
+    """Chargeback lines vs. the fleet's capacity over a period:
+    tenants + unassigned + unallocated + unmetered = physical (capacity: metered + unmetered)."""
 
     tenant_gpu_hours: float
     unassigned_gpu_hours: float
     unallocated_gpu_hours: float
     physical_gpu_hours: float
+    unmetered_gpu_hours: float = 0.0
 
     @property
     def lines_gpu_hours(self) -> float:
-        return self.tenant_gpu_hours + self.unassigned_gpu_hours + self.unallocated_gpu_hours
+        return self.tenant_gpu_hours + self.unassigned_gpu_hours + self.unallocated_gpu_hours + self.unmetered_gpu_hours
+
+    @property
+    def coverage_pct(self) -> float | None:
+        """Metered share of the capacity (None without capacity)."""
+        if self.physical_gpu_hours <= 0:
+            return None
+        return 100.0 * (self.physical_gpu_hours - self.unmetered_gpu_hours) / self.physical_gpu_hours
 
     @property
     def difference_gpu_hours(self) -> float:
@@ -83,10 +93,15 @@ class Reconciliation:
         verdict = "reconciles" if self.ok else "DOES NOT RECONCILE"
         return (
             f"reconciliation: tenants {self.tenant_gpu_hours:,.6f} + unassigned {self.unassigned_gpu_hours:,.6f}"
-            f" + unallocated {self.unallocated_gpu_hours:,.6f} = {self.lines_gpu_hours:,.6f} GPU-hours;"
-            f" physical {self.physical_gpu_hours:,.6f} GPU-hours; difference {self.difference_gpu_hours:.2e}"
+            f" + unallocated {self.unallocated_gpu_hours:,.6f} + unmetered {self.unmetered_gpu_hours:,.6f}"
+            f" = {self.lines_gpu_hours:,.6f} GPU-hours; capacity {self.physical_gpu_hours:,.6f} GPU-hours"
+            f" (coverage {_pct(self.coverage_pct)}); difference {self.difference_gpu_hours:.2e}"
             f" -> {verdict}"
         )
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f} %"
 
 
 def load_query(name: str, directory: Path = REPORTS_DIR) -> str:
@@ -142,14 +157,17 @@ _MONEY_COLUMNS = (Column("cost_alloc", "money"), Column("cost_used", "money"), C
 _USAGE_COLUMNS = (
     Column("alloc_gpu_hours", "hours"),
     Column("used_gpu_hours", "hours"),
+    Column("unmeasured_gpu_hours", "hours"),
     Column("alloc_util_pct", "pct"),
 )
+# The chargeback's lines (sql/014 chargeback_lines_daily), in report order.
+CHARGEBACK_LINES = ("tenant", "unassigned", "unallocated", "unmetered")
 
 
 def chargeback(
     conn: psycopg.Connection[Any], month: date, by: str = "namespace", cluster: str | None = None
 ) -> Report:
-    """One line per tenant (namespace, or namespace+pod) plus unassigned and unallocated.
+    """One line per tenant (namespace, or namespace+pod) plus unassigned, unallocated and unmetered.
 
     Notes carry the reconciliation of the month and, when some usage has no price, which
     GPU-hours are not costed.
@@ -165,11 +183,12 @@ def chargeback(
     columns = keys + _USAGE_COLUMNS + _MONEY_COLUMNS
     # Reconcile the lines this report prints (not a second pass over the views) against the
     # physical GPU-hours: cheaper, and it checks exactly what the reader sees.
-    lines: dict[str, float] = {"tenant": 0.0, "unassigned": 0.0, "unallocated": 0.0}
+    lines: dict[str, float] = dict.fromkeys(CHARGEBACK_LINES, 0.0)
     for r in rows:
         lines[r[0]] += float(r[len(keys)] or 0)
     physical = _fetch(conn, load_query("physical_gpu_hours"), params)[0][0]
-    rec = Reconciliation(lines["tenant"], lines["unassigned"], lines["unallocated"], float(physical))
+    rec = Reconciliation(lines["tenant"], lines["unassigned"], lines["unallocated"], float(physical),
+                         lines["unmetered"])
     notes = [rec.describe()]
     unpriced = sum(float(r[len(keys)] or 0) for r in rows if r[-1] is None)
     if unpriced > 0:
@@ -229,12 +248,16 @@ def utilization(
         Column("weighted_util_pct", "pct"),
         Column("whole_util_pct", "pct"),
         Column("allocation_pct", "pct"),
+        Column("capacity_gpu_hours", "hours"),
+        Column("coverage_pct", "pct"),
     )
     scope = f"GPU {gpu}" if gpu else f"host {host}" if host else f"cluster {cluster}" if cluster else "all GPUs"
     title = f"Utilization per {by}, {scope}, {start:%Y-%m-%d %H:%M} .. {end:%Y-%m-%d %H:%M} UTC"
     notes = (
         "simple = naive mean of instance utilizations (misleading); weighted = utilization of the "
-        "allocated slices; whole = of the whole GPUs (unallocated slices idle); allocation = share of slices allocated",
+        "allocated slices; whole = of the whole GPUs (unallocated slices idle); allocation = share of slices allocated; "
+        "time without a utilization value is left out of every utilization (all unmeasured = '-'); "
+        "coverage = metered / capacity (capacity = metered + unmetered GPU-hours)",
     )
     if len(rows) <= 1:
         rows = []

@@ -9,12 +9,21 @@ cover, and advancing them only by compare-and-set. :meth:`Sink.write` runs these
    CONFLICT DO NOTHING``. Any row count other than 1 raises :class:`OffsetConflict`: another
    processor owns the partition now; the caller rolls back, re-reads offsets and re-seeks.
    That fences a stalled "zombie" processor.
+   Then the GPU fence: the ``gpu_state`` rows of the GPUs this batch bills are locked
+   (``SELECT ... FOR UPDATE``, in GPU order so two writers never deadlock) and their
+   ``version`` compared with the one the batch was folded on. A GPU whose snapshots reach two
+   partitions (an unkeyed producer, a topic whose partitions grew) can be held by two
+   processors; a changed version raises :class:`StateConflict` (an OffsetConflict): roll back,
+   re-read, re-fold. So no second is billed twice and ``last_ts`` never moves backward.
 2. COPY the 1m/1h/1d usage partials into per-connection TEMP staging tables.
 3. Merge them additively: ``INSERT ... SELECT FROM staging ON CONFLICT (key) DO UPDATE SET
    x = t.x + EXCLUDED.x`` (LEAST/GREATEST for min/max; attributes take the newer value).
    The column roles come from ``processor.aggregate`` so memory and SQL merge alike.
 4. Append layout events; close and open instance intervals.
-5. Upsert ``gpus`` and ``gpu_state`` (last ts and layout: what duplicate detection reads).
+5. Upsert ``gpus`` and ``gpu_state`` (last ts, layout, billed time, version + 1). The state
+   upsert applies only on top of the version the batch read (``WHERE t.version =
+   excluded.version - 1``): a row inserted meanwhile by another processor makes the row
+   count short -> StateConflict, as in step 1.
 6. Record dead letters (the exactly-once record; the topic is only the notification).
 7. COMMIT. If the commit's outcome is unknown (connection lost during COMMIT), the caller
    re-reads the offsets: they say whether it happened.
@@ -44,7 +53,7 @@ from processor.aggregate import GpuSums, InstanceKey, InstanceSums, TenantKey, T
 from processor.fold import FoldedBatch
 from processor.layout import GpuState
 
-__all__ = ["Sink", "OffsetConflict", "DatabaseUnavailable", "TableSpec", "USAGE_TABLES", "DEAD_LETTER_PAYLOAD_MAX"]
+__all__ = ["Sink", "OffsetConflict", "StateConflict", "DatabaseUnavailable", "TableSpec", "USAGE_TABLES", "DEAD_LETTER_PAYLOAD_MAX"]
 
 log = logging.getLogger("migmeter.processor.sink")
 
@@ -57,6 +66,10 @@ STATEMENT_TIMEOUT_MS = 120_000
 
 class OffsetConflict(SinkError):
     """The stored offset of a partition is not where this batch started: another processor owns it."""
+
+
+class StateConflict(OffsetConflict):
+    """A GPU's stored state changed since the batch read it: another processor billed it meanwhile."""
 
 
 class DatabaseUnavailable(SinkError):
@@ -121,7 +134,9 @@ USAGE_TABLES: tuple[tuple[str, TableSpec, str], ...] = tuple(
 _GPUS = TableSpec("gpus", ("gpu_uuid",), ("cluster", "host", "gpu_index", "gpu_model", "total_slices", "mig_enabled"),
                   mins=("first_seen",), maxs=("last_seen",))
 _GPU_STATE = TableSpec("gpu_state", ("gpu_uuid",),
-                       ("last_ts", "mig_enabled", "layout", "source_partition", "source_offset", "updated_at"))
+                       ("last_ts", "mig_enabled", "layout", "source_partition", "source_offset", "updated_at",
+                        "billed", "version", "feed"))
+_LOCK_STATES = "SELECT gpu_uuid, version FROM gpu_state WHERE gpu_uuid = ANY(%s) ORDER BY gpu_uuid FOR UPDATE"
 _INTERVAL_COLUMNS = ("gpu_uuid", "gi_id", "cluster", "profile", "slices", "total_slices", "namespace", "pod",
                      "container", "valid_from", "valid_to")
 _EVENT_COLUMNS = ("ts", "gpu_uuid", "cluster", "event", "gi_id", "before", "after", "source_partition",
@@ -130,12 +145,15 @@ _EVENT_COLUMNS = ("ts", "gpu_uuid", "cluster", "event", "gi_id", "before", "afte
 _CAS_UPDATE = """
 UPDATE sink_offsets
    SET next_offset = %(next)s, snapshots = snapshots + %(snapshots)s, duplicates = duplicates + %(duplicates)s,
-       dead_letters = dead_letters + %(dead)s, updated_at = now()
+       dead_letters = dead_letters + %(dead)s, trimmed = trimmed + %(trimmed)s,
+       trimmed_seconds = trimmed_seconds + %(trimmed_s)s, updated_at = now()
  WHERE consumer_group = %(group)s AND topic = %(topic)s AND partition = %(partition)s AND next_offset = %(expected)s
 """
 _CAS_INSERT = """
-INSERT INTO sink_offsets (consumer_group, topic, partition, next_offset, snapshots, duplicates, dead_letters)
-VALUES (%(group)s, %(topic)s, %(partition)s, %(next)s, %(snapshots)s, %(duplicates)s, %(dead)s)
+INSERT INTO sink_offsets (consumer_group, topic, partition, next_offset, snapshots, duplicates, dead_letters,
+                          trimmed, trimmed_seconds)
+VALUES (%(group)s, %(topic)s, %(partition)s, %(next)s, %(snapshots)s, %(duplicates)s, %(dead)s,
+        %(trimmed)s, %(trimmed_s)s)
 ON CONFLICT DO NOTHING
 """
 # Close the open interval of each (gpu, gi): ended by a layout change, or superseded by a
@@ -228,9 +246,9 @@ class Sink:
         uuids = list(gpu_uuids)
         if not uuids:
             return {}
-        rows = self._read("SELECT gpu_uuid, last_ts, mig_enabled, layout, source_partition, source_offset "
-                          "FROM gpu_state WHERE gpu_uuid = ANY(%s)", (uuids,))
-        return {r[0]: GpuState.from_row(r[1], r[2], r[3], r[4], r[5]) for r in rows}
+        rows = self._read("SELECT gpu_uuid, last_ts, mig_enabled, layout, source_partition, source_offset, "
+                          "billed, version, feed FROM gpu_state WHERE gpu_uuid = ANY(%s)", (uuids,))
+        return {r[0]: GpuState.from_row(*r[1:]) for r in rows}
 
     def _read(self, query: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
         conn = self._connection()
@@ -269,8 +287,9 @@ class Sink:
         with self._database_errors("batch not written (or commit outcome unknown)", "database refused the batch"):
             with conn.transaction():
                 with conn.cursor() as cur:
-                    # Step 1: offsets compare-and-set.
+                    # Step 1: offsets compare-and-set, then the GPU fence.
                     self._advance_offsets(cur, batch)
+                    self._fence_states(cur, batch)
                     # Steps 2-3: COPY partials into staging, merge additively.
                     for grain, spec, attr in USAGE_TABLES:
                         parts = getattr(batch.aggregates[grain], attr)
@@ -290,9 +309,7 @@ class Sink:
                             (u, g.cluster, g.host, g.gpu_index, g.gpu_model, g.total_slices, g.mig_enabled,
                              g.first_seen, g.last_seen) for u, g in batch.gpus.items()))
                     if batch.states:
-                        rows["gpu_state"] = self._merge(cur, _GPU_STATE, (
-                            (u, s.last_ts, s.mig_enabled, Jsonb(s.layout_json()), s.source_partition,
-                             s.source_offset, _now()) for u, s in batch.states.items()))
+                        rows["gpu_state"] = self._write_states(cur, batch)
                     # Step 6: dead letters, exactly once.
                     if batch.dead_letters:
                         cur.executemany(_INSERT_DEAD_LETTER, [
@@ -306,12 +323,32 @@ class Sink:
         for (topic, partition), p in sorted(batch.progress.items()):
             params = {"group": self.consumer_group, "topic": topic, "partition": partition, "next": p.next_offset,
                       "expected": p.expected, "snapshots": p.snapshots, "duplicates": p.duplicates,
-                      "dead": p.dead_letters}
+                      "dead": p.dead_letters, "trimmed": p.trimmed, "trimmed_s": p.trimmed_seconds}
             cur.execute(_CAS_UPDATE if p.expected is not None else _CAS_INSERT, params)
             if cur.rowcount != 1:
                 raise OffsetConflict(
                     f"{topic}[{partition}]: stored offset is no longer "
                     f"{'absent' if p.expected is None else p.expected}; another processor owns the partition")
+
+    @staticmethod
+    def _fence_states(cur: psycopg.Cursor[Any], batch: FoldedBatch) -> None:
+        if not batch.states:
+            return
+        cur.execute(_LOCK_STATES, (sorted(batch.states),))
+        for uuid, version in cur.fetchall():
+            if version != batch.states[uuid].version - 1:
+                raise StateConflict(f"GPU {uuid}: stored state is at version {version}, the batch read "
+                                    f"{batch.states[uuid].version - 1}; another processor billed it meanwhile")
+
+    def _write_states(self, cur: psycopg.Cursor[Any], batch: FoldedBatch) -> int:
+        n = self._copy(cur, _GPU_STATE.stage, _GPU_STATE.columns, (
+            (u, s.last_ts, s.mig_enabled, Jsonb(s.layout_json()), s.source_partition, s.source_offset, _now(),
+             Jsonb(s.billed), s.version, s.feed) for u, s in batch.states.items()),
+            self._stage_types[_GPU_STATE.stage])
+        cur.execute(_GPU_STATE.upsert_sql() + sql.SQL(" WHERE t.version = excluded.version - 1"))
+        if cur.rowcount != n:
+            raise StateConflict(f"{n - cur.rowcount} of {n} GPU states were written by another processor meanwhile")
+        return n
 
     def _merge(self, cur: psycopg.Cursor[Any], spec: TableSpec, rows: Iterable[Sequence[Any]]) -> int:
         n = self._copy(cur, spec.stage, spec.columns, rows, self._stage_types[spec.stage])

@@ -101,7 +101,7 @@ def test_raw_chargeback_agrees_with_migmeter(fresh_db: str) -> None:
         sink = Sink(fresh_db, "bench-test")
         fold = BatchFold({}, {})
         for n, s in enumerate(snaps):
-            fold.add("t", 0, n, None, None, s)
+            fold.add("t", 0, n, s.key, None, s)
         sink.write(fold.finish())
         sink.close()
         start, end = reports.month_range(date(2025, 1, 1))

@@ -7,6 +7,9 @@ November 2025, hourly snapshots (interval 3600 s, so one snapshot = one hour):
 - GPU-B, an A30 (4 slices) without MIG, on Nov 10 00:00-01:00 (2 h): team-b/pod-b2 at 80 %.
 Prices: A100 2.00/GPU-hour from Nov 1, 3.00 from Nov 16 (the change falls between the two
 A100 periods); A30 1.00 from Jan 1.
+v2 time model: a snapshot at ts stands for the hour before it, so the snapshots are taken at
+the END of each hour (01:00 stands for 00:00-01:00). GPU-A is silent from Nov 10 04:00 to
+Nov 20 00:00 (longer than the 3 h gap limit): those 236 h are its unmetered line.
 """
 
 from __future__ import annotations
@@ -36,16 +39,16 @@ CLUSTER = "c1"
 def _month() -> list:
     snaps = []
     for h in range(4):
-        snaps.append(mig(NOV10 + h * HOUR, [
+        snaps.append(mig(NOV10 + (h + 1) * HOUR, [
             inst(1, "3g.20gb", 0.5, "team-a", "pod-a1"),
             inst(2, "2g.10gb", 1.0, "team-b", "pod-b1"),
             inst(3, "1g.5gb", 0.0),
         ], gpu="GPU-A", model=A100, interval_s=3600))
     for h in range(2):
-        snaps.append(mig(NOV20 + h * HOUR, [inst(0, "7g.40gb", 0.25, "team-a", "pod-a2")],
+        snaps.append(mig(NOV20 + (h + 1) * HOUR, [inst(0, "7g.40gb", 0.25, "team-a", "pod-a2")],
                          gpu="GPU-A", model=A100, interval_s=3600))
     for h in range(2):
-        snaps.append(whole(NOV10 + h * HOUR, 0.8, gpu="GPU-B", total=4, model=A30, interval_s=3600,
+        snaps.append(whole(NOV10 + (h + 1) * HOUR, 0.8, gpu="GPU-B", total=4, model=A30, interval_s=3600,
                            ns="team-b", pod="pod-b2"))
     return snaps
 
@@ -64,7 +67,10 @@ def month_db(fresh_db: str) -> str:
 #   team-a: 4h*3/7 @2 + 2h*7/7 @3 ; used 4h*3/7*0.5 + 2h*0.25
 #   team-b: 4h*2/7 @2 + 2h*4/4 @1 ; used 4h*2/7*1.0 + 2h*0.8
 #   unassigned: 4h*1/7 @2, used 0 ; unallocated: 4h*1/7 @2
+#   unmetered: GPU-A's (Nov 10 04:00, Nov 20 00:00] = 20 h + 5 days (Nov 11-15) = 140 h @2 = 280,
+#     plus Nov 16-19 = 96 h @3 = 288: 236 h, 568.
 EXPECTED = {
+    "(unmetered)": (236.0, 0.0, 568.0, 0.0),
     "team-a": (12 / 7 + 2, 6 / 7 + 0.5, 24 / 7 + 6, 12 / 7 + 1.5),
     "team-b": (8 / 7 + 2, 8 / 7 + 1.6, 16 / 7 + 2, 16 / 7 + 1.6),
     "(unassigned)": (4 / 7, 0.0, 8 / 7, 0.0),
@@ -87,6 +93,8 @@ def test_monthly_chargeback_equals_hand_computed_values(month_db: str) -> None:
     # utilization of what was allocated: used / allocated
     assert got["team-a"]["alloc_util_pct"] == pytest.approx(100 * (6 / 7 + 0.5) / (12 / 7 + 2))
     assert got["(unallocated)"]["line"] == "unallocated" and got["(unassigned)"]["line"] == "unassigned"
+    # every instance reported a utilization: nothing unmeasured, on any line
+    assert [r["unmeasured_gpu_hours"] for r in report.as_dicts()] == pytest.approx([0.0] * len(EXPECTED))
 
 
 def test_price_change_splits_the_month(month_db: str) -> None:
@@ -101,10 +109,10 @@ def test_price_change_splits_the_month(month_db: str) -> None:
 
 
 _VIEW_LINES = {
-    "pod": "SELECT line, namespace, pod, alloc_gpu_hours, used_gpu_hours, alloc_util_pct, cost_alloc, cost_used, "
-           "currency FROM chargeback_pod_monthly WHERE month = '2025-11-01'",
-    "namespace": "SELECT line, namespace, alloc_gpu_hours, used_gpu_hours, alloc_util_pct, cost_alloc, cost_used, "
-                 "currency FROM chargeback_namespace_monthly WHERE month = '2025-11-01'",
+    "pod": "SELECT line, namespace, pod, alloc_gpu_hours, used_gpu_hours, unmeasured_gpu_hours, alloc_util_pct, "
+           "cost_alloc, cost_used, currency FROM chargeback_pod_monthly WHERE month = '2025-11-01'",
+    "namespace": "SELECT line, namespace, alloc_gpu_hours, used_gpu_hours, unmeasured_gpu_hours, alloc_util_pct, "
+                 "cost_alloc, cost_used, currency FROM chargeback_namespace_monthly WHERE month = '2025-11-01'",
 }
 
 
@@ -155,7 +163,8 @@ def test_daily_views_and_plot_data_agree_with_the_per_pod_days(month_db: str) ->
         plot = reports.chargeback_daily(conn, date(2025, 11, 1)).rows
         report = reports.chargeback(conn, date(2025, 11, 1)).as_dicts()
     assert ns_daily.keys() == pod_daily.keys()
-    assert len(ns_daily) == 6  # Nov 10: 4 lines; Nov 20: team-a and unallocated (0 h, the 7g fills GPU-A)
+    # Nov 10: 4 lines + unmetered; Nov 11-19: unmetered; Nov 20: team-a and unallocated (0 h, the 7g fills GPU-A)
+    assert len(ns_daily) == 16
     for key, numbers in ns_daily.items():
         assert numbers == pytest.approx(pod_daily[key], abs=1e-9), key
     per_namespace: dict[str, float] = {}
@@ -170,10 +179,11 @@ def test_month_reconciles_to_physical_gpu_hours(month_db: str) -> None:
         rec = reports.reconciliation(conn, start, end)
         view = conn.execute("SELECT physical_gpu_hours, difference_gpu_hours FROM chargeback_reconciliation_monthly "
                             "WHERE month = '2025-11-01' AND cluster = %s", (CLUSTER,)).fetchone()
-    assert rec.physical_gpu_hours == pytest.approx(8.0)  # 4 h + 2 h of GPU-A, 2 h of GPU-B
+    # capacity: 4 h + 236 h unmetered + 2 h of GPU-A, 2 h of GPU-B
+    assert rec.physical_gpu_hours == pytest.approx(244.0) and rec.unmetered_gpu_hours == pytest.approx(236.0)
     assert rec.tenant_gpu_hours == pytest.approx(26 / 7 + 22 / 7)
     assert rec.ok and abs(rec.difference_gpu_hours) < 1e-9
-    assert view[0] == pytest.approx(8.0) and abs(view[1]) < 1e-9
+    assert view[0] == pytest.approx(244.0) and abs(view[1]) < 1e-9
 
 
 def test_by_pod_splits_namespaces(month_db: str) -> None:
@@ -183,7 +193,7 @@ def test_by_pod_splits_namespaces(month_db: str) -> None:
     assert pods[("team-a", "pod-a1")] == pytest.approx(12 / 7)
     assert pods[("team-a", "pod-a2")] == pytest.approx(2.0)
     assert pods[("team-b", "pod-b2")] == pytest.approx(2.0)
-    assert len(pods) == 6  # four tenant pods, the unassigned and the unallocated line
+    assert len(pods) == 7  # four tenant pods, the unassigned, the unallocated and the unmetered line
     assert ("(unallocated)", "(unallocated)") in pods
 
 
@@ -196,17 +206,17 @@ def test_other_months_and_clusters_are_empty(month_db: str) -> None:
 
 def test_as_of_layout_just_before_and_after_the_reconfiguration(month_db: str) -> None:
     with psycopg.connect(month_db) as conn:
-        before = reports.layout_at(conn, "GPU-A", NOV20 - timedelta(microseconds=1))
-        after = reports.layout_at(conn, "GPU-A", NOV20)
-        changes = reports.layout_changes(conn, "GPU-A", NOV10, NOV20 + HOUR)
-        unknown = reports.layout_at(conn, "GPU-A", NOV10 - timedelta(seconds=1))
+        before = reports.layout_at(conn, "GPU-A", NOV20 + HOUR - timedelta(microseconds=1))
+        after = reports.layout_at(conn, "GPU-A", NOV20 + HOUR)
+        changes = reports.layout_changes(conn, "GPU-A", NOV10, NOV20 + 2 * HOUR)
+        unknown = reports.layout_at(conn, "GPU-A", NOV10 + HOUR - timedelta(seconds=1))
     assert [(r["gi_id"], r["profile"], r["namespace"]) for r in before.as_dicts()] == [
         (1, "3g.20gb", "team-a"), (2, "2g.10gb", "team-b"), (3, "1g.5gb", "(unassigned)")]
     assert [(r["gi_id"], r["profile"], r["pod"]) for r in after.as_dicts()] == [(0, "7g.40gb", "pod-a2")]
     assert unknown.rows == ()  # before the first snapshot nothing is known
     events = [(r["ts"], r["event"], r["gi_id"]) for r in changes.as_dicts()]
     assert {e[1] for e in events} == {"destroyed", "created"}
-    assert all(ts == NOV20 for ts, _, _ in events)
+    assert all(ts == NOV20 + HOUR for ts, _, _ in events)
     assert sorted(e[2] for e in events if e[1] == "destroyed") == [1, 2, 3]
 
 
@@ -232,7 +242,7 @@ def test_report_cli_json_and_a_hostile_filter(month_db: str) -> None:
                         "--cluster", hostile, "--format", "csv", *env_url], capture_output=True, text=True, timeout=60)
     # passed as a parameter: a cluster literally named so has no rows; the injection did not run
     assert r.returncode == 0, r.stderr
-    assert r.stdout.strip().splitlines() == ["line,namespace,alloc_gpu_hours,used_gpu_hours,alloc_util_pct,"
+    assert r.stdout.strip().splitlines() == ["line,namespace,alloc_gpu_hours,used_gpu_hours,unmeasured_gpu_hours,alloc_util_pct,"
                                              "cost_alloc,cost_used,currency"]
     bad = subprocess.run([sys.executable, "-m", "migmeter.cli", "report", "utilization", "--from", "2025-11-01",
                           "--to", "2025-12-01", "--by", "hour; DELETE FROM prices", *env_url],
@@ -255,6 +265,9 @@ def test_utilization_report_totals(month_db: str) -> None:
     assert day["whole_util_pct"] == pytest.approx(100 * busy / 6.0)
     assert day["weighted_util_pct"] == pytest.approx(100 * busy / (4 * 6 / 7 + 2))
     assert day["allocation_pct"] == pytest.approx(100 * (4 * 6 / 7 + 2) / 6.0)
+    # GPU-A is silent from 04:00: 20 h unmetered on Nov 10 -> capacity 26 h, coverage 6 / 26
+    assert day["capacity_gpu_hours"] == pytest.approx(26.0)
+    assert day["coverage_pct"] == pytest.approx(100 * 6 / 26)
     assert [r["whole_util_pct"] for r in one.as_dicts()] == pytest.approx([80.0, 80.0, 80.0])
 
 
@@ -272,7 +285,7 @@ def test_report_cli_plots_and_layout(month_db: str, tmp_path) -> None:
     for name in ("cb.png", "u.png"):
         assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
     la = subprocess.run([sys.executable, "-m", "migmeter.cli", "report", "layout", "--gpu", "GPU-A", "--from",
-                         "2025-11-10", "--to", "2025-11-21", "--format", "json", *url],
+                         "2025-11-10T01:00Z", "--to", "2025-11-21", "--format", "json", *url],
                         capture_output=True, text=True, timeout=120)
     assert la.returncode == 0, la.stderr
     before, changes = json.loads(la.stdout)

@@ -37,7 +37,8 @@ def test_reconfiguration_sequence_gives_exact_events_and_intervals(kafka_bootstr
                                  "FROM instance_intervals ORDER BY gpu_uuid, gi_id, valid_from").fetchall()
         alloc = conn.execute("SELECT bucket, allocation_pct FROM gpu_utilization_1m WHERE gpu_uuid = 'GPU-b' "
                              "ORDER BY bucket").fetchall()
-        b_seconds = conn.execute("SELECT seconds, alloc_gpu_seconds FROM gpu_usage_1m WHERE gpu_uuid = 'GPU-b'").fetchone()
+        b_seconds = conn.execute("SELECT sum(seconds), sum(alloc_gpu_seconds) FROM gpu_usage_1m "
+                                 "WHERE gpu_uuid = 'GPU-b'").fetchone()
     assert events == [
         ("GPU-a", at(15), "tenant_changed", 1, "", "ns2", "2g.20gb"),
         ("GPU-a", at(30), "destroyed", 1, "ns2", None, None),
@@ -58,7 +59,9 @@ def test_reconfiguration_sequence_gives_exact_events_and_intervals(kafka_bootstr
     ]
     # GPU-b: 15 s whole (w=1), 15 s MIG with nothing (w=0), 15 s one 7g (w=1): 2/3 allocated.
     assert b_seconds == (45.0, 30.0)
-    assert [round(float(p), 2) for _, p in alloc] == [66.67]
+    # v2 time model: the first snapshot (ts 0) covers (-15, 0], the minute before T0 (100 %
+    # allocated); T0's minute holds (0, 15] MIG with nothing and (15, 30] the 7g: 50 %.
+    assert [round(float(p), 2) for _, p in alloc] == [100.0, 50.0]
 
 
 def test_duplicates_and_late_data(kafka_bootstrap, new_topic, fresh_db):  # type: ignore[no-untyped-def]
@@ -75,16 +78,18 @@ def test_duplicates_and_late_data(kafka_bootstrap, new_topic, fresh_db):  # type
     with psycopg.connect(fresh_db) as conn:
         rows = conn.execute("SELECT bucket, snapshots, seconds FROM gpu_usage_1m ORDER BY bucket").fetchall()
         (last,) = conn.execute("SELECT last_ts FROM gpu_state").fetchone()
-    assert rows == [(at(0), 3, 45.0), (at(60), 2, 30.0)]
+    # v2 time model: 0 covers (-15, 0] (the minute before); 15, 30 and 60 (after a 30 s gap,
+    # <= 3 x 15 s) cover (0, 60]; 75 covers (60, 75]. 45 and 62 lie inside billed time.
+    assert rows == [(at(-60), 1, 15.0), (at(0), 3, 60.0), (at(60), 1, 15.0)]
     assert last == at(75)
 
 
 def test_late_but_newer_merges_into_its_old_bucket(kafka_bootstrap, new_topic, fresh_db):  # type: ignore[no-untyped-def]
     topic = new_topic(partitions=1)
-    produce(kafka_bootstrap, topic, [mig(at(0), [inst(0, "1g.10gb", 1.0)]), mig(at(600), [inst(0, "1g.10gb", 1.0)], gpu="GPU-z")])
+    produce(kafka_bootstrap, topic, [mig(at(15), [inst(0, "1g.10gb", 1.0)]), mig(at(600), [inst(0, "1g.10gb", 1.0)], gpu="GPU-z")])
     run_until_idle(config(kafka_bootstrap, fresh_db, topic))
     # GPU-a's next snapshot arrives much later than GPU-z's, but is newer than GPU-a's last ts.
-    produce(kafka_bootstrap, topic, [mig(at(15), [inst(0, "1g.10gb", 1.0)])])
+    produce(kafka_bootstrap, topic, [mig(at(30), [inst(0, "1g.10gb", 1.0)])])
     run_until_idle(config(kafka_bootstrap, fresh_db, topic))
     with psycopg.connect(fresh_db) as conn:
         row = conn.execute("SELECT snapshots, seconds, busy_gpu_seconds FROM gpu_usage_1m "

@@ -27,9 +27,9 @@ def test_known_values_from_the_views(fresh_db):  # type: ignore[no-untyped-def]
     sink = Sink(fresh_db, "g")
     snaps = []
     for n, (layout, _) in enumerate(KNOWN_VALUES):
-        for t in range(0, 3600, 15):  # one hour of samples per GPU
+        for t in range(15, 3601, 15):  # one hour of samples per GPU: (0, 3600] (v2: the first covers (0, 15])
             snaps.append(mig(at(t), [inst(i, p, u / 100) for i, (p, u) in enumerate(layout)], gpu=f"GPU-{n}"))
-    snaps.append(mig(at(0), [inst(0, "2g.12gb", 0.5), inst(1, "1g.6gb", 1.0)], gpu="GPU-a30", total=4, model="A30"))
+    snaps.append(mig(at(15), [inst(0, "2g.12gb", 0.5), inst(1, "1g.6gb", 1.0)], gpu="GPU-a30", total=4, model="A30"))
     snaps.sort(key=lambda s: s.ts)
     # Written in three batches, so every bucket is merged from parts.
     third = len(snaps) // 3

@@ -40,7 +40,7 @@ def test_known_values(layout, expected):  # type: ignore[no-untyped-def]
 
 def test_known_values_hold_over_many_samples_in_one_bucket():
     layout, (simple, weighted, whole_gpu) = KNOWN_VALUES[0]
-    snaps = [mig(at(t), [inst(i, p, u / 100) for i, (p, u) in enumerate(layout)]) for t in (0, 15, 30, 45)]
+    snaps = [mig(at(t), [inst(i, p, u / 100) for i, (p, u) in enumerate(layout)]) for t in (15, 30, 45, 60)]
     (gsum,) = _fold(*snaps).gpus.values()
     assert gsum.snapshots == 4 and gsum.seconds == 60
     assert round(gsum.result().weighted * 100, 2) == weighted
@@ -97,10 +97,14 @@ def test_bucket_start_is_half_open(seconds, width, start):  # type: ignore[no-un
     assert bucket_start(base + seconds, width) == base + start
 
 
-def test_sample_lands_wholly_in_the_bucket_of_its_ts():
-    # ts at 00:00:59 with a 15 s interval: all 15 s go to the 00:00 bucket, none to 00:01.
-    agg = _fold(mig(at(59), [inst(0, "7g.40gb", 1.0)]), mig(at(60), [inst(0, "7g.40gb", 1.0)]))
-    assert sorted((k.bucket - at(0).timestamp(), s.seconds) for k, s in agg.gpus.items()) == [(0, 15), (60, 15)]
+def test_sample_is_split_at_the_bucket_edge_in_proportion_to_time():
+    # v2 time model: ts 00:01:07 with a 15 s interval covers (00:00:52, 00:01:07]: 8 s in the
+    # 00:00 bucket, 7 s in 00:01, which holds the ts and so the counts.
+    agg = _fold(mig(at(67), [inst(0, "7g.40gb", 1.0, "a", "p")]))
+    base = at(0).timestamp()
+    assert sorted((k.bucket - base, s.seconds, s.snapshots) for k, s in agg.gpus.items()) == [(0, 8, 0), (60, 7, 1)]
+    assert sorted((k.bucket - base, s.alloc_gpu_seconds, s.samples) for k, s in agg.tenants.items()) == [
+        (0, 8, 0), (60, 7, 1)]
 
 
 def test_tenant_changes_inside_a_bucket_split_the_instance_rows():
@@ -149,7 +153,7 @@ def test_batches_merged_equal_one_pass():
 
 
 def test_rollup_is_exact_and_keeps_grain_totals():
-    snaps = [mig(at(t), [inst(0, "1g.10gb", 0.5, "a", "x"), inst(1, "2g.20gb", 0.25)]) for t in range(0, 7200, 15)]
+    snaps = [mig(at(t), [inst(0, "1g.10gb", 0.5, "a", "x"), inst(1, "2g.20gb", 0.25)]) for t in range(15, 7201, 15)]
     fine = _fold(*snaps)
     hourly = rollup(fine, GRAINS["1h"])
     daily = rollup(hourly, GRAINS["1d"])

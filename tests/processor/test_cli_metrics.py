@@ -23,8 +23,21 @@ def test_defaults_are_the_documented_ones():
     assert args.topic == "migmeter.snapshots.v1" and args.dead_letter_topic == "migmeter.snapshots.dlq.v1"
 
 
+def test_max_gap_comes_from_the_flag_then_the_environment(monkeypatch):  # type: ignore[no-untyped-def]
+    from migmeter.errors import ConfigError
+    from processor.cli import ENV_MAX_GAP, _max_gap
+
+    monkeypatch.delenv(ENV_MAX_GAP, raising=False)
+    assert _parse().max_gap is None and _max_gap(None) == 0.0  # 0 = 3 x each snapshot's interval_s
+    monkeypatch.setenv(ENV_MAX_GAP, "90")
+    assert _max_gap(None) == 90.0 and _max_gap(_parse("--max-gap", "120").max_gap) == 120.0
+    monkeypatch.setenv(ENV_MAX_GAP, "soon")
+    with pytest.raises(ConfigError, match=ENV_MAX_GAP):
+        _max_gap(None)
+
+
 @pytest.mark.parametrize("argv", [["--batch-records", "0"], ["--batch-ms", "-5"], ["--max-future-skew", "0"],
-                                  ["--batch-records", "many"]])
+                                  ["--batch-records", "many"], ["--max-gap", "-1"]])
 def test_bad_values_are_usage_errors(argv, capsys):  # type: ignore[no-untyped-def]
     with pytest.raises(SystemExit) as exc:
         _parse(*argv)

@@ -96,7 +96,9 @@ def test_clock_jumps_are_dead_lettered_with_reason_never_mixed_into_another_mont
     assert len(reasons) == len(rejected) == 4
     assert sum("ahead of the processor clock" in r and f"limit {FUTURE_SKEW_S:g} s" in r for r in reasons) == 2
     assert sum("behind the GPU's last ts" in r and f"limit {BACKWARD_SKEW_S:g} s" in r for r in reasons) == 2
-    good_months = {datetime(s.ts.year, s.ts.month, 1, tzinfo=timezone.utc) for s in sent if s not in rejected}
+    # v2 time model: a snapshot covers time up to its ts, from at most 3 intervals before it.
+    good_months = {datetime(t.year, t.month, 1, tzinfo=timezone.utc) for s in sent if s not in rejected
+                   for t in (s.ts, s.ts - timedelta(seconds=s.interval_s))}
     assert months == good_months, "usage landed in a month no good snapshot belongs to"
     # The GPUs whose clock jumped still have their latest good snapshot as state: later ones counted.
     latest = {g: max(s.ts for s in sent if s.gpu_uuid == g and s not in rejected) for g in gpus}
