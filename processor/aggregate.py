@@ -17,7 +17,9 @@ Per snapshot of a GPU with instances i (w_i = slices_i / total_slices, u_i = gr_
   util_alloc += Σ w_i·dt over instances with known u; simple mean (Σu_i/n)·dt over the
   snapshots that have at least one known u. MIG on with no instances adds alloc 0.
 - tenant (per GPU, so one processor writes each row): alloc/busy GPU-seconds per tenant;
-  unassigned instances under namespace '' and pod ''.
+  unassigned instances under namespace '' and pod ''. An instance shared by several pods
+  (``Instance.shares()``) bills each pod its share of dt; the instance row keeps its primary
+  tenant.
 
 The processor folds a batch at 1-minute grain only and derives 1h and 1d by merging the
 1-minute partials (:func:`rollup`), which is exact because merge is associative.
@@ -358,11 +360,13 @@ def fold_snapshot(snap: Snapshot, agg: Aggregates, width_s: int = GRAINS["1m"]) 
         else:
             isum.container = tenant.container
         isum.add(dt, w, u, metrics.fb_used_mib)
-        tkey = TenantKey(b, gpu, ns, pod)
-        tsum = tenants_d.get(tkey)
-        if tsum is None:
-            tsum = tenants_d[tkey] = TenantSums(cluster, model)
-        tsum.add(dt, w, u)
+        # Several pods on one instance: each is billed its share of the instance's time.
+        for owner, share in inst.shares():
+            tkey = TenantKey(b, gpu, owner.namespace, owner.pod)
+            tsum = tenants_d.get(tkey)
+            if tsum is None:
+                tsum = tenants_d[tkey] = TenantSums(cluster, model)
+            tsum.add(dt * share, w, u)
         alloc += w
         if u is not None:
             util_alloc += w

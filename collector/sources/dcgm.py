@@ -570,7 +570,12 @@ def _check_url(url: str) -> None:
 
 
 class DcgmSource:
-    """Reads every dcgm-exporter endpoint once per :meth:`read`; a failing one is counted and skipped."""
+    """Reads every dcgm-exporter endpoint once per :meth:`read`; a failing one is counted and skipped.
+
+    A GPU seen behind two endpoints in one round (a node URL and a service URL for the same
+    exporter) is published once, from the freshest reading; the others are counted as
+    ``duplicate_gpu`` and the URLs logged once.
+    """
 
     name = "dcgm"
 
@@ -585,6 +590,7 @@ class DcgmSource:
         max_bytes: int = 16 * 1024 * 1024,
         http_get: HttpGet | None = None,
         clock: Callable[[], datetime] | None = None,
+        exporter_pod: re.Pattern[str] | None = None,
     ) -> None:
         if not urls:
             raise ConfigError("the dcgm source needs at least one endpoint URL")
@@ -599,6 +605,8 @@ class DcgmSource:
         self._get: HttpGet = http_get or fetch_bounded
         self._clock = clock or (lambda: datetime.now(timezone.utc))
         self.stats = ReadStats()
+        self.memory = LayoutMemory()
+        self._targets = TargetFilter(exporter_pod=exporter_pod) if exporter_pod is not None else None
         self._pool: ThreadPoolExecutor | None = None
 
     def _fetch(self, url: str) -> tuple[datetime, bytes | Exception]:
@@ -634,7 +642,7 @@ class DcgmSource:
         before = self.stats.skipped.get("not_exposition", 0)
         snaps = parse_scrape(body.decode("utf-8", errors="replace"), cluster=self.cluster, ts=ts,
                              interval_s=self.interval_s, total_slices_overrides=self.total_slices_overrides,
-                             stats=self.stats)
+                             stats=self.stats, memory=self.memory, targets=self._targets)
         if self.stats.skipped.get("not_exposition", 0) > before:
             log.warning("dcgm endpoint %s did not return the Prometheus text format", shown)
             return None
@@ -652,17 +660,37 @@ class DcgmSource:
                 self._pool = ThreadPoolExecutor(max_workers=min(MAX_PARALLEL_FETCHES, len(self.urls)),
                                                 thread_name_prefix="dcgm-fetch")
             fetched = list(self._pool.map(self._fetch, self.urls))
-        out: list[Snapshot] = []
+        readings: list[tuple[str, Snapshot]] = []
         failed = 0
         for url, (ts, body) in zip(self.urls, fetched):
             snaps = self._parse_one(url, ts, body)
             if snaps is None:
                 failed += 1
             else:
-                out.extend(snaps)
+                readings.extend((url, snap) for snap in snaps)
         if failed == len(self.urls):
             raise SourceUnavailable(f"none of the {len(self.urls)} dcgm endpoints could be read")
-        return out
+        return self._once_per_gpu(readings)
+
+    def _once_per_gpu(self, readings: list[tuple[str, Snapshot]]) -> list[Snapshot]:
+        """One snapshot per GPU UUID: the freshest (the first endpoint's on a tie), in URL order."""
+        best: dict[str, tuple[str, Snapshot]] = {}
+        urls: dict[str, list[str]] = {}
+        for url, snap in readings:
+            urls.setdefault(snap.gpu_uuid, []).append(url)
+            have = best.get(snap.gpu_uuid)
+            if have is None or snap.ts > have[1].ts:
+                best[snap.gpu_uuid] = (url, snap)
+        for uuid, seen in urls.items():
+            if len(seen) > 1:
+                self.stats.skip("duplicate_gpu", len(seen) - 1)
+                shown = tuple(redact_url(u) for u in seen)
+                self.memory.tell_once(("duplicate_gpu", *shown),
+                                      "endpoints %s serve the same GPU (%s, and maybe more): each GPU is published "
+                                      "once per round, from the freshest reading; list each exporter once",
+                                      ", ".join(shown), uuid)
+        kept = {id(snap) for _, snap in best.values()}
+        return [snap for _, snap in readings if id(snap) in kept]
 
     def close(self) -> None:
         """Stop the fetch threads; connections are per request and already closed."""
