@@ -428,8 +428,10 @@ def _encodable(text: str) -> bool:
 
 
 def _check_shares(inst: Instance) -> None:
-    """A shared instance: two or more distinct assigned pods, shares in (0, 1] summing to 1, the
-    first being ``tenant`` (what a reader of ``tenant`` alone bills)."""
+    """A shared instance: two or more distinct assigned pods, shares in [0, 1] summing to 1, the
+    first being ``tenant`` (what a reader of ``tenant`` alone bills). A share may be 0: a pod
+    idle for the round when shares follow per-pod utilization stays listed, so the list (and
+    the primary tenant) does not change with load."""
     where = f"gi {inst.gi_id}"
     if len(inst.tenants) < 2:
         raise BadSnapshot(f"{where}: tenants lists {len(inst.tenants)} pod(s); a shared instance has 2 or more")
@@ -446,8 +448,8 @@ def _check_shares(inst: Instance) -> None:
         if key in seen:
             raise BadSnapshot(f"{where}: tenant {key[0]}/{key[1]} listed twice")
         seen.add(key)
-        if not (math.isfinite(ts.share) and 0.0 < ts.share <= 1.0):
-            raise BadSnapshot(f"{where}: share={ts.share} outside (0, 1]")
+        if not (math.isfinite(ts.share) and 0.0 <= ts.share <= 1.0):
+            raise BadSnapshot(f"{where}: share={ts.share} outside [0, 1]")
         total += ts.share
     if abs(total - 1.0) > SHARE_SUM_TOLERANCE:
         raise BadSnapshot(f"{where}: tenant shares add up to {total!r}, not 1")

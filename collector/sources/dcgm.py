@@ -12,7 +12,9 @@ metric"), so this module is mostly about deciding, row by row, what a labelled s
 - a MIG GPU reports one row per GPU instance (``GPU_I_ID``, ``GPU_I_PROFILE``); old exporters
   add a GPU-level row beside them, which must not be counted a second time;
 - several pods on one instance or GPU (time-slicing, ``--kubernetes-virtual-gpus``) each get a
-  copy of its series: the instance is shared, each pod billed an equal share;
+  copy of its series: the instance is shared, each pod billed an equal share, or a share in
+  proportion to its own ``DCGM_FI_DEV_GPU_UTIL`` where the exporter reports that per pod
+  (per-process utilization, dcgm-exporter 4.x on GPUs without MIG);
 - one round can garble a profile (``<<<NULL>>>``) or drop a MIG GPU's instance rows: with the
   source's :class:`LayoutMemory` the instance keeps its last known profile and the GPU stays
   in MIG mode, so a glitch is not a layout change;
@@ -49,6 +51,7 @@ from migmeter.settings import redact_url
 __all__ = [
     "METRIC_FIELDS",
     "MIG_MODE_METRIC",
+    "POD_UTIL_METRIC",
     "LabelledSample",
     "HttpGet",
     "LayoutMemory",
@@ -77,6 +80,11 @@ METRIC_FIELDS: Mapping[str, str] = {
 # 1 on a GPU in MIG mode: tells "MIG on, no instances yet" apart from "MIG off" when a GPU
 # has no GPU_I_ID rows at all. Optional: most exporter configs do not export it.
 MIG_MODE_METRIC = "DCGM_FI_DEV_MIG_MODE"
+# Percent 0..100. Read only to split a shared instance between its pods: with per-process
+# metrics (--kubernetes-virtual-gpus, GPUs without MIG) each pod's series holds its own
+# processes' SM utilization; older exporters copy the device's value to every pod, which
+# splits evenly, as it should.
+POD_UTIL_METRIC = "DCGM_FI_DEV_GPU_UTIL"
 _RATIO_FIELDS = frozenset({"gr_engine_active", "sm_active", "tensor_active", "dram_active"})
 
 # DCGM's profiling ratios overshoot 1.0 (or dip under 0) by rounding noise; within this band
@@ -190,6 +198,8 @@ class _Row:
     # (field, namespace, pod) already read: the same series twice is a duplicate; the same
     # field from another pod is that pod's copy of the instance's value.
     fed: set[tuple[str, str, str]] = field(default_factory=set)
+    # POD_UTIL_METRIC per (namespace, pod), summed over the pod's series.
+    pod_util: dict[tuple[str, str], float] = field(default_factory=dict)
 
 
 @dataclass
@@ -254,11 +264,18 @@ def _lowered(labels: Mapping[str, str], cache: dict[int, tuple[Mapping[str, str]
 
 
 def _feed(row: _Row, labels: Mapping[str, str], targets: TargetFilter | None, field_name: str | None,
-          value: float, stats: ReadStats) -> None:
+          value: float, stats: ReadStats, *, pod_util: bool = False) -> None:
     """One sample into its row: the pod it names, and its value unless already known."""
     tenant = _tenant(labels, targets)
     if tenant.assigned:
         row.tenants.setdefault((tenant.namespace, tenant.pod), tenant)
+    if pod_util:
+        if not (math.isfinite(value) and 0.0 <= value <= 100.0):
+            stats.skip("bad_value")
+        elif tenant.assigned:
+            key2 = (tenant.namespace, tenant.pod)
+            row.pod_util[key2] = row.pod_util.get(key2, 0.0) + value
+        return
     if field_name is None:
         return
     clean = _clean_value(field_name, value)
@@ -322,7 +339,7 @@ def _collect(samples: Iterable[LabelledSample], stats: ReadStats, targets: Targe
             if profile != row.profile and profile_slices(row.profile) is None:
                 row.profile = profile  # a later row of the GI may carry the readable name
         # The row exists (layout is known) even when it carries no metric we read.
-        _feed(row, labels, targets, field_name, value, stats)
+        _feed(row, labels, targets, field_name, value, stats, pod_util=upper == POD_UTIL_METRIC)
     return gpus
 
 
@@ -330,16 +347,26 @@ def _metrics(row: _Row) -> Metrics:
     return Metrics(**row.values)
 
 
+def _shares(row: _Row, pods: Sequence[Tenant]) -> list[float]:
+    """Each pod's share: its part of the per-pod utilization when every pod reports one and
+    they are not all 0, else equal."""
+    utils = [row.pod_util.get((t.namespace, t.pod)) for t in pods]
+    known = [u for u in utils if u is not None]
+    total = sum(known)
+    if len(known) == len(pods) and total > 0:
+        return [u / total for u in known]
+    return [1.0 / len(pods)] * len(pods)
+
+
 def _instance(gi_id: int, profile: str, slices: int, row: _Row) -> Instance:
-    """The instance of a row; several pods on it share it equally (sorted, so the primary
-    ``tenant`` does not flip with the order an exporter happens to list them in)."""
+    """The instance of a row; several pods on it share it (sorted, so the primary ``tenant``
+    does not flip with the order an exporter happens to list them in)."""
     pods = sorted(row.tenants.values(), key=lambda t: (t.namespace, t.pod, t.container))
     if len(pods) < 2:
         return Instance(gi_id=gi_id, profile=profile, slices=slices, metrics=_metrics(row),
                         tenant=pods[0] if pods else Tenant())
-    share = 1.0 / len(pods)
     return Instance(gi_id=gi_id, profile=profile, slices=slices, metrics=_metrics(row), tenant=pods[0],
-                    tenants=tuple(TenantShare(t, share) for t in pods))
+                    tenants=tuple(TenantShare(t, share) for t, share in zip(pods, _shares(row, pods))))
 
 
 def _is_mig(uuid: str, gpu: _Gpu, memory: LayoutMemory, stats: ReadStats) -> bool:
@@ -467,7 +494,7 @@ def _is_bad_line_ours(line: str) -> bool:
     # A line may start with "{" or spaces before it ("{", " {x}"): no name at all.
     head = line.split("{", 1)[0].split(None, 1)
     name = head[0].upper() if head else ""
-    return name in METRIC_FIELDS or name == MIG_MODE_METRIC
+    return name in METRIC_FIELDS or name in (MIG_MODE_METRIC, POD_UTIL_METRIC)
 
 
 def _samples_by_line(text: str, stats: ReadStats) -> Iterator[LabelledSample]:

@@ -36,6 +36,7 @@ from collector.sources.base import ReadStats
 from collector.sources.dcgm import (
     METRIC_FIELDS,
     MIG_MODE_METRIC,
+    POD_UTIL_METRIC,
     BodyTooLarge,
     HttpGet,
     LabelledSample,
@@ -53,7 +54,7 @@ log = logging.getLogger(__name__)
 
 # Every field the dcgm logic reads, in one selector: one request per chunk instead of seven.
 # Case-insensitive ((?i), RE2 syntax): some remote-write pipelines lower-case metric names.
-DCGM_SELECTOR = '{__name__=~"(?i)%s"}' % "|".join(sorted([*METRIC_FIELDS, MIG_MODE_METRIC]))
+DCGM_SELECTOR = '{__name__=~"(?i)%s"}' % "|".join(sorted([*METRIC_FIELDS, MIG_MODE_METRIC, POD_UTIL_METRIC]))
 # The labels of every scrape target that exported DCGM series: its ``up`` series.
 TARGETS_QUERY = f"up and on(job, instance) {DCGM_SELECTOR}"
 # Prometheus refuses a query_range over 11,000 points per series; stay under it.

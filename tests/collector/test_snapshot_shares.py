@@ -96,8 +96,8 @@ def _t(t: Tenant, share: Any) -> dict[str, Any]:
     ([_t(A, 1.0)], None, "2 or more"),
     ([_t(A, 0.5), _t(C, 0.4)], None, "add up to"),
     ([_t(A, 0.75), _t(C, 0.75)], None, "add up to"),
-    ([_t(A, 0.0), _t(C, 1.0)], None, "outside (0, 1]"),
-    ([_t(A, -0.5), _t(C, 1.5)], None, "outside (0, 1]"),
+    ([_t(A, -0.5), _t(C, 1.5)], None, "outside [0, 1]"),
+    ([_t(A, 0.5), _t(C, float("nan"))], None, "non-finite"),
     ([_t(A, "0.5"), _t(C, 0.5)], None, "finite number"),
     ([_t(A, True), _t(C, 0.5)], None, "finite number"),
     ([_t(A, 0.5), _t(A, 0.5)], None, "listed twice"),
@@ -119,6 +119,12 @@ def test_tenants_not_a_list_is_a_bad_snapshot() -> None:
     msg["instances"][0]["tenants"] = {"team-a/bert-0": 1.0}
     with pytest.raises(BadSnapshot, match="must be a list"):
         from_json(json.dumps(msg))
+
+
+def test_an_idle_pod_keeps_its_place_with_share_zero() -> None:
+    s = shared(TenantShare(A, 0.0), TenantShare(C, 1.0)).validate()
+    assert from_json(s.to_json()) == s
+    assert s.instances[0].shares() == ((A, 0.0), (C, 1.0))
 
 
 def test_seven_shares_of_one_seventh_are_whole() -> None:

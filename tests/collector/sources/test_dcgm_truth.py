@@ -183,6 +183,38 @@ def test_time_sliced_whole_gpu_is_shared_too() -> None:
     assert pseudo.metrics.gr_engine_active == 0.995630  # the GPU-level row
 
 
+def _gpu_util_row(value: str, extra: str) -> str:
+    """A GPU-level DCGM_FI_DEV_GPU_UTIL row (percent) in the reference's label style, for one pod."""
+    xid = next(ln for ln in gpu_rows() if ln.startswith("DCGM_FI_DEV_XID_ERRORS"))
+    (row,) = with_labels([xid.replace("DCGM_FI_DEV_XID_ERRORS", "DCGM_FI_DEV_GPU_UTIL")], extra)
+    return row.rsplit(" ", 1)[0] + f" {value}"
+
+
+@pytest.mark.parametrize("utils,shares", [
+    (("30", "10"), (0.75, 0.25)),  # per-process utilization (dcgm-exporter 4.x): 30/40 and 10/40
+    (("64", "64"), (0.5, 0.5)),    # older exporters copy the device's value to every pod: even
+    (("0", "25"), (0.0, 1.0)),     # an idle pod stays listed, billed nothing this round
+    (("0", "0"), (0.5, 0.5)),      # nobody busy: even
+])
+def test_per_pod_utilization_splits_a_time_sliced_gpu(utils: tuple[str, str], shares: tuple[float, float]) -> None:
+    pods = ('pod="a-0",namespace="ns",container="c",vgpu="0"', 'pod="b-0",namespace="ns",container="c",vgpu="1"')
+    rows = [with_labels(gpu_rows(), p) for p in pods]
+    body = text(*rows, *(_gpu_util_row(u, p) for u, p in zip(utils, pods)))
+    stats = ReadStats()
+    (s,) = parse(body, stats)
+    (pseudo,) = s.instances
+    assert [(t.tenant.pod, t.share) for t in pseudo.tenants] == [("a-0", shares[0]), ("b-0", shares[1])]
+    assert pseudo.metrics.gr_engine_active == 0.995630  # utilization of the GPU is still the device's
+    assert stats.skipped == {}
+
+
+def test_per_pod_utilization_missing_for_one_pod_splits_evenly() -> None:
+    pods = ('pod="a-0",namespace="ns",container="c"', 'pod="b-0",namespace="ns",container="c"')
+    body = text(*(with_labels(gpu_rows(), p) for p in pods), _gpu_util_row("30", pods[0]))
+    (s,) = parse(body)
+    assert [t.share for t in s.instances[0].tenants] == [0.5, 0.5]
+
+
 def test_one_pod_and_unassigned_copies_bill_the_pod_alone() -> None:
     body = text(gpu_rows(), gi_rows(), with_labels(gi_rows(), 'pod="bert-0",namespace="team-a",container="t"'))
     (s,) = parse(body)
