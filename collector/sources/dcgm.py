@@ -178,13 +178,17 @@ class LayoutMemory:
 
     profiles: dict[tuple[str, int], str] = field(default_factory=dict)
     mig: dict[str, bool] = field(default_factory=dict)
-    # What was already logged, so a GPU that stays broken does not log every round.
+    # What was already logged, so a GPU that stays broken logs once per episode, not every round.
     told: set[tuple[str, ...]] = field(default_factory=set)
 
     def tell_once(self, key: tuple[str, ...], message: str, *args: object) -> None:
         if key not in self.told:
             self.told.add(key)
             log.warning(message, *args)
+
+    def healed(self, key: tuple[str, ...]) -> None:
+        """The condition logged under ``key`` is over: log it again if it comes back."""
+        self.told.discard(key)
 
 
 @dataclass
@@ -373,6 +377,7 @@ def _is_mig(uuid: str, gpu: _Gpu, memory: LayoutMemory, stats: ReadStats) -> boo
     """MIG mode: instance rows or DCGM_FI_DEV_MIG_MODE say so; without either, what the GPU was."""
     if gpu.instances or gpu.mig_mode is not None:
         mig = bool(gpu.instances) or bool(gpu.mig_mode)
+        memory.healed(("mig_rows_missing", uuid))
     else:
         mig = memory.mig.get(uuid, False)
         if mig:
@@ -392,13 +397,15 @@ def _mig_instances(uuid: str, gpu: _Gpu, memory: LayoutMemory, stats: ReadStats)
         profile = row.profile
         slices = profile_slices(profile)
         key = (uuid, gi_id)
+        told = ("unknown_profile", uuid, str(gi_id))
         if slices is not None:
             memory.profiles[key] = profile
+            memory.healed(told)
         else:
             known = memory.profiles.get(key)
             if known is None:
                 stats.skip("unknown_profile")
-                memory.tell_once(("unknown_profile", uuid, str(gi_id), profile),
+                memory.tell_once(told,
                                  "GPU %s GI %d: profile %r has no readable Ng size and none was seen before: "
                                  "instance not metered this round (counted as unknown_profile)",
                                  uuid, gi_id, profile[:64])

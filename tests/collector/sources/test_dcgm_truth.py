@@ -116,6 +116,15 @@ def test_every_shipped_tenant_label_spelling(labels: str, tenant: Tenant) -> Non
     assert instances(s) == [(13, "1g.5gb", 1, tenant)]
 
 
+def test_old_label_names_left_empty_on_an_unassigned_gi() -> None:
+    # dcgm-exporter 3.x with old names, as quoted in NVIDIA/dcgm-exporter#272: lower-case metric
+    # names, a `uuid` label and empty pod labels on a GI no pod holds.
+    rows = [_lower_names(ln).replace(',gpu_i_id="13",', ',gpu_i_id="13",container_name="",pod_name="",pod_namespace="",')
+            for ln in gi_rows()]
+    (s,) = parse(text(rows))
+    assert instances(s) == [(13, "1g.5gb", 1, Tenant())] and s.instances[0].metrics == GI_METRICS
+
+
 def test_lower_case_hostname_uuid_and_gi_labels() -> None:
     body = REFERENCE.replace("Hostname=", "hostname=").replace("UUID=", "uuid=").replace(
         "GPU_I_PROFILE=", "gpu_i_profile=").replace("GPU_I_ID=", "gpu_i_id=")
@@ -284,6 +293,14 @@ def test_mig_gpu_losing_its_gi_rows_for_a_round_stays_mig(caplog: pytest.LogCapt
     # GI 13 missing for two rounds is destroyed and created (the GPU really showed no GI), but
     # the GPU never left MIG mode: no mig_disabled/mig_enabled, no pseudo-instance.
     assert _events(snaps) == [("destroyed", 13), ("created", 13)]
+
+
+def test_missing_gi_rows_are_said_again_after_they_came_back(caplog: pytest.LogCaptureFixture) -> None:
+    memory = LayoutMemory()
+    with caplog.at_level(logging.WARNING):
+        for k, body in enumerate([REFERENCE, text(gpu_rows()), REFERENCE, text(gpu_rows()), text(gpu_rows())]):
+            parse(body, memory=memory, ts=TS + timedelta(seconds=15 * k))
+    assert len([r for r in caplog.records if "stays in MIG mode" in r.getMessage()]) == 2  # two episodes
 
 
 def test_mig_mode_field_zero_says_mig_is_off() -> None:
