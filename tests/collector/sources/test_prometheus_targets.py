@@ -28,7 +28,7 @@ import pytest
 
 from collector.snapshot import Tenant
 from collector.sources.prometheus import PrometheusSource
-from tests.collector.sources.test_prometheus import _IN_CI, _free_port, _wait_ready
+from tests.collector.sources.test_prometheus import _IN_CI, running_prometheus
 
 REFERENCE = (Path(__file__).parent / "dcgm_reference" / "01-a100-40gb-gpu-plus-gi-nvidia-docs.prom").read_text()
 UUID = "GPU-34319582-d595-d1c7-d1d2-179bcfa61660"
@@ -36,8 +36,9 @@ UUID = "GPU-34319582-d595-d1c7-d1d2-179bcfa61660"
 JOB_UUID = {"dcgm-honor-false": UUID[:-1] + "1", "dcgm-honor-true": UUID[:-1] + "2"}
 WORKLOAD = Tenant("team-a", "bert-0", "trainer")
 TARGET = {"namespace": "gpu-operator", "pod": "nvidia-dcgm-exporter-7xk2p", "container": "nvidia-dcgm-exporter"}
-# Scrapes each job must have stored before the backfill reads (at 1 s per scrape).
-MIN_SCRAPES = 3
+# Scrapes each job must have stored before the backfill reads (at 1 s per scrape): the
+# backfill reads the last 3 whole seconds, so its first step lies well after the first scrape.
+MIN_SCRAPES = 6
 STORED_WAIT_S = 90
 
 
@@ -130,26 +131,11 @@ def scraped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scraped]:
     work = tmp_path_factory.mktemp("prometheus-targets")
     config = work / "prometheus.yml"
     config.write_text(prometheus_config(exporter.server_address[1]))
-    port = _free_port()
-    log = work / "prometheus.log"
-    with log.open("wb") as log_fh:
-        proc = subprocess.Popen(
-            [prometheus, f"--config.file={config}", f"--storage.tsdb.path={work / 'tsdb'}",
-             f"--web.listen-address=127.0.0.1:{port}"],
-            stdout=log_fh, stderr=subprocess.STDOUT,
-        )
     try:
-        base = f"http://127.0.0.1:{port}"
-        _wait_ready(base, proc, log)
-        _wait_stored(base, proc, log)
-        yield Scraped(base)
+        with running_prometheus(prometheus, work, config, work / "tsdb") as (base, proc, log):
+            _wait_stored(base, proc, log)
+            yield Scraped(base)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
         exporter.shutdown()
         exporter.server_close()
         serving.join()
