@@ -42,9 +42,10 @@ WIRE_VERSION = 1
 # attack or a bug, and must not be parsed into memory.
 MAX_MESSAGE_BYTES = 256 * 1024
 MAX_INSTANCES = 64
-# Pods sharing one instance (time-slicing replicas, MPS clients): device plugins offer tens of
-# replicas per GPU at most; a longer list is garbage, not a layout.
-MAX_TENANTS = 64
+# Pods sharing one instance (time-slicing replicas, MPS clients): sites configure tens of
+# replicas per GPU; 256 leaves room (about 25 KiB of JSON, well under MAX_MESSAGE_BYTES) while a
+# longer list is garbage, not a layout.
+MAX_TENANTS = 256
 # Shares of one instance must add up to 1 within float rounding (1/3 + 1/3 + 1/3 is exact, 1/7
 # seven times is not): the instance's time is billed once, split, never more or less.
 SHARE_SUM_TOLERANCE = 1e-9

@@ -105,7 +105,7 @@ def _t(t: Tenant, share: Any) -> dict[str, Any]:
     ([_t(A, 0.5), _t(C, 0.5)], {"namespace": "team-b", "pod": "etl-3", "container": "worker"}, "first entry"),
     ([_t(A, 0.5), {"namespace": "team-b", "pod": "etl-3"}], None, "missing field 'share'"),
     ([_t(A, 0.5), "team-b/etl-3"], None, "must be objects"),
-    ([_t(Tenant("ns", f"p-{i}"), 1 / 65) for i in range(65)], None, "over the limit"),
+    ([_t(Tenant("ns", f"p-{i}"), 1 / 257) for i in range(257)], None, "over the limit"),
 ])
 def test_inconsistent_sharing_is_a_bad_snapshot(tenants: list[dict[str, Any]], tenant: dict[str, str] | None,
                                                 reason: str) -> None:
