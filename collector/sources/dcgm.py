@@ -170,13 +170,13 @@ class TargetFilter:
 class LayoutMemory:
     """What one source saw in earlier rounds, so a one-round glitch is not a layout change.
 
-    ``profiles``: the last readable profile of each (GPU UUID, GI id), used when a round
-    reports the GI with an unreadable one (``<<<NULL>>>``). ``mig``: whether each GPU was in
+    ``profiles``: the last readable profile (and its slices) of each (GPU UUID, GI id), used when
+    a round reports the GI with an unreadable one (``<<<NULL>>>``). ``mig``: whether each GPU was in
     MIG mode, so a MIG GPU whose instance rows are missing for a round stays in MIG mode
     unless the source says MIG is off. Bounded by the fleet: at most 7 GIs per GPU.
     """
 
-    profiles: dict[tuple[str, int], str] = field(default_factory=dict)
+    profiles: dict[tuple[str, int], tuple[str, int]] = field(default_factory=dict)
     mig: dict[str, bool] = field(default_factory=dict)
     # What was already logged, so a GPU that stays broken logs once per episode, not every round.
     told: set[tuple[str, ...]] = field(default_factory=set)
@@ -277,8 +277,8 @@ def _feed(row: _Row, labels: Mapping[str, str], targets: TargetFilter | None, fi
         if not (math.isfinite(value) and 0.0 <= value <= 100.0):
             stats.skip("bad_value")
         elif tenant.assigned:
-            key2 = (tenant.namespace, tenant.pod)
-            row.pod_util[key2] = row.pod_util.get(key2, 0.0) + value
+            pod_key = (tenant.namespace, tenant.pod)
+            row.pod_util[pod_key] = row.pod_util.get(pod_key, 0.0) + value
         return
     if field_name is None:
         return
@@ -339,9 +339,13 @@ def _collect(samples: Iterable[LabelledSample], stats: ReadStats, targets: Targe
             row = gpu.gpu_row
         else:
             profile = labels.get(_PROFILE_LABEL, "").strip()
-            row = gpu.instances.get(gi) or gpu.instances.setdefault(gi, _Row(profile=profile))
-            if profile != row.profile and profile_slices(row.profile) is None:
-                row.profile = profile  # a later row of the GI may carry the readable name
+            have = gpu.instances.get(gi)
+            if have is None:
+                row = gpu.instances[gi] = _Row(profile=profile)
+            else:
+                row = have
+                if profile != row.profile and profile_slices(row.profile) is None:
+                    row.profile = profile  # a later row of the GI may carry the readable name
         # The row exists (layout is known) even when it carries no metric we read.
         _feed(row, labels, targets, field_name, value, stats, pod_util=upper == POD_UTIL_METRIC)
     return gpus
@@ -399,7 +403,7 @@ def _mig_instances(uuid: str, gpu: _Gpu, memory: LayoutMemory, stats: ReadStats)
         key = (uuid, gi_id)
         told = ("unknown_profile", uuid, str(gi_id))
         if slices is not None:
-            memory.profiles[key] = profile
+            memory.profiles[key] = (profile, slices)
             memory.healed(told)
         else:
             known = memory.profiles.get(key)
@@ -411,8 +415,7 @@ def _mig_instances(uuid: str, gpu: _Gpu, memory: LayoutMemory, stats: ReadStats)
                                  uuid, gi_id, profile[:64])
                 continue
             stats.skip("garbled_profile")  # the GI keeps its last known profile and slices
-            profile, slices = known, profile_slices(known)
-            assert slices is not None  # only readable profiles are remembered
+            profile, slices = known
         instances.append(_instance(gi_id, profile, slices, row))
     return instances
 
