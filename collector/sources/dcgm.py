@@ -8,7 +8,7 @@ metric"), so this module is mostly about deciding, row by row, what a labelled s
   and some pipelines lower-case metric and label names: both are matched case-insensitively;
 - behind a Prometheus the scrape target's own labels (the exporter pod's ``namespace``/``pod``/
   ``container``) sit beside the workload's, which become ``exported_*`` without
-  ``honor_labels``: :class:`TargetFilter` tells the exporter's pod from a workload's;
+  ``honor_labels``: :mod:`collector.sources.labels` tells the exporter's pod from a workload's;
 - a MIG GPU reports one row per GPU instance (``GPU_I_ID``, ``GPU_I_PROFILE``); old exporters
   add a GPU-level row beside them, which must not be counted a second time;
 - several pods on one instance or GPU (time-slicing, ``--kubernetes-virtual-gpus``) each get a
@@ -45,6 +45,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from collector.slices import profile_slices, total_slices_for_model
 from collector.snapshot import FULL_GPU_GI_ID, Instance, Metrics, Snapshot, Tenant, TenantShare
 from collector.sources.base import ReadStats
+from collector.sources.labels import LabelCase, TargetFilter, tenant_of
 from migmeter.errors import BadSnapshot, ConfigError, SourceUnavailable
 from migmeter.settings import redact_url
 
@@ -55,7 +56,6 @@ __all__ = [
     "LabelledSample",
     "HttpGet",
     "LayoutMemory",
-    "TargetFilter",
     "BodyTooLarge",
     "snapshots_from_samples",
     "parse_scrape",
@@ -121,49 +121,9 @@ _GI_LABEL = "gpu_i_id"
 _PROFILE_LABEL = "gpu_i_profile"
 _MODEL_LABEL = "modelname"
 _INDEX_LABEL = "gpu"
-# (namespace, pod, container) label names, first group with a workload pod wins. exported_*
-# first: behind a Prometheus without honor_labels they are the exporter's own labels, and the
-# plain names are the scrape target's. The old exporter names (pod_name, ...) come before the
-# plain ones for the same reason: a target label is never spelled pod_name by kube-prometheus.
-_TENANT_GROUPS = (
-    ("exported_namespace", "exported_pod", "exported_container"),
-    ("exported_pod_namespace", "exported_pod_name", "exported_container_name"),
-    ("pod_namespace", "pod_name", "container_name"),
-    ("namespace", "pod", "container"),
-)
-
 
 class BodyTooLarge(Exception):
     """An endpoint sent more than ``max_bytes``; the body is discarded, not parsed."""
-
-
-@dataclass(frozen=True)
-class TargetFilter:
-    """Tells the pod of the scrape target (the exporter itself) from a workload's pod.
-
-    Behind a Prometheus whose scrape config attaches target labels (kube-prometheus
-    ServiceMonitor/PodMonitor), every series carries the exporter pod's ``namespace``/``pod``/
-    ``container``: beside the workload's ``exported_*`` labels (``honor_labels: false``) or on
-    their own when the instance has no workload (both settings). ``targets`` maps a series'
-    (``job``, ``instance``) to the label sets of that target's ``up`` series, which carry
-    exactly the target's labels: a pod label equal to the target's is the exporter's, not a
-    tenant. ``exporter_pod`` is for sites whose relabelling differs: a pod name it matches in
-    full is the exporter's.
-    """
-
-    targets: Mapping[tuple[str, str], Sequence[Mapping[str, str]]] = field(default_factory=dict)
-    exporter_pod: re.Pattern[str] | None = None
-
-    def is_exporter(self, labels: Mapping[str, str], ns_label: str, pod_label: str) -> bool:
-        """Whether ``labels[pod_label]`` (label names lower-cased) names the scrape target's pod."""
-        pod = labels.get(pod_label, "")
-        if self.exporter_pod is not None and self.exporter_pod.fullmatch(pod):
-            return True
-        ns = labels.get(ns_label, "")
-        for target in self.targets.get((labels.get("job", ""), labels.get("instance", "")), ()):
-            if target.get(pod_label) == pod and target.get(ns_label, ns) == ns:
-                return True
-        return False
 
 
 @dataclass
@@ -229,18 +189,6 @@ def _clean_value(field_name: str, value: float) -> float | None:
     return None
 
 
-def _tenant(labels: Mapping[str, str], targets: TargetFilter | None) -> Tenant:
-    """The workload pod a sample names (label names lower-cased), or unassigned."""
-    for ns_label, pod_label, container_label in _TENANT_GROUPS:
-        if not labels.get(pod_label):
-            continue
-        if targets is not None and targets.is_exporter(labels, ns_label, pod_label):
-            continue
-        return Tenant(namespace=labels.get(ns_label, ""), pod=labels[pod_label],
-                      container=labels.get(container_label, ""))
-    return Tenant()
-
-
 def _gi_id(labels: Mapping[str, str]) -> int | None:
     """The GI id, or None for a GPU-level row; ValueError for a label that is not an id."""
     raw = labels.get(_GI_LABEL, "").strip()
@@ -256,21 +204,10 @@ def _labels_too_long(labels: Mapping[str, str]) -> bool:
     return any(len(v) > _MAX_LABEL_CHARS for v in labels.values())
 
 
-def _lowered(labels: Mapping[str, str], cache: dict[int, tuple[Mapping[str, str], dict[str, str]]]) -> dict[str, str]:
-    """Label names lower-cased, once per labels object (a Prometheus series shares one across
-    its points; the cache holds the object, so its id cannot be reused while cached)."""
-    hit = cache.get(id(labels))
-    if hit is not None:
-        return hit[1]
-    low = {k.lower(): v for k, v in labels.items()}
-    cache[id(labels)] = (labels, low)
-    return low
-
-
 def _feed(row: _Row, labels: Mapping[str, str], targets: TargetFilter | None, field_name: str | None,
           value: float, stats: ReadStats, *, pod_util: bool = False) -> None:
     """One sample into its row: the pod it names, and its value unless already known."""
-    tenant = _tenant(labels, targets)
+    tenant = tenant_of(labels, targets)
     if tenant.assigned:
         row.tenants.setdefault((tenant.namespace, tenant.pod), tenant)
     if pod_util:
@@ -299,11 +236,11 @@ def _feed(row: _Row, labels: Mapping[str, str], targets: TargetFilter | None, fi
 def _collect(samples: Iterable[LabelledSample], stats: ReadStats, targets: TargetFilter | None) -> dict[str, _Gpu]:
     """Group samples by GPU UUID and GI id, keeping the first good value of each field."""
     gpus: dict[str, _Gpu] = {}
-    cache: dict[int, tuple[Mapping[str, str], dict[str, str]]] = {}
+    case = LabelCase()
     for name, raw_labels, value in samples:
         upper = name.upper()
         field_name = METRIC_FIELDS.get(upper)
-        labels = _lowered(raw_labels, cache)
+        labels = case.lowered(raw_labels)
         uuid = labels.get(_UUID_LABEL, "")
         if not uuid:
             if field_name is not None:

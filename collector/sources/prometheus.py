@@ -16,7 +16,7 @@ the workload's own labels arrive as ``exported_*`` (``honor_labels: false``) or 
 (``true``), and an instance without a workload keeps only the exporter's. Each chunk
 therefore also reads the ``up`` series of the targets that exported DCGM series: ``up``
 carries exactly a target's labels, and a pod label equal to its target's is the exporter's,
-never a tenant (:class:`collector.sources.dcgm.TargetFilter`). No configuration is needed;
+never a tenant (:class:`collector.sources.labels.TargetFilter`). No configuration is needed;
 ``exporter_pod`` (a regex) covers sites whose relabelling makes ``up`` differ.
 """
 
@@ -41,10 +41,10 @@ from collector.sources.dcgm import (
     HttpGet,
     LabelledSample,
     LayoutMemory,
-    TargetFilter,
     fetch_bounded,
     snapshots_from_samples,
 )
+from collector.sources.labels import TargetFilter
 from migmeter.errors import ConfigError, SourceUnavailable
 from migmeter.settings import redact_url
 

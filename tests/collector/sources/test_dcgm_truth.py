@@ -22,7 +22,8 @@ from collector.publish import InMemoryPublisher
 from collector.run import run_loop
 from collector.snapshot import FULL_GPU_GI_ID, Metrics, Snapshot, Tenant, TenantShare, from_json
 from collector.sources.base import ReadStats
-from collector.sources.dcgm import DcgmSource, LayoutMemory, TargetFilter, parse_scrape
+from collector.sources.dcgm import DcgmSource, LayoutMemory, parse_scrape
+from collector.sources.labels import TargetFilter
 from processor.fold import BatchFold
 
 REFERENCE = (Path(__file__).parent / "dcgm_reference" / "01-a100-40gb-gpu-plus-gi-nvidia-docs.prom").read_text()
