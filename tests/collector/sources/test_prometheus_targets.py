@@ -4,9 +4,10 @@ A local HTTP endpoint serves exporter text built from the NVIDIA docs scrape in
 ``dcgm_reference/`` (GI 13 assigned to a workload pod, a copy of it as GI 5 with no pod). A
 private ``prometheus`` scrapes it every second in two jobs, each adding the exporter pod's
 ``namespace``/``pod``/``container`` as target labels, one with ``honor_labels: false`` and one
-with ``true`` (each job sees its own GPU UUID so the two stay apart). The backfill then reads
-what Prometheus stored: the workload pod must be GI 13's tenant and GI 5 unassigned, in both
-jobs, with no configuration (the ``up`` series carry the target labels).
+with ``true``, and a third job whose ``metric_relabel_configs`` lower-case the metric names
+(as some pipelines do); each job sees its own GPU UUID so they stay apart. The backfill then
+reads what Prometheus stored: the workload pod must be GI 13's tenant and GI 5 unassigned, in
+every job, with no configuration (the ``up`` series carry the target labels).
 """
 
 from __future__ import annotations
@@ -33,7 +34,16 @@ from tests.collector.sources.test_prometheus import _IN_CI, running_prometheus
 REFERENCE = (Path(__file__).parent / "dcgm_reference" / "01-a100-40gb-gpu-plus-gi-nvidia-docs.prom").read_text()
 UUID = "GPU-34319582-d595-d1c7-d1d2-179bcfa61660"
 # One GPU per job: the reference GPU's UUID with the last digit changed.
-JOB_UUID = {"dcgm-honor-false": UUID[:-1] + "1", "dcgm-honor-true": UUID[:-1] + "2"}
+JOB_UUID = {"dcgm-honor-false": UUID[:-1] + "1", "dcgm-honor-true": UUID[:-1] + "2",
+            "dcgm-lowercase": UUID[:-1] + "3"}
+# honor_labels per job, and the metric relabelling that lower-cases names (Prometheus >= 2.36).
+JOB_HONOR = {"dcgm-honor-false": "false", "dcgm-honor-true": "true", "dcgm-lowercase": "false"}
+LOWERCASE = """
+    metric_relabel_configs:
+      - source_labels: [__name__]
+        target_label: __name__
+        action: lowercase"""
+GR = '{__name__=~"(?i)DCGM_FI_PROF_GR_ENGINE_ACTIVE"'  # a selector for either spelling (open brace)
 WORKLOAD = Tenant("team-a", "bert-0", "trainer")
 TARGET = {"namespace": "gpu-operator", "pod": "nvidia-dcgm-exporter-7xk2p", "container": "nvidia-dcgm-exporter"}
 # Scrapes each job must have stored before the backfill reads (at 1 s per scrape): the
@@ -59,7 +69,7 @@ def exporter_text(uuid: str) -> str:
 
 def prometheus_config(port: int) -> str:
     jobs = []
-    for job, honor in (("dcgm-honor-false", "false"), ("dcgm-honor-true", "true")):
+    for job, honor in JOB_HONOR.items():
         labels = "".join(f"\n          {k}: {v}" for k, v in TARGET.items())
         jobs.append(f"""  - job_name: {job}
     honor_labels: {honor}
@@ -68,7 +78,7 @@ def prometheus_config(port: int) -> str:
     metrics_path: /{job}
     static_configs:
       - targets: ["127.0.0.1:{port}"]
-        labels:{labels}""")
+        labels:{labels}{LOWERCASE if job == "dcgm-lowercase" else ""}""")
     return "global:\n  scrape_interval: 1s\nscrape_configs:\n" + "\n".join(jobs) + "\n"
 
 
@@ -87,15 +97,16 @@ def _query(base: str, promql: str) -> list[dict[str, object]]:
 
 
 def _wait_stored(base: str, proc: subprocess.Popen[bytes], log: Path) -> None:
-    """Until both jobs have MIN_SCRAPES scrapes of the GI series stored."""
+    """Until every job has MIN_SCRAPES scrapes of the GI series stored."""
     deadline = time.monotonic() + STORED_WAIT_S
-    promql = 'min(count_over_time(DCGM_FI_PROF_GR_ENGINE_ACTIVE{GPU_I_ID="5"}[5m]))'
-    promql_jobs = 'count(count by (job) (DCGM_FI_PROF_GR_ENGINE_ACTIVE{GPU_I_ID="5"}))'
+    promql = f'min(count_over_time({GR},GPU_I_ID="5"}}[5m]))'
+    promql_jobs = f'count(count by (job) ({GR},GPU_I_ID="5"}}))'
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             pytest.fail(f"prometheus exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
         fewest, jobs = _query(base, promql), _query(base, promql_jobs)
-        if fewest and jobs and float(fewest[0]["value"][1]) >= MIN_SCRAPES and float(jobs[0]["value"][1]) == 2:  # type: ignore[index]
+        if fewest and jobs and float(fewest[0]["value"][1]) >= MIN_SCRAPES and \
+                float(jobs[0]["value"][1]) == len(JOB_UUID):  # type: ignore[index]
             return
         time.sleep(0.5)
     pytest.fail(f"prometheus stored fewer than {MIN_SCRAPES} scrapes per job in {STORED_WAIT_S}s:\n"
@@ -148,19 +159,23 @@ def _backfill(base: str) -> PrometheusSource:
                             end=datetime.fromtimestamp(end, tz=timezone.utc), step_s=1, cluster="lab")
 
 
-@pytest.mark.parametrize("job,exported", [("dcgm-honor-false", True), ("dcgm-honor-true", False)])
+@pytest.mark.parametrize("job,exported", [("dcgm-honor-false", True), ("dcgm-honor-true", False),
+                                          ("dcgm-lowercase", True)])
 def test_the_stored_series_carry_the_exporters_pod(scraped: Scraped, job: str, exported: bool) -> None:
     # The premise: what Prometheus stored is the confusing shape the backfill must untangle.
-    (gi5,) = _query(scraped.base, f'DCGM_FI_PROF_GR_ENGINE_ACTIVE{{job="{job}",GPU_I_ID="5"}}')
-    (gi13,) = _query(scraped.base, f'DCGM_FI_PROF_GR_ENGINE_ACTIVE{{job="{job}",GPU_I_ID="13"}}')
+    (gi5,) = _query(scraped.base, f'{GR},job="{job}",GPU_I_ID="5"}}')
+    (gi13,) = _query(scraped.base, f'{GR},job="{job}",GPU_I_ID="13"}}')
     assert {k: gi5["metric"].get(k) for k in TARGET} == TARGET  # type: ignore[attr-defined]
+    lower = job == "dcgm-lowercase"
+    assert gi13["metric"]["__name__"] == ("dcgm_fi_prof_gr_engine_active" if lower  # type: ignore[index]
+                                          else "DCGM_FI_PROF_GR_ENGINE_ACTIVE")
     if exported:  # honor_labels: false: the workload's labels renamed, the target's beside them
         assert gi13["metric"]["exported_pod"] == "bert-0" and gi13["metric"]["pod"] == TARGET["pod"]  # type: ignore[index]
     else:  # honor_labels: true: the workload's labels won
         assert gi13["metric"]["pod"] == "bert-0" and "exported_pod" not in gi13["metric"]  # type: ignore[index,operator]
 
 
-@pytest.mark.parametrize("job", ["dcgm-honor-false", "dcgm-honor-true"])
+@pytest.mark.parametrize("job", sorted(JOB_UUID))
 def test_backfill_bills_the_workload_and_not_the_exporter(scraped: Scraped, job: str) -> None:
     src = _backfill(scraped.base)
     snaps = [s for s in src.read() if s.gpu_uuid == JOB_UUID[job]]
