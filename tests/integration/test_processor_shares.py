@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+
 import psycopg
 import pytest
 
@@ -22,8 +24,11 @@ def test_pods_sharing_a_gi_are_each_billed_a_third(kafka_bootstrap, new_topic, f
     # GPU is metered 30 s in the bucket at 0 s); GI 2 (2g) unassigned.
     snaps = [mig(at(t), [shared, inst(2, "2g.20gb", 0.2)]) for t in (30, 45)]
     produce(kafka_bootstrap, topic, snaps)
-    run_until_idle(config(kafka_bootstrap, fresh_db, topic))
-    assert stored_offsets_total(fresh_db)[1] == 2  # both merged
+    # A consumer group of its own: a group shared with other runs on the same broker rebalances
+    # whenever one of them joins or leaves, whatever topic it reads.
+    group = f"shares-{uuid.uuid4().hex[:8]}"
+    run_until_idle(config(kafka_bootstrap, fresh_db, topic, group=group))
+    assert stored_offsets_total(fresh_db, group)[1] == 2  # both merged
     with psycopg.connect(fresh_db) as conn:
         tenants = conn.execute("SELECT namespace, pod, sum(seconds), sum(alloc_gpu_seconds), sum(busy_gpu_seconds) "
                                "FROM tenant_usage_1d GROUP BY namespace, pod ORDER BY namespace, pod").fetchall()
