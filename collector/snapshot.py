@@ -7,7 +7,8 @@ diffing two consecutive snapshots of the same GPU.
 
 Decoding is strict where a wrong value would corrupt chargeback (version, ratios, slices,
 timestamps) and lenient where it cannot (unknown fields are ignored, so producers may add
-fields without breaking older processors).
+fields without breaking older processors). The optional per-instance ``tenants`` list (pods
+sharing an instance, with their shares) is such an addition: older readers bill ``tenant``.
 """
 
 from __future__ import annotations
