@@ -5,7 +5,7 @@ A local HTTP endpoint serves exporter text built from the NVIDIA docs scrape in
 private ``prometheus`` scrapes it every second in two jobs, each adding the exporter pod's
 ``namespace``/``pod``/``container`` as target labels, one with ``honor_labels: false`` and one
 with ``true``, and a third job whose ``metric_relabel_configs`` lower-case the metric names
-(as some pipelines do); each job sees its own GPU UUID so they stay apart. The backfill then
+(as some pipelines do) and is named like a ServiceMonitor's job; each job sees its own GPU UUID so they stay apart. The backfill then
 reads what Prometheus stored: the workload pod must be GI 13's tenant and GI 5 unassigned, in
 every job, with no configuration (the ``up`` series carry the target labels).
 """
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import http.server
 import json
+import re
 import shutil
 import subprocess
 import threading
@@ -28,16 +29,18 @@ from pathlib import Path
 import pytest
 
 from collector.snapshot import Tenant
-from collector.sources.prometheus import PrometheusSource
+from collector.sources.prometheus import PrometheusSource, targets_query
 from tests.collector.sources.test_prometheus import _IN_CI, running_prometheus
 
 REFERENCE = (Path(__file__).parent / "dcgm_reference" / "01-a100-40gb-gpu-plus-gi-nvidia-docs.prom").read_text()
 UUID = "GPU-34319582-d595-d1c7-d1d2-179bcfa61660"
 # One GPU per job: the reference GPU's UUID with the last digit changed.
+# The third job is named as a kube-prometheus ServiceMonitor names its jobs (slashes included).
+LOWER_JOB = "serviceMonitor/gpu-operator/nvidia-dcgm-exporter/0"
 JOB_UUID = {"dcgm-honor-false": UUID[:-1] + "1", "dcgm-honor-true": UUID[:-1] + "2",
-            "dcgm-lowercase": UUID[:-1] + "3"}
+            LOWER_JOB: UUID[:-1] + "3"}
 # honor_labels per job, and the metric relabelling that lower-cases names (Prometheus >= 2.36).
-JOB_HONOR = {"dcgm-honor-false": "false", "dcgm-honor-true": "true", "dcgm-lowercase": "false"}
+JOB_HONOR = {"dcgm-honor-false": "false", "dcgm-honor-true": "true", LOWER_JOB: "false"}
 LOWERCASE = """
     metric_relabel_configs:
       - source_labels: [__name__]
@@ -71,14 +74,14 @@ def prometheus_config(port: int) -> str:
     jobs = []
     for job, honor in JOB_HONOR.items():
         labels = "".join(f"\n          {k}: {v}" for k, v in TARGET.items())
-        jobs.append(f"""  - job_name: {job}
+        jobs.append(f"""  - job_name: "{job}"
     honor_labels: {honor}
     scrape_interval: 1s
     scrape_timeout: 1s
     metrics_path: /{job}
     static_configs:
       - targets: ["127.0.0.1:{port}"]
-        labels:{labels}{LOWERCASE if job == "dcgm-lowercase" else ""}""")
+        labels:{labels}{LOWERCASE if job == LOWER_JOB else ""}""")
     return "global:\n  scrape_interval: 1s\nscrape_configs:\n" + "\n".join(jobs) + "\n"
 
 
@@ -160,13 +163,13 @@ def _backfill(base: str) -> PrometheusSource:
 
 
 @pytest.mark.parametrize("job,exported", [("dcgm-honor-false", True), ("dcgm-honor-true", False),
-                                          ("dcgm-lowercase", True)])
+                                          (LOWER_JOB, True)])
 def test_the_stored_series_carry_the_exporters_pod(scraped: Scraped, job: str, exported: bool) -> None:
     # The premise: what Prometheus stored is the confusing shape the backfill must untangle.
     (gi5,) = _query(scraped.base, f'{GR},job="{job}",GPU_I_ID="5"}}')
     (gi13,) = _query(scraped.base, f'{GR},job="{job}",GPU_I_ID="13"}}')
     assert {k: gi5["metric"].get(k) for k in TARGET} == TARGET  # type: ignore[attr-defined]
-    lower = job == "dcgm-lowercase"
+    lower = job == LOWER_JOB
     assert gi13["metric"]["__name__"] == ("dcgm_fi_prof_gr_engine_active" if lower  # type: ignore[index]
                                           else "DCGM_FI_PROF_GR_ENGINE_ACTIVE")
     if exported:  # honor_labels: false: the workload's labels renamed, the target's beside them
@@ -189,3 +192,14 @@ def test_backfill_bills_the_workload_and_not_the_exporter(scraped: Scraped, job:
         ]
         assert [i.metrics.gr_engine_active for i in s.instances] == [0.25, 0.995687]
     assert src.stats.skipped == {}
+
+
+@pytest.mark.parametrize("jobs", [{"dcgm"}, {LOWER_JOB, "dcgm-honor-true"}, {'odd"job', "back\\slash", "a.b|c"}])
+def test_targets_query_selects_exactly_these_jobs(jobs: set[str]) -> None:
+    query = targets_query(jobs)
+    m = re.fullmatch(r'up\{job=~"((?:[^"\\]|\\.)*)"\}', query)
+    assert m, query
+    # Undo the PromQL string escapes (\\ and \"), then the regex must match each job and only them.
+    regex = re.sub(r'\\(.)', r"\1", m.group(1))
+    assert all(re.fullmatch(regex, job) for job in jobs)
+    assert not any(re.fullmatch(regex, other) for other in ("dcgm-x", "a.bXc", "xdcgm", "odd"))
