@@ -45,6 +45,7 @@ log = logging.getLogger("migmeter.collector")
 
 ENV_CLUSTER = "MIGMETER_CLUSTER"
 ENV_SPOOL_DIR = "MIGMETER_SPOOL_DIR"
+ENV_EXPORTER_POD = "MIGMETER_EXPORTER_POD"
 SOURCES = ("dcgm", "nvml", "prometheus", "simulate")
 # dcgm-exporter refreshes its fields every 30 s by default and Prometheus commonly scrapes
 # every 15-30 s; 15 s matches a typical scrape so the warehouse sees what Prometheus sees.
@@ -91,6 +92,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--total-slices", action="append", default=[], metavar="MODEL=N",
         help="compute slices of a GPU model the built-in table lacks (MODEL matches as a substring "
         "of the model name, N in 1..8), repeatable; e.g. --total-slices 'RTX PRO 6000=4'",
+    )
+    g.add_argument(
+        "--exporter-pod", default=os.environ.get(ENV_EXPORTER_POD) or None, metavar="REGEX",
+        help="dcgm/prometheus: pod names (full match) that are the exporter's own, never a tenant, e.g. "
+        f"'nvidia-dcgm-exporter-.*' (env {ENV_EXPORTER_POD}). Not needed behind a Prometheus whose `up` "
+        "series carry the target labels (kube-prometheus): those are recognised without it",
     )
     g.add_argument(
         "--scrape-timeout", type=_positive_float, default=None, metavar="S",
@@ -230,6 +237,13 @@ def _make_source(args: argparse.Namespace, overrides: dict[str, int] | None) -> 
         raise ConfigError("--start applies to the prometheus and simulate sources only")
     module = _import_source(name)
     common: dict[str, Any] = {"cluster": args.cluster, "total_slices_overrides": overrides}
+    exporter_pod = _exporter_pod(args.exporter_pod)
+    if name in ("dcgm", "prometheus"):
+        if exporter_pod is not None:
+            common["exporter_pod"] = exporter_pod
+    elif args.exporter_pod and args.exporter_pod != os.environ.get(ENV_EXPORTER_POD):
+        # Given on the command line (the site-wide env variable is fine for every source).
+        raise ConfigError("--exporter-pod applies to the dcgm and prometheus sources only")
     if name == "dcgm":
         if not args.url:
             raise ConfigError("--source dcgm needs at least one --url (http(s)://HOST:9400/metrics or file:PATH)")
@@ -259,6 +273,15 @@ def _make_source(args: argparse.Namespace, overrides: dict[str, int] | None) -> 
         seed=args.seed, hosts=args.hosts, gpus_per_host=args.gpus_per_host, cluster=args.cluster,
         interval_s=args.interval, **kw,
     ), args.speed
+
+
+def _exporter_pod(pattern: str | None) -> re.Pattern[str] | None:
+    if not pattern:
+        return None
+    try:
+        return re.compile(pattern)
+    except re.error as exc:
+        raise ConfigError(f"--exporter-pod {pattern!r} is not a valid regular expression: {exc}") from None
 
 
 def _import_source(name: str) -> Any:

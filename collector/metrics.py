@@ -167,7 +167,9 @@ class CollectorMetrics:
             "migmeter_collector_scrape_errors", "Rounds in which the source could read nothing.", ["source"], registry=r
         )
         self.skipped = Counter(
-            "migmeter_collector_skipped_values", "Values the source skipped, by reason.", ["source", "reason"],
+            "migmeter_collector_skipped_values",
+            "Values, rows, instances or snapshots the source skipped or repaired, by reason (e.g. bad_value, "
+            "unknown_profile, garbled_profile, mig_rows_missing, duplicate_gpu).", ["source", "reason"],
             registry=r,
         )
         self.spool_depth = Gauge("migmeter_collector_spool_depth", "Snapshots waiting in the spool.", registry=r)

@@ -1,8 +1,9 @@
 """Compute slices: how much of a GPU a MIG instance is, without any table of profile names.
 
 Real exporters report profile names a lookup table would miss (``7g.79gb``, ``1g.18gb+me``,
-``1c.3g.40gb``, ``<<<NULL>>>``), so the slice count comes from the ``Ng`` part of the name
-and the GPU's total from its model (A30 and RTX PRO 6000 Blackwell: 4; every other MIG GPU: 7),
+``1c.3g.40gb``, ``<<<NULL>>>``), and pipelines decorate them (``MIG 1g.10gb``,
+``nvidia.com/mig-3g.40gb``, ``[2g.20gb]``, upper case), so the slice count comes from the
+``Ng.Mgb`` token wherever it stands in the name, and the GPU's total from its model (A30 and RTX PRO 6000 Blackwell: 4; every other MIG GPU: 7),
 overridable per model because new boards appear faster than releases.
 """
 
@@ -17,13 +18,15 @@ DEFAULT_TOTAL_SLICES = 7
 # Substrings of a model name (upper-cased, spaces/dashes ignored) whose GPUs have 4 compute slices.
 _FOUR_SLICE_MODELS = ("A30", "RTXPRO6000", "RTXPRO5000", "RTXPRO4500")
 
-# "3g.40gb", "1g.18gb+me", "1c.3g.40gb" (compute-instance profile: the GI part is "3g").
-_PROFILE_RE = re.compile(r"(?:^|\.)(\d+)g\.\d+(?:\.\d+)?gb", re.IGNORECASE)
+# The "Ng.Mgb" token anywhere in the name: "3g.40gb", "1g.18gb+me", "1g.23.5gb", "MIG 1g.10gb",
+# "mig-3g.40gb", "[2g.20gb]", "1C.3G.40GB" (compute-instance profile: the first token is the GI's
+# "3g", the "1c." before it is not one). Not preceded by a digit, so "11g.10gb" is not read as 1g.
+_PROFILE_RE = re.compile(r"(?<![0-9])([0-9]+)g\.[0-9]+(?:\.[0-9]+)?gb", re.IGNORECASE)
 
 
 def profile_slices(profile: str) -> int | None:
     """Compute slices of a GI profile name, or None when the name carries none (``<<<NULL>>>``)."""
-    m = _PROFILE_RE.search(profile.strip())
+    m = _PROFILE_RE.search(profile)
     if not m:
         return None
     n = int(m.group(1))

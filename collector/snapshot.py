@@ -7,7 +7,8 @@ diffing two consecutive snapshots of the same GPU.
 
 Decoding is strict where a wrong value would corrupt chargeback (version, ratios, slices,
 timestamps) and lenient where it cannot (unknown fields are ignored, so producers may add
-fields without breaking older processors).
+fields without breaking older processors). The optional per-instance ``tenants`` list (pods
+sharing an instance, with their shares) is such an addition: older readers bill ``tenant``.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ __all__ = [
     "RATIO_FIELDS",
     "Metrics",
     "Tenant",
+    "TenantShare",
     "Instance",
     "Snapshot",
     "from_json",
@@ -41,6 +43,13 @@ WIRE_VERSION = 1
 # attack or a bug, and must not be parsed into memory.
 MAX_MESSAGE_BYTES = 256 * 1024
 MAX_INSTANCES = 64
+# Pods sharing one instance (time-slicing replicas, MPS clients): sites configure tens of
+# replicas per GPU; 256 leaves room (about 25 KiB of JSON, well under MAX_MESSAGE_BYTES) while a
+# longer list is garbage, not a layout.
+MAX_TENANTS = 256
+# Shares of one instance must add up to 1 within float rounding (1/3 + 1/3 + 1/3 is exact, 1/7
+# seven times is not): the instance's time is billed once, split, never more or less.
+SHARE_SUM_TOLERANCE = 1e-9
 # A scrape interval beyond a day would make one sample cover days of chargeback.
 MAX_INTERVAL_S = 86_400.0
 # Integer fields land in PostgreSQL ``integer`` columns (gpu_index, gi_id, ...).
@@ -81,8 +90,21 @@ class Tenant:
 
 
 @dataclass(frozen=True, slots=True)
+class TenantShare:
+    """One of several pods sharing an instance, and the fraction of its time billed to it."""
+
+    tenant: Tenant
+    share: float
+
+
+@dataclass(frozen=True, slots=True)
 class Instance:
-    """One GPU instance (GI), or the whole GPU as a pseudo-instance when MIG is off."""
+    """One GPU instance (GI), or the whole GPU as a pseudo-instance when MIG is off.
+
+    ``tenants`` is empty when one tenant (or nobody) holds the instance; when several pods
+    share it, it lists each with its share (summing to 1) and ``tenant`` is the first of them,
+    so a reader that knows only ``tenant`` still sees a real pod of the instance.
+    """
 
     gi_id: int
     profile: str
@@ -92,6 +114,13 @@ class Instance:
     sm_count: int | None = None
     mem_total_mib: float | None = None
     placement_start: int | None = None
+    tenants: tuple[TenantShare, ...] = ()
+
+    def shares(self) -> tuple[tuple[Tenant, float], ...]:
+        """Who is billed for this instance's time, and which fraction: ((tenant, share), ...)."""
+        if not self.tenants:
+            return ((self.tenant, 1.0),)
+        return tuple((t.tenant, t.share) for t in self.tenants)
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {
@@ -105,6 +134,9 @@ class Instance:
             v = getattr(self, k)
             if v is not None:
                 d[k] = v
+        if self.tenants:
+            d["tenants"] = [{"namespace": t.tenant.namespace, "pod": t.tenant.pod, "container": t.tenant.container,
+                             "share": t.share} for t in self.tenants]
         return d
 
 
@@ -276,6 +308,8 @@ def _fast_num(v: Any) -> Any:
 
 
 def _instance_fast(raw: dict[str, Any]) -> Instance | None:
+    if "tenants" in raw:
+        return None  # a shared instance: rare, decoded by the checked path
     gi_id, profile, slices = raw.get("gi_id"), raw.get("profile"), raw.get("slices")
     if type(gi_id) is not int or type(slices) is not int or type(profile) is not str or len(profile) > 256:
         return None
@@ -309,11 +343,7 @@ def _instance_checked(raw: Any) -> Instance:
     if not isinstance(metrics_raw, dict) or not isinstance(tenant_raw, dict):
         raise BadSnapshot("instance metrics/tenant must be objects")
     metrics = Metrics(**{k: _number(metrics_raw, k, optional=True) for k in RATIO_FIELDS + _MIB_FIELDS})
-    tenant = Tenant(
-        namespace=_opt_str(tenant_raw, "namespace"),
-        pod=_opt_str(tenant_raw, "pod"),
-        container=_opt_str(tenant_raw, "container"),
-    )
+    tenant = _tenant_of(tenant_raw)
     return Instance(
         gi_id=_int(raw, "gi_id"),
         profile=_req(raw, "profile", str),
@@ -323,7 +353,28 @@ def _instance_checked(raw: Any) -> Instance:
         sm_count=_opt_int(raw, "sm_count"),
         mem_total_mib=_number(raw, "mem_total_mib", optional=True),
         placement_start=_opt_int(raw, "placement_start"),
+        tenants=_tenant_shares(raw.get("tenants")),
     )
+
+
+def _tenant_of(raw: dict[str, Any]) -> Tenant:
+    return Tenant(namespace=_opt_str(raw, "namespace"), pod=_opt_str(raw, "pod"), container=_opt_str(raw, "container"))
+
+
+def _tenant_shares(raw: Any) -> tuple[TenantShare, ...]:
+    """The optional ``tenants`` list; its consistency with ``tenant`` is checked with the snapshot."""
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        raise BadSnapshot("instance tenants must be a list")
+    if len(raw) > MAX_TENANTS:
+        raise BadSnapshot(f"{len(raw)} tenants on one instance, over the limit of {MAX_TENANTS}")
+    out = []
+    for item in raw:
+        if not isinstance(item, dict):
+            raise BadSnapshot("instance tenants must be objects")
+        out.append(TenantShare(_tenant_of(item), float(_number(item, "share"))))
+    return tuple(out)
 
 
 def _opt_str(obj: dict[str, Any], key: str) -> str:
@@ -349,8 +400,9 @@ def _text_fields(s: Snapshot) -> list[tuple[str, str]]:
     named = [("source", s.source), ("cluster", s.cluster), ("host", s.host), ("gpu_uuid", s.gpu_uuid),
              ("gpu_model", s.gpu_model)]
     for inst in s.instances:
-        t = inst.tenant
-        named += [("profile", inst.profile), ("namespace", t.namespace), ("pod", t.pod), ("container", t.container)]
+        named.append(("profile", inst.profile))
+        for t in (inst.tenant, *(ts.tenant for ts in inst.tenants)):
+            named += [("namespace", t.namespace), ("pod", t.pod), ("container", t.container)]
     return named
 
 
@@ -375,6 +427,34 @@ def _encodable(text: str) -> bool:
     except UnicodeEncodeError:
         return False
     return True
+
+
+def _check_shares(inst: Instance) -> None:
+    """A shared instance: two or more distinct assigned pods, shares in [0, 1] summing to 1, the
+    first being ``tenant`` (what a reader of ``tenant`` alone bills). A share may be 0: a pod
+    idle for the round when shares follow per-pod utilization stays listed, so the list (and
+    the primary tenant) does not change with load."""
+    where = f"gi {inst.gi_id}"
+    if len(inst.tenants) < 2:
+        raise BadSnapshot(f"{where}: tenants lists {len(inst.tenants)} pod(s); a shared instance has 2 or more")
+    if len(inst.tenants) > MAX_TENANTS:
+        raise BadSnapshot(f"{where}: {len(inst.tenants)} tenants, over the limit of {MAX_TENANTS}")
+    if inst.tenants[0].tenant != inst.tenant:
+        raise BadSnapshot(f"{where}: tenant must be the first entry of tenants")
+    seen: set[tuple[str, str]] = set()
+    total = 0.0
+    for ts in inst.tenants:
+        key = (ts.tenant.namespace, ts.tenant.pod)
+        if not ts.tenant.assigned:
+            raise BadSnapshot(f"{where}: a tenants entry has no namespace or pod")
+        if key in seen:
+            raise BadSnapshot(f"{where}: tenant {key[0]}/{key[1]} listed twice")
+        seen.add(key)
+        if not (math.isfinite(ts.share) and 0.0 <= ts.share <= 1.0):
+            raise BadSnapshot(f"{where}: share={ts.share} outside [0, 1]")
+        total += ts.share
+    if abs(total - 1.0) > SHARE_SUM_TOLERANCE:
+        raise BadSnapshot(f"{where}: tenant shares add up to {total!r}, not 1")
 
 
 def _check_snapshot(s: Snapshot) -> None:
@@ -416,6 +496,8 @@ def _check_snapshot(s: Snapshot) -> None:
             value = getattr(inst.metrics, name)
             if value is not None and value < 0:
                 raise BadSnapshot(f"gi {inst.gi_id}: {name}={value} is negative")
+        if inst.tenants:
+            _check_shares(inst)
     if used > s.total_slices:
         raise BadSnapshot(f"instances use {used} slices, more than the GPU's {s.total_slices}")
     if not s.mig_enabled:

@@ -23,7 +23,9 @@ u_i = gr_engine_active):
   a batch: backfill filling a hole written by an earlier batch); capacity = seconds +
   unmetered_seconds.
 - tenant (per GPU, so one processor writes each row): alloc/busy GPU-seconds per tenant;
-  unassigned instances under namespace '' and pod ''.
+  unassigned instances under namespace '' and pod ''. An instance shared by several pods
+  (``Instance.shares()``) bills each pod its share of dt; the instance row keeps its primary
+  tenant.
 
 Unknown utilization stays unknown: allocated time without a value is out of the numerator
 and the denominator of every utilization (weighted, whole-GPU, simple); all unknown -> None.
@@ -400,11 +402,13 @@ def fold_snapshot(snap: Snapshot, agg: Aggregates, parts: Sequence[tuple[int, fl
             else:
                 isum.container = tenant.container
             isum.add(dt, w, u, fb, n)
-            tkey = TenantKey(b, gpu, ns, pod)
-            tsum = tenants_d.get(tkey)
-            if tsum is None:
-                tsum = tenants_d[tkey] = TenantSums(cluster, model)
-            tsum.add(dt, w, u, n)
+            # Several pods on one instance: each is billed its share of the instance's time.
+            for owner, share in inst.shares():
+                tkey = TenantKey(b, gpu, owner.namespace, owner.pod)
+                tsum = tenants_d.get(tkey)
+                if tsum is None:
+                    tsum = tenants_d[tkey] = TenantSums(cluster, model)
+                tsum.add(dt * share, w, u, n)
         alloc += w
         if u is not None:
             util_alloc += w

@@ -19,13 +19,23 @@ from collector.slices import profile_slices, total_slices_for_model, weight
         ("4g.24gb", 4),
         ("2g.35gb", 2),
         ("1g.23.5gb", 1),
+        # The Ng token wherever it stands: prefixes, suffixes, wrapping characters, case.
+        ("MIG 1g.10gb", 1),
+        ("1g.12gb+me", 1),
+        ("nvidia.com/mig-3g.40gb", 3),
+        ("[2g.20gb]", 2),
+        ('"4g.40gb"', 4),
+        ("MIG-1G.10GB", 1),
+        (" 7g.80gb ", 7),
+        ("1g.10gb (GI 13)", 1),
     ],
 )
 def test_slices_from_ng_prefix(profile: str, slices: int) -> None:
     assert profile_slices(profile) == slices
 
 
-@pytest.mark.parametrize("profile", ["<<<NULL>>>", "", "full", "9g.80gb", "ERROR - FAILED TO CONVERT TO STRING"])
+@pytest.mark.parametrize("profile", ["<<<NULL>>>", "", "full", "9g.80gb", "ERROR - FAILED TO CONVERT TO STRING",
+                                     "11g.10gb", "0g.5gb", "1g"])
 def test_names_without_slices(profile: str) -> None:
     assert profile_slices(profile) is None
 

@@ -295,11 +295,13 @@ def test_device_wide_fields_are_never_read_or_summed() -> None:
 
 
 def test_duplicate_series_keep_the_first_value() -> None:
+    # The same series twice (one pod): the first value stands, the second is counted.
     stats = ReadStats()
     text = lines(gi_row("DCGM_FI_PROF_GR_ENGINE_ACTIVE", "0.5", 1, "3g.40gb", extra=',pod="a",namespace="n"'),
-                 gi_row("DCGM_FI_PROF_GR_ENGINE_ACTIVE", "0.5", 1, "3g.40gb", extra=',pod="b",namespace="n"'))
+                 gi_row("DCGM_FI_PROF_GR_ENGINE_ACTIVE", "0.7", 1, "3g.40gb", extra=',pod="a",namespace="n"'))
     (s,) = parse(text, stats)
-    assert s.instances[0].tenant.pod == "a"
+    assert (s.instances[0].tenant.pod, s.instances[0].tenants) == ("a", ())
+    assert s.instances[0].metrics.gr_engine_active == 0.5
     assert stats.skipped == {"duplicate_sample": 1}
 
 

@@ -16,6 +16,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -138,6 +139,31 @@ def _wait_ready(base: str, proc: subprocess.Popen[bytes], log: Path) -> None:
     pytest.fail(f"prometheus not ready after {READY_WAIT_S}s:\n{log.read_text()[-3000:]}")
 
 
+@contextmanager
+def running_prometheus(prometheus: str, work: Path, config: Path, tsdb: Path,
+                       *flags: str) -> Iterator[tuple[str, subprocess.Popen[bytes], Path]]:
+    """A private ``prometheus`` on a free loopback port, ready: (base URL, process, log file)."""
+    port = _free_port()
+    log = work / "prometheus.log"
+    with log.open("wb") as log_fh:
+        proc = subprocess.Popen(
+            [prometheus, f"--config.file={config}", f"--storage.tsdb.path={tsdb}",
+             f"--web.listen-address=127.0.0.1:{port}", *flags],
+            stdout=log_fh, stderr=subprocess.STDOUT,
+        )
+    try:
+        base = f"http://127.0.0.1:{port}"
+        _wait_ready(base, proc, log)
+        yield base, proc, log
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 @dataclass(frozen=True)
 class Server:
     base: str
@@ -162,25 +188,8 @@ def prometheus_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Serv
                    check=True, capture_output=True, timeout=120)
     config = work / "prometheus.yml"
     config.write_text("global:\n  scrape_interval: 1h\n")
-    port = _free_port()
-    log = work / "prometheus.log"
-    with log.open("wb") as log_fh:
-        proc = subprocess.Popen(
-            [prometheus, f"--config.file={config}", f"--storage.tsdb.path={tsdb}",
-             "--storage.tsdb.retention.time=3650d", f"--web.listen-address=127.0.0.1:{port}"],
-            stdout=log_fh, stderr=subprocess.STDOUT,
-        )
-    try:
-        base = f"http://127.0.0.1:{port}"
-        _wait_ready(base, proc, log)
+    with running_prometheus(str(prometheus), work, config, tsdb, "--storage.tsdb.retention.time=3650d") as (base, _, _):
         yield Server(base, t0)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def source(server: Server, **kw: object) -> PrometheusSource:
