@@ -17,7 +17,7 @@ import psycopg
 
 from migmeter import settings
 from migmeter.errors import ConfigError, MigmeterError
-from processor import plot, reports
+from processor import focus, plot, reports
 from processor.render import FORMATS, Report, render
 
 __all__ = ["configure", "run"]
@@ -54,6 +54,21 @@ def configure(parser: argparse.ArgumentParser) -> None:
     when.add_argument("--from", dest="start", help="with --to: list the layout at --from and the changes until --to")
     la.add_argument("--to", dest="end", help="end of the period, exclusive")
     common(la)
+
+    fo = sub.add_parser("focus", help="FinOps FOCUS 1.2 dataset of one month: a charge per day, GPU instance and tenant")
+    fo.add_argument("--month", required=True, help="YYYY-MM")
+    fo.add_argument("--format", choices=("csv", "parquet"), default="csv",
+                    help="csv (default, to stdout or --output) or parquet (needs --output and migmeter[parquet])")
+    fo.add_argument("--output", type=Path, metavar="FILE", help="write here instead of stdout")
+    defaults = focus.FocusIdentity()
+    fo.add_argument("--provider-name", default=defaults.provider_name,
+                    help=f"ProviderName/PublisherName/InvoiceIssuerName (default {defaults.provider_name!r})")
+    fo.add_argument("--billing-account-id", default=defaults.billing_account_id,
+                    help=f"BillingAccountId (default {defaults.billing_account_id!r})")
+    fo.add_argument("--billing-account-name", default=defaults.billing_account_name,
+                    help=f"BillingAccountName (default {defaults.billing_account_name!r})")
+    fo.add_argument("--database-url", help="PostgreSQL URL (default: $MIGMETER_DATABASE_URL or the local stack)")
+    fo.add_argument("--cluster", help="only this cluster (the collectors' --cluster); default all")
 
     idle = sub.add_parser("idle", help="allocated-but-unused slice-hours per tenant and GPU, most idle first")
     idle.add_argument("--month", required=True, help="YYYY-MM")
@@ -123,7 +138,31 @@ def _dispatch(conn: psycopg.Connection[object], args: argparse.Namespace) -> int
         at = reports.parse_time(args.at) if args.at else datetime.now(timezone.utc)
         _emit(reports.layout_at(conn, args.gpu, at), args.format)
         return 0
+    if args.report == "focus":
+        return _focus(conn, args)
     if args.report == "idle":
         _emit(reports.idle_capacity(conn, reports.parse_month(args.month), cluster=args.cluster, top=args.top), args.format)
         return 0
     raise ConfigError(f"unknown report {args.report!r}")
+
+
+def _focus(conn: psycopg.Connection[object], args: argparse.Namespace) -> int:
+    if args.format == "parquet" and args.output is None:
+        raise ConfigError("--format parquet needs --output FILE.parquet")
+    identity = focus.FocusIdentity(
+        provider_name=args.provider_name, publisher_name=args.provider_name, invoice_issuer_name=args.provider_name,
+        billing_account_id=args.billing_account_id, billing_account_name=args.billing_account_name,
+    )
+    dataset = focus.export(conn, reports.parse_month(args.month), identity, cluster=args.cluster)
+    if args.format == "parquet":
+        focus.write_parquet(dataset, args.output)
+    elif args.output is not None:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(focus.csv_text(dataset))
+    else:
+        focus.write_csv(dataset, sys.stdout)
+    where = f" to {args.output}" if args.output else ""
+    print(f"FOCUS {focus.FOCUS_VERSION}: {len(dataset.rows)} rows{where}", file=sys.stderr)
+    for note in dataset.notes:
+        print(note, file=sys.stderr)
+    return 0
