@@ -329,7 +329,26 @@ def _report(url: str, cfg: DemoConfig, result: DemoResult, echo: Callable[[str],
     echo(f"[demo] {rec.describe()}")
     echo(f"[demo] published {result.published:,}, processed {result.processed:,} records"
          f" ({result.dead_letters} dead letters)")
+    _finops(url, cfg, result, echo)
     echo("[demo] wrote " + ", ".join(str(p) for p in result.outputs))
+
+
+def _finops(url: str, cfg: DemoConfig, result: DemoResult, echo: Callable[[str], None]) -> None:
+    """FinOps outputs (issue 14): the FOCUS dataset of each month, and its first charge."""
+    from processor import focus
+
+    with psycopg.connect(url) as conn:
+        conn.read_only = True
+        for month in result.months:
+            dataset = focus.export(conn, month, cluster=result.cluster)
+            path = cfg.out_dir / f"focus-{month:%Y-%m}.csv"
+            path.write_text(focus.csv_text(dataset))
+            result.outputs.append(path)
+            echo(f"[demo] FOCUS {focus.FOCUS_VERSION} {month:%Y-%m}: {len(dataset.rows)} rows; " + "; ".join(dataset.notes))
+            if dataset.rows:
+                first = dataset.rows[0]
+                echo(f"[demo]   e.g. {first['ChargeDescription']}: {first['PricingQuantity']:.3f} GPU-Hours,"
+                     f" BilledCost {first['BilledCost']:.2f} {first['BillingCurrency']}")
 
 
 def _day_floor(ts: datetime) -> datetime:
