@@ -17,7 +17,7 @@ import psycopg
 
 from migmeter import settings
 from migmeter.errors import ConfigError, MigmeterError
-from processor import focus, plot, reports
+from processor import focus, plot, profile_pricing, reports
 from processor.render import FORMATS, Report, render
 
 __all__ = ["configure", "run"]
@@ -35,6 +35,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     cb.add_argument("--month", required=True, help="YYYY-MM")
     cb.add_argument("--by", choices=sorted(reports.CHARGEBACK_BY), default="namespace", help="namespace (default) or pod")
     cb.add_argument("--plot", type=Path, metavar="FILE.png", help="also draw allocated GPU-hours per day and tenant")
+    cb.add_argument("--pricing", choices=("gpu", "profile"), default="gpu",
+                    help="gpu (default): slices/total of the GPU-hour price; profile: profile prices, then the"
+                         " model's share rule, with a (not covered) line (`migmeter price set --profile`, `price rule`)")
     common(cb)
 
     ut = sub.add_parser("utilization", help="simple, weighted, whole-GPU utilization and allocation over time")
@@ -93,6 +96,11 @@ def run(args: argparse.Namespace) -> int:
 def _dispatch(conn: psycopg.Connection[object], args: argparse.Namespace) -> int:
     if args.report == "chargeback":
         month = reports.parse_month(args.month)
+        if args.pricing == "profile":
+            if args.by != "namespace":
+                raise ConfigError("--pricing profile reports by namespace only")
+            _emit(profile_pricing.chargeback(conn, month, cluster=args.cluster), args.format)
+            return 0
         report = reports.chargeback(conn, month, by=args.by, cluster=args.cluster)
         _emit(report, args.format)
         if args.plot:

@@ -20,8 +20,9 @@ READER_VIEWS = [
     "chargeback_reconciliation_daily", "chargeback_reconciliation_monthly", "gpu_usage_hours_1h",
     "gpu_usage_hours_1d", "gpu_utilization_1h", "gpu_utilization_1d", "layout_history", "layout_changes",
     "idle_capacity_daily", "idle_capacity_monthly", "gpu_prices", "focus_usage_daily",
+    "gpu_profile_prices", "gpu_share_rules",
 ]
-FORBIDDEN_TABLES = ["sink_offsets", "gpu_state", "dead_letters", "prices", "tenant_usage_1d", "gpu_usage_1h",
+FORBIDDEN_TABLES = ["sink_offsets", "gpu_state", "dead_letters", "prices", "profile_prices", "share_rules", "tenant_usage_1d", "gpu_usage_1h",
                     "instance_intervals", "layout_events"]
 
 
