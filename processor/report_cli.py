@@ -17,7 +17,7 @@ import psycopg
 
 from migmeter import settings
 from migmeter.errors import ConfigError, MigmeterError
-from processor import focus, plot, profile_pricing, reports
+from processor import focus, plot, profile_pricing, reports, rightsize
 from processor.render import FORMATS, Report, render
 
 __all__ = ["configure", "run"]
@@ -72,6 +72,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
                     help=f"BillingAccountName (default {defaults.billing_account_name!r})")
     fo.add_argument("--database-url", help="PostgreSQL URL (default: $MIGMETER_DATABASE_URL or the local stack)")
     fo.add_argument("--cluster", help="only this cluster (the collectors' --cluster); default all")
+
+    rs = sub.add_parser("rightsize", help="per workload: utilization p50/p95/max, peak memory, smallest profile that fits")
+    rs.add_argument("--month", required=True, help="YYYY-MM")
+    rs.add_argument("--headroom", type=float, default=rightsize.DEFAULT_HEADROOM,
+                    help=f"margin above p95 compute and peak memory (default {rightsize.DEFAULT_HEADROOM})")
+    common(rs)
 
     idle = sub.add_parser("idle", help="allocated-but-unused slice-hours per tenant and GPU, most idle first")
     idle.add_argument("--month", required=True, help="YYYY-MM")
@@ -148,6 +154,10 @@ def _dispatch(conn: psycopg.Connection[object], args: argparse.Namespace) -> int
         return 0
     if args.report == "focus":
         return _focus(conn, args)
+    if args.report == "rightsize":
+        month = reports.parse_month(args.month)
+        _emit(rightsize.rightsize(conn, month, cluster=args.cluster, headroom=args.headroom), args.format)
+        return 0
     if args.report == "idle":
         _emit(reports.idle_capacity(conn, reports.parse_month(args.month), cluster=args.cluster, top=args.top), args.format)
         return 0
