@@ -334,8 +334,9 @@ def _report(url: str, cfg: DemoConfig, result: DemoResult, echo: Callable[[str],
 
 
 def _finops(url: str, cfg: DemoConfig, result: DemoResult, echo: Callable[[str], None]) -> None:
-    """FinOps outputs (issue 14): the FOCUS dataset of each month, and its first charge."""
-    from processor import focus
+    """FinOps outputs (issue 14): per month the FOCUS dataset and its first charge, the right-sizing excerpt."""
+    from processor import focus, rightsize
+    from processor.render import Report, render
 
     with psycopg.connect(url) as conn:
         conn.read_only = True
@@ -349,6 +350,16 @@ def _finops(url: str, cfg: DemoConfig, result: DemoResult, echo: Callable[[str],
                 first = dataset.rows[0]
                 echo(f"[demo]   e.g. {first['ChargeDescription']}: {first['PricingQuantity']:.3f} GPU-Hours,"
                      f" BilledCost {first['BilledCost']:.2f} {first['BillingCurrency']}")
+            sizing = rightsize.rightsize(conn, month, cluster=result.cluster)
+            path = cfg.out_dir / f"rightsize-{month:%Y-%m}.csv"
+            path.write_text(render(sizing, "csv"))
+            result.outputs.append(path)
+            keep = ("namespace", "pod", "profile", "p95_util_pct", "peak_fb_mib", "recommended", "saving_per_month")
+            idx = [i for i, c in enumerate(sizing.columns) if c.name in keep]
+            excerpt = Report(sizing.title + " (excerpt)", tuple(sizing.columns[i] for i in idx),
+                             tuple(tuple(r[i] for i in idx) for r in sizing.rows[:5]), sizing.notes[:1])
+            echo("")
+            echo(render(excerpt, "table").rstrip())
 
 
 def _day_floor(ts: datetime) -> datetime:
