@@ -17,7 +17,7 @@ import psycopg
 
 from migmeter import settings
 from migmeter.errors import ConfigError, MigmeterError
-from processor import focus, plot, profile_pricing, reports, rightsize
+from processor import focus, plot, profile_pricing, reports, rightsize, stranded
 from processor.render import FORMATS, Report, render
 
 __all__ = ["configure", "run"]
@@ -78,6 +78,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     rs.add_argument("--headroom", type=float, default=rightsize.DEFAULT_HEADROOM,
                     help=f"margin above p95 compute and peak memory (default {rightsize.DEFAULT_HEADROOM})")
     common(rs)
+
+    st = sub.add_parser("stranded", help="unallocated MIG slices: hostable by the most requested profile vs stranded")
+    st.add_argument("--month", required=True, help="YYYY-MM")
+    common(st)
 
     idle = sub.add_parser("idle", help="allocated-but-unused slice-hours per tenant and GPU, most idle first")
     idle.add_argument("--month", required=True, help="YYYY-MM")
@@ -157,6 +161,9 @@ def _dispatch(conn: psycopg.Connection[object], args: argparse.Namespace) -> int
     if args.report == "rightsize":
         month = reports.parse_month(args.month)
         _emit(rightsize.rightsize(conn, month, cluster=args.cluster, headroom=args.headroom), args.format)
+        return 0
+    if args.report == "stranded":
+        _emit(stranded.stranded(conn, reports.parse_month(args.month), cluster=args.cluster), args.format)
         return 0
     if args.report == "idle":
         _emit(reports.idle_capacity(conn, reports.parse_month(args.month), cluster=args.cluster, top=args.top), args.format)

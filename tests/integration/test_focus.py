@@ -27,8 +27,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from processor import focus, prices, reports
-from tests.integration.feed import feed
+from processor import focus, reports
+from tests.integration.feed import feed_priced
 from tests.processor.build import inst, mig, whole
 
 pytestmark = pytest.mark.integration
@@ -62,11 +62,7 @@ PRICES = ((A100, "2.00", date(2025, 11, 1)), (A100, "3.00", date(2025, 11, 16)),
 
 @pytest.fixture
 def month_db(fresh_db: str) -> str:
-    with psycopg.connect(fresh_db) as conn:
-        for model, price, day in PRICES:
-            prices.set_price(conn, prices.Price(model, Decimal(price), "USD", day))
-    feed(fresh_db, _fleet())
-    return fresh_db
+    return feed_priced(fresh_db, _fleet(), PRICES)
 
 
 def _q(x: float) -> Decimal:

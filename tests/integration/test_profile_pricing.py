@@ -17,8 +17,8 @@ from decimal import Decimal
 import psycopg
 import pytest
 
-from processor import prices, profile_pricing, reports
-from tests.integration.feed import feed
+from processor import profile_pricing, reports
+from tests.integration.feed import feed_priced
 from tests.processor.build import inst, mig
 
 pytestmark = pytest.mark.integration
@@ -29,13 +29,10 @@ NOV = date(2025, 11, 1)
 
 @pytest.fixture
 def h100_db(fresh_db: str) -> str:
-    with psycopg.connect(fresh_db) as conn:
-        prices.set_price(conn, prices.Price(H100, Decimal("7.00"), "USD", NOV))
-    feed(fresh_db, [mig(datetime(2025, 11, 10, h, tzinfo=timezone.utc), [
+    return feed_priced(fresh_db, [mig(datetime(2025, 11, 10, h, tzinfo=timezone.utc), [
         inst(9, "1g.20gb", 0.5, "team-a", "pod-a"),
         inst(1, "3g.40gb", 1.0, "team-b", "pod-b"),
-    ], gpu="GPU-H", model=H100, interval_s=3600) for h in range(1, 5)])
-    return fresh_db
+    ], gpu="GPU-H", model=H100, interval_s=3600) for h in range(1, 5)], [(H100, "7.00", NOV)])
 
 
 def _costs(conn: psycopg.Connection) -> dict[str, Decimal]:

@@ -17,8 +17,8 @@ from decimal import Decimal
 import psycopg
 import pytest
 
-from processor import prices, rightsize
-from tests.integration.feed import feed
+from processor import rightsize
+from tests.integration.feed import feed_priced
 from tests.processor.build import inst, mig
 
 pytestmark = pytest.mark.integration
@@ -30,14 +30,11 @@ T0 = datetime(2025, 11, 10, tzinfo=timezone.utc)
 
 @pytest.fixture
 def fleet_db(fresh_db: str) -> str:
-    with psycopg.connect(fresh_db) as conn:
-        prices.set_price(conn, prices.Price(H100, Decimal("7.00"), "USD", NOV))
-    feed(fresh_db, [mig(T0 + timedelta(minutes=m), [
+    return feed_priced(fresh_db, [mig(T0 + timedelta(minutes=m), [
         inst(1, "3g.40gb", 0.10 if m <= 100 else 0.25, "team-a", "pod-a", fb_used=8000.0),
         inst(2, "1g.10gb", 1.0, "team-b", "pod-b", fb_used=9000.0),
         inst(3, "2g.20gb", None, "team-c", "pod-c"),
-    ], gpu="GPU-R", model=H100, interval_s=60) for m in range(1, 121)])
-    return fresh_db
+    ], gpu="GPU-R", model=H100, interval_s=60) for m in range(1, 121)], [(H100, "7.00", NOV)])
 
 
 def test_recommendations_percentiles_and_savings(fleet_db: str) -> None:
