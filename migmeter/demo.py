@@ -334,8 +334,8 @@ def _report(url: str, cfg: DemoConfig, result: DemoResult, echo: Callable[[str],
 
 
 def _finops(url: str, cfg: DemoConfig, result: DemoResult, echo: Callable[[str], None]) -> None:
-    """FinOps outputs (issue 14): per month the FOCUS dataset and its first charge, the right-sizing excerpt."""
-    from processor import focus, rightsize
+    """FinOps outputs (issue 14): per month the FOCUS dataset and its first charge, right-sizing, stranded capacity."""
+    from processor import focus, rightsize, stranded
     from processor.render import Report, render
 
     with psycopg.connect(url) as conn:
@@ -360,6 +360,9 @@ def _finops(url: str, cfg: DemoConfig, result: DemoResult, echo: Callable[[str],
                              tuple(tuple(r[i] for i in idx) for r in sizing.rows[:5]), sizing.notes[:1])
             echo("")
             echo(render(excerpt, "table").rstrip())
+            strand = stranded.stranded(conn, month, cluster=result.cluster)
+            echo("")
+            echo(render(strand, "table").rstrip())
 
 
 def _day_floor(ts: datetime) -> datetime:
