@@ -334,8 +334,9 @@ def _report(url: str, cfg: DemoConfig, result: DemoResult, echo: Callable[[str],
 
 
 def _finops(url: str, cfg: DemoConfig, result: DemoResult, echo: Callable[[str], None]) -> None:
-    """FinOps outputs (issue 14): per month the FOCUS dataset and its first charge, right-sizing, stranded capacity."""
-    from processor import focus, rightsize, stranded
+    """FinOps outputs (issue 14): per month FOCUS (written, first charge shown), right-sizing, stranded capacity,
+    the HTML statement (written); then the weekly trend."""
+    from processor import focus, rightsize, statement, stranded, trend
     from processor.render import Report, render
 
     with psycopg.connect(url) as conn:
@@ -363,6 +364,13 @@ def _finops(url: str, cfg: DemoConfig, result: DemoResult, echo: Callable[[str],
             strand = stranded.stranded(conn, month, cluster=result.cluster)
             echo("")
             echo(render(strand, "table").rstrip())
+            path = cfg.out_dir / f"statement-{month:%Y-%m}.html"
+            path.write_text(statement.statement(conn, month, cluster=result.cluster), encoding="utf-8")
+            result.outputs.append(path)
+        if result.months:
+            weekly = trend.trend(conn, result.months[0], result.months[-1], unit="week", cluster=result.cluster)
+            echo("")
+            echo(render(weekly, "table").rstrip())
 
 
 def _day_floor(ts: datetime) -> datetime:

@@ -17,7 +17,7 @@ import psycopg
 
 from migmeter import settings
 from migmeter.errors import ConfigError, MigmeterError
-from processor import focus, plot, profile_pricing, reports, rightsize, stranded
+from processor import focus, plot, profile_pricing, reports, rightsize, statement, stranded, trend
 from processor.render import FORMATS, Report, render
 
 __all__ = ["configure", "run"]
@@ -26,8 +26,8 @@ __all__ = ["configure", "run"]
 def configure(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="report", metavar="REPORT", required=True)
 
-    def common(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--format", choices=FORMATS, default="table", help="table (default), csv or json")
+    def common(p: argparse.ArgumentParser, formats: tuple[str, ...] = FORMATS) -> None:
+        p.add_argument("--format", choices=formats, default="table", help=f"{', '.join(formats)} (default table)")
         p.add_argument("--database-url", help="PostgreSQL URL (default: $MIGMETER_DATABASE_URL or the local stack)")
         p.add_argument("--cluster", help="only this cluster (the collectors' --cluster); default all")
 
@@ -38,7 +38,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     cb.add_argument("--pricing", choices=("gpu", "profile"), default="gpu",
                     help="gpu (default): slices/total of the GPU-hour price; profile: profile prices, then the"
                          " model's share rule, with a (not covered) line (`migmeter price set --profile`, `price rule`)")
-    common(cb)
+    cb.add_argument("--output", type=Path, metavar="FILE", help="with --format html: write the statement here"
+                                                                " (default statement-YYYY-MM.html)")
+    common(cb, FORMATS + ("html",))
 
     ut = sub.add_parser("utilization", help="simple, weighted, whole-GPU utilization and allocation over time")
     ut.add_argument("--from", dest="start", required=True, help="start (date or ISO time, UTC)")
@@ -83,6 +85,18 @@ def configure(parser: argparse.ArgumentParser) -> None:
     st.add_argument("--month", required=True, help="YYYY-MM")
     common(st)
 
+    tr = sub.add_parser("trend", help="GPU-hours, utilization, allocation, cost and coverage per week or month,"
+                                      " with a least-squares forecast")
+    tr.add_argument("--from", dest="start", required=True, help="first month, YYYY-MM")
+    tr.add_argument("--to", dest="end", required=True, help="last month, YYYY-MM (included)")
+    tr.add_argument("--by", choices=trend.UNITS, default="month", help="month (default) or week")
+    grp = tr.add_mutually_exclusive_group()
+    grp.add_argument("--by-model", action="store_true", help="one series per GPU model")
+    grp.add_argument("--by-namespace", action="store_true", help="one series per namespace (chargeback lines)")
+    tr.add_argument("--forecast", type=int, default=trend.DEFAULT_FORECAST, help="periods to forecast (default 3, 0 = none)")
+    tr.add_argument("--plot", type=Path, metavar="FILE.png", help="also draw allocated GPU-hours per period")
+    common(tr)
+
     idle = sub.add_parser("idle", help="allocated-but-unused slice-hours per tenant and GPU, most idle first")
     idle.add_argument("--month", required=True, help="YYYY-MM")
     idle.add_argument("--top", type=int, default=20, help="how many lines (default 20)")
@@ -106,6 +120,14 @@ def run(args: argparse.Namespace) -> int:
 def _dispatch(conn: psycopg.Connection[object], args: argparse.Namespace) -> int:
     if args.report == "chargeback":
         month = reports.parse_month(args.month)
+        if args.format == "html":
+            if args.pricing != "gpu" or args.by != "namespace":
+                raise ConfigError("--format html is the statement by namespace at GPU prices (no --by pod/--pricing)")
+            out = args.output or Path(f"statement-{month:%Y-%m}.html")
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(statement.statement(conn, month, cluster=args.cluster), encoding="utf-8")
+            print(f"statement written to {out}", file=sys.stderr)
+            return 0
         if args.pricing == "profile":
             if args.by != "namespace":
                 raise ConfigError("--pricing profile reports by namespace only")
@@ -164,6 +186,15 @@ def _dispatch(conn: psycopg.Connection[object], args: argparse.Namespace) -> int
         return 0
     if args.report == "stranded":
         _emit(stranded.stranded(conn, reports.parse_month(args.month), cluster=args.cluster), args.format)
+        return 0
+    if args.report == "trend":
+        group = "model" if args.by_model else "namespace" if args.by_namespace else "fleet"
+        report = trend.trend(conn, reports.parse_month(args.start), reports.parse_month(args.end), unit=args.by,
+                             group=group, cluster=args.cluster, forecast_periods=args.forecast)
+        _emit(report, args.format)
+        if args.plot:
+            out = plot.plot_trend([(r[0], r[1], r[2], r[5]) for r in report.rows], args.plot, report.title)
+            print(f"plot written to {out}", file=sys.stderr)
         return 0
     if args.report == "idle":
         _emit(reports.idle_capacity(conn, reports.parse_month(args.month), cluster=args.cluster, top=args.top), args.format)

@@ -23,7 +23,7 @@ WITH free AS (
     GROUP BY bucket, gpu_uuid
 )
 SELECT f.bucket, f.cluster, f.gpu_uuid, f.gpu_model, f.total_slices, f.unallocated_slice_hours,
-       coalesce(l.profiles, '{}') AS profiles, coalesce(l.slices, '{}') AS slices,
+       coalesce(l.profiles, ARRAY[]::text[]) AS profiles, coalesce(l.slices, ARRAY[]::smallint[]) AS slices,
        p.price_per_gpu_hour, p.currency
 FROM free f
 LEFT JOIN layout l USING (bucket, gpu_uuid)
