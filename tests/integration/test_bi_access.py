@@ -11,7 +11,7 @@ import psycopg
 import pytest
 
 from migmeter import settings
-from processor import prices, reports
+from processor import focus, prices, profile_pricing, reports, rightsize, statement, stranded, trend
 
 pytestmark = pytest.mark.integration
 
@@ -79,6 +79,14 @@ def test_reports_run_as_the_reader(fresh_db: str) -> None:
         start, end = reports.month_range(date(2025, 11, 1))
         assert reports.utilization(conn, start, end).rows == ()
         assert reports.layout_at(conn, "GPU-x", start).rows == ()
+        # issue 14's outputs read reader views only, too
+        month = date(2025, 11, 1)
+        assert focus.export(conn, month).rows == ()
+        assert profile_pricing.chargeback(conn, month).rows == ()
+        assert rightsize.rightsize(conn, month).rows == ()
+        assert stranded.stranded(conn, month).rows == ()
+        assert trend.trend(conn, month, month).rows == ()
+        assert "GPU chargeback statement, November 2025" in statement.statement(conn, month)
         assert reports.layout_changes(conn, "GPU-x", start, end).rows == ()
         assert reports.reconciliation(conn, start, end).physical_gpu_hours == 0.0
 
