@@ -1,6 +1,8 @@
-"""``migmeter report``: chargeback, utilization, layout and idle-capacity reports.
+"""``migmeter report``: chargeback, utilization, layout and idle-capacity reports, and the FinOps
+outputs (FOCUS export, profile pricing, right-sizing, stranded capacity, trend, HTML statement).
 
-Only parses arguments and calls :mod:`processor.reports`; ``--by`` and ``--format`` are
+Only parses arguments and calls :mod:`processor.reports` (and the FinOps modules: focus,
+profile_pricing, rightsize, stranded, trend, statement); ``--by`` and ``--format`` are
 argparse choices (a hostile value is refused before any SQL exists), filters are passed to
 the database as parameters. The reports read only the BI views, so a read-only login
 (``migmeter_reader``) can run them: ``--database-url`` or ``MIGMETER_DATABASE_URL``.
