@@ -3,6 +3,9 @@ and the refusal to export numbers that disagree with the chargeback report."""
 
 from __future__ import annotations
 
+import csv
+import io
+import json
 from datetime import date, datetime, timezone
 from decimal import Decimal
 
@@ -62,3 +65,16 @@ def test_zero_hour_lines_are_left_out_and_counted() -> None:
     # consumedquantity.md: a Usage row needs a positive ConsumedQuantity; 0 h bills nothing.
     rows, empty = focus.build_rows([_daily("unallocated", 0.0), _daily("tenant", 1e-13)], NOV, IDENTITY)
     assert rows == [] and empty == 2
+
+
+def test_csv_guards_formula_cells_but_keeps_tag_values() -> None:
+    # A pod named like a spreadsheet formula: the x_Pod cell gets a leading quote (CSV injection),
+    # while Tags keep the value unaltered inside the JSON (tags.md: providers MUST NOT alter tag values).
+    evil = focus.DailyLine(datetime(2025, 11, 10, tzinfo=timezone.utc), "c1", "GPU-A", "A100", 1, "3g.20gb", 3, 7,
+                           "tenant", "team-a", "=HYPERLINK(\"x\")", "", 1.0, 0.5, Decimal("2.00"), "USD")
+    rows, _ = focus.build_rows([evil], NOV, IDENTITY)
+    text = focus.csv_text(focus.FocusDataset(NOV, tuple(rows), ()))
+    (row,) = list(csv.DictReader(io.StringIO(text)))
+    assert row["x_Pod"] == "'=HYPERLINK(\"x\")"
+    assert json.loads(row["Tags"])["migmeter/pod"] == "=HYPERLINK(\"x\")"
+    assert Decimal(row["BilledCost"]) == Decimal(2)  # 1 h x 2.00
