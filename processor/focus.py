@@ -237,12 +237,8 @@ def _description(d: DailyLine) -> str:
     return f"{what} on {d.gpu_model}, allocated to {who}"
 
 
-def _period(month: date) -> tuple[datetime, datetime]:
-    return reports.month_range(month)
-
-
 def _common(identity: FocusIdentity, month: date, currency: str) -> dict[str, Any]:
-    start, end = _period(month)
+    start, end = reports.month_range(month)
     return {
         "BillingAccountId": identity.billing_account_id,
         "BillingAccountName": identity.billing_account_name,
@@ -317,7 +313,7 @@ def carried_rows(chargeback_lines: Sequence[dict[str, Any]], month: date, identi
 
     ``chargeback_lines`` are the chargeback report's rows by namespace (``as_dicts()``).
     """
-    start, end = _period(month)
+    start, end = reports.month_range(month)
     out: list[dict[str, Any]] = []
     for c in chargeback_lines:
         if c["line"] in BREAKDOWN_LINES:
