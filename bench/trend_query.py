@@ -34,7 +34,7 @@ from psycopg import sql
 
 from bench.chargeback_query import _COPY_COLUMNS, _scalar, _timed, generate, replicate
 from bench.common import fresh_database, load_average
-from processor import trend
+from processor import reports, trend
 
 __all__ = ["extend_months", "measure", "main"]
 
@@ -76,6 +76,19 @@ def measure(url: str, months: int, repeats: int, fleet_only: bool = False) -> di
             out[name] = {"rows": len(report.rows),
                          **_timed(lambda u=unit, g=group: trend.trend(conn, FIRST_MONTH, last, unit=u, group=g), repeats)}
             _log(f"{name}: {out[name]}")
+        # Where the time goes: the server's own execution time and its JIT compilation (PostgreSQL
+        # compiles queries above jit_above_cost, which a two-year scan is), then the same with JIT off.
+        start, end = reports.month_range(FIRST_MONTH)[0], reports.month_range(last)[1]
+        params = {"start": start, "end": end, "cluster": None, "unit": "month", "by_model": False}
+        row = conn.execute("EXPLAIN (ANALYZE, FORMAT JSON) " + reports.load_query("trend_fleet"),  # type: ignore[operator]
+                           params).fetchone()
+        plan = row[0][0] if row else {}
+        out["explain_fleet_by_month"] = {"execution_ms": round(plan.get("Execution Time", 0.0), 1),
+                                         "jit_ms": round(plan.get("JIT", {}).get("Timing", {}).get("Total", 0.0), 1)}
+        conn.execute("SET jit = off")
+        out["fleet_by_month_jit_off"] = _timed(lambda: trend.trend(conn, FIRST_MONTH, last), repeats)
+        conn.execute("RESET jit")
+        _log(f"explain: {out['explain_fleet_by_month']}; jit off: {out['fleet_by_month_jit_off']}")
     out["load_after_queries"] = load_average()
     return out
 
