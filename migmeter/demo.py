@@ -330,7 +330,48 @@ def _report(url: str, cfg: DemoConfig, result: DemoResult, echo: Callable[[str],
     echo(f"[demo] {rec.describe()}")
     echo(f"[demo] published {result.published:,}, processed {result.processed:,} records"
          f" ({result.dead_letters} dead letters)")
+    _finops(url, cfg, result, echo)
     echo("[demo] wrote " + ", ".join(str(p) for p in result.outputs))
+
+
+def _finops(url: str, cfg: DemoConfig, result: DemoResult, echo: Callable[[str], None]) -> None:
+    """FinOps outputs (issue 14): per month FOCUS (written, first charge shown), right-sizing, stranded capacity,
+    the HTML statement (written); then the weekly trend."""
+    from processor import focus, rightsize, statement, stranded, trend
+    from processor.render import Report, render
+
+    with psycopg.connect(url) as conn:
+        conn.read_only = True
+        for month in result.months:
+            dataset = focus.export(conn, month, cluster=result.cluster)
+            path = cfg.out_dir / f"focus-{month:%Y-%m}.csv"
+            path.write_text(focus.csv_text(dataset))
+            result.outputs.append(path)
+            echo(f"[demo] FOCUS {focus.FOCUS_VERSION} {month:%Y-%m}: {len(dataset.rows)} rows; " + "; ".join(dataset.notes))
+            if dataset.rows:
+                first = dataset.rows[0]
+                echo(f"[demo]   e.g. {first['ChargeDescription']}: {first['PricingQuantity']:.3f} GPU-Hours,"
+                     f" BilledCost {first['BilledCost']:.2f} {first['BillingCurrency']}")
+            sizing = rightsize.rightsize(conn, month, cluster=result.cluster)
+            path = cfg.out_dir / f"rightsize-{month:%Y-%m}.csv"
+            path.write_text(render(sizing, "csv"))
+            result.outputs.append(path)
+            keep = ("namespace", "pod", "profile", "p95_util_pct", "peak_fb_mib", "recommended", "saving_per_month")
+            idx = [i for i, c in enumerate(sizing.columns) if c.name in keep]
+            excerpt = Report(sizing.title + " (excerpt)", tuple(sizing.columns[i] for i in idx),
+                             tuple(tuple(r[i] for i in idx) for r in sizing.rows[:5]), sizing.notes[:1])
+            echo("")
+            echo(render(excerpt, "table").rstrip())
+            strand = stranded.stranded(conn, month, cluster=result.cluster)
+            echo("")
+            echo(render(strand, "table").rstrip())
+            path = cfg.out_dir / f"statement-{month:%Y-%m}.html"
+            path.write_text(statement.statement(conn, month, cluster=result.cluster), encoding="utf-8")
+            result.outputs.append(path)
+        if result.months:
+            weekly = trend.trend(conn, result.months[0], result.months[-1], unit="week", cluster=result.cluster)
+            echo("")
+            echo(render(weekly, "table").rstrip())
 
 
 def _day_floor(ts: datetime) -> datetime:

@@ -17,7 +17,7 @@ from typing import Any
 
 from migmeter.errors import ConfigError
 
-__all__ = ["INSTALL_HINT", "plot_chargeback", "plot_utilization"]
+__all__ = ["INSTALL_HINT", "plot_chargeback", "plot_utilization", "plot_trend"]
 
 INSTALL_HINT = "plotting needs matplotlib: pip install 'migmeter[plot]'"
 # Stacked bars stay readable up to about this many tenants; the rest are summed as "(other)".
@@ -91,5 +91,34 @@ def plot_utilization(
     ax.set_ylim(0, 105)
     ax.set_title(title)
     ax.legend(fontsize="small")
+    fig.autofmt_xdate()
+    return _save(fig, plt, out)
+
+
+def plot_trend(
+    rows: Sequence[tuple[str, date, str, float | None]], out: Path, title: str, ylabel: str = "GPU-hours (allocated)"
+) -> Path:
+    """One line per group over the periods; ``rows`` are (kind, period, group, value), forecast drawn dashed.
+
+    The ``MAX_SERIES`` largest groups get a line each; the rest are left out (named in the legend title).
+    """
+    plt = _pyplot()
+    totals: dict[str, float] = defaultdict(float)
+    for kind, _, g, v in rows:
+        if kind == "actual":
+            totals[g] += float(v or 0)
+    keep = [g for g, _ in sorted(totals.items(), key=lambda kv: -kv[1])[:MAX_SERIES]]
+    fig, ax = plt.subplots(figsize=(10, 5))
+    for g in keep:
+        actual = sorted((p, float(v)) for k, p, gg, v in rows if gg == g and k == "actual" and v is not None)
+        ahead = sorted((p, float(v)) for k, p, gg, v in rows if gg == g and k == "forecast" and v is not None)
+        (line,) = ax.plot([p for p, _ in actual], [v for _, v in actual], "-", label=g)
+        if ahead:  # dashed, joined to the last actual point
+            pts = actual[-1:] + ahead
+            ax.plot([p for p, _ in pts], [v for _, v in pts], "--", color=line.get_color(), label=f"{g} (forecast)")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    hidden = len(totals) - len(keep)
+    ax.legend(fontsize="small", title=f"{hidden} smaller groups not drawn" if hidden > 0 else None)
     fig.autofmt_xdate()
     return _save(fig, plt, out)

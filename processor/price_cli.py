@@ -14,7 +14,7 @@ import psycopg
 
 from migmeter import settings
 from migmeter.errors import MigmeterError
-from processor import prices
+from processor import prices, profile_pricing
 from processor.render import FORMATS, Column, Report, render
 
 __all__ = ["configure", "run"]
@@ -27,13 +27,20 @@ def configure(parser: argparse.ArgumentParser) -> None:
     s.add_argument("price", help="price of one whole GPU for one hour (a MIG slice costs its share)")
     s.add_argument("--from", dest="effective_from", required=True, help="first UTC day it applies (YYYY-MM-DD)")
     s.add_argument("--currency", default=prices.DEFAULT_CURRENCY, help="three-letter code (default USD)")
+    s.add_argument("--profile", help="price of one instance of this MIG profile per hour (e.g. 1g.10gb) instead of"
+                                     " the whole GPU's; wins over the model's share rule")
+    ru = sub.add_parser("rule", help="how instances without a profile price share their GPU's price, from a UTC day on")
+    ru.add_argument("model", help="GPU model exactly as reported")
+    ru.add_argument("rule", choices=profile_pricing.SHARE_RULES,
+                    help="compute slices (default), memory slices, or the larger of the two")
+    ru.add_argument("--from", dest="effective_from", required=True, help="first UTC day it applies (YYYY-MM-DD)")
     ls = sub.add_parser("list", help="all prices, and models seen without a price")
     ls.add_argument("--model", help="only this model")
     ls.add_argument("--format", choices=FORMATS, default="table")
     d = sub.add_parser("delete", help="remove one dated price (e.g. a typo)")
     d.add_argument("model")
     d.add_argument("--from", dest="effective_from", required=True, help="the day of the price to remove (YYYY-MM-DD)")
-    for p in (s, ls, d):
+    for p in (s, ru, ls, d):
         p.add_argument("--database-url", help="PostgreSQL URL (default: $MIGMETER_DATABASE_URL or the local stack)")
 
 
@@ -45,11 +52,27 @@ def run(args: argparse.Namespace) -> int:
     except psycopg.errors.InsufficientPrivilege:
         raise MigmeterError(f"this database role may not {args.action} prices; changing prices needs the "
                             "warehouse owner's login") from None
+    except psycopg.errors.UndefinedTable as exc:
+        raise MigmeterError(f"the warehouse is not migrated ({str(exc).splitlines()[0][:120]}): run `migmeter db migrate`")\
+            from None
     except psycopg.OperationalError as exc:
         raise MigmeterError(f"cannot reach {settings.redact_url(url)}: {str(exc).strip()[:200]}") from None
 
 
 def _dispatch(conn: psycopg.Connection[object], args: argparse.Namespace) -> int:
+    if args.action == "set" and args.profile:
+        amount, currency = prices.parse_price(args.price), prices.parse_currency(args.currency)
+        day = prices.parse_day(args.effective_from)
+        profile_pricing.set_profile_price(conn, args.model, args.profile, amount, currency, day)
+        conn.commit()
+        print(f"{args.model} {args.profile}: {amount} {currency} per instance-hour from {day}")
+        return 0
+    if args.action == "rule":
+        day = prices.parse_day(args.effective_from)
+        profile_pricing.set_share_rule(conn, args.model, args.rule, day)
+        conn.commit()
+        print(f"{args.model}: instances share the GPU's price by {args.rule} slices from {day}")
+        return 0
     if args.action == "set":
         p = prices.Price(
             gpu_model=args.model,

@@ -19,7 +19,8 @@ from typing import Any, Literal
 
 from migmeter.errors import ConfigError
 
-__all__ = ["FORMATS", "Kind", "Column", "Report", "render", "render_table", "render_csv", "render_json"]
+__all__ = ["FORMATS", "Kind", "Column", "Report", "render", "render_table", "render_csv", "render_json",
+           "format_cell"]
 
 FORMATS = ("table", "csv", "json")
 
@@ -87,6 +88,11 @@ def _cell(value: Any, kind: str) -> str:
         return value.isoformat()
     text = _printable(str(value))
     return text if len(text) <= MAX_CELL_WIDTH else text[: MAX_CELL_WIDTH - 1] + "…"
+
+
+def format_cell(value: Any, kind: str) -> str:
+    """One value as the table shows it (``-`` for NULL), for other renderers (the HTML statement)."""
+    return _cell(value, kind)
 
 
 def _printable(text: str) -> str:

@@ -1,6 +1,8 @@
-"""``migmeter report``: chargeback, utilization, layout and idle-capacity reports.
+"""``migmeter report``: chargeback, utilization, layout and idle-capacity reports, and the FinOps
+outputs (FOCUS export, profile pricing, right-sizing, stranded capacity, trend, HTML statement).
 
-Only parses arguments and calls :mod:`processor.reports`; ``--by`` and ``--format`` are
+Only parses arguments and calls :mod:`processor.reports` (and the FinOps modules: focus,
+profile_pricing, rightsize, stranded, trend, statement); ``--by`` and ``--format`` are
 argparse choices (a hostile value is refused before any SQL exists), filters are passed to
 the database as parameters. The reports read only the BI views, so a read-only login
 (``migmeter_reader``) can run them: ``--database-url`` or ``MIGMETER_DATABASE_URL``.
@@ -17,7 +19,7 @@ import psycopg
 
 from migmeter import settings
 from migmeter.errors import ConfigError, MigmeterError
-from processor import plot, reports
+from processor import focus, plot, profile_pricing, reports, rightsize, statement, stranded, trend
 from processor.render import FORMATS, Report, render
 
 __all__ = ["configure", "run"]
@@ -26,8 +28,8 @@ __all__ = ["configure", "run"]
 def configure(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="report", metavar="REPORT", required=True)
 
-    def common(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--format", choices=FORMATS, default="table", help="table (default), csv or json")
+    def common(p: argparse.ArgumentParser, formats: tuple[str, ...] = FORMATS) -> None:
+        p.add_argument("--format", choices=formats, default="table", help=f"{', '.join(formats)} (default table)")
         p.add_argument("--database-url", help="PostgreSQL URL (default: $MIGMETER_DATABASE_URL or the local stack)")
         p.add_argument("--cluster", help="only this cluster (the collectors' --cluster); default all")
 
@@ -35,7 +37,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     cb.add_argument("--month", required=True, help="YYYY-MM")
     cb.add_argument("--by", choices=sorted(reports.CHARGEBACK_BY), default="namespace", help="namespace (default) or pod")
     cb.add_argument("--plot", type=Path, metavar="FILE.png", help="also draw allocated GPU-hours per day and tenant")
-    common(cb)
+    cb.add_argument("--pricing", choices=("gpu", "profile"), default="gpu",
+                    help="gpu (default): slices/total of the GPU-hour price; profile: profile prices, then the"
+                         " model's share rule, with a (not covered) line (`migmeter price set --profile`, `price rule`)")
+    cb.add_argument("--output", type=Path, metavar="FILE", help="with --format html: write the statement here"
+                                                                " (default statement-YYYY-MM.html)")
+    common(cb, FORMATS + ("html",))
 
     ut = sub.add_parser("utilization", help="simple, weighted, whole-GPU utilization and allocation over time")
     ut.add_argument("--from", dest="start", required=True, help="start (date or ISO time, UTC)")
@@ -54,6 +61,43 @@ def configure(parser: argparse.ArgumentParser) -> None:
     when.add_argument("--from", dest="start", help="with --to: list the layout at --from and the changes until --to")
     la.add_argument("--to", dest="end", help="end of the period, exclusive")
     common(la)
+
+    fo = sub.add_parser("focus", help="FinOps FOCUS 1.2 dataset of one month: a charge per day, GPU instance and tenant")
+    fo.add_argument("--month", required=True, help="YYYY-MM")
+    fo.add_argument("--format", choices=("csv", "parquet"), default="csv",
+                    help="csv (default, to stdout or --output) or parquet (needs --output and migmeter[parquet])")
+    fo.add_argument("--output", type=Path, metavar="FILE", help="write here instead of stdout")
+    defaults = focus.FocusIdentity()
+    fo.add_argument("--provider-name", default=defaults.provider_name,
+                    help=f"ProviderName/PublisherName/InvoiceIssuerName (default {defaults.provider_name!r})")
+    fo.add_argument("--billing-account-id", default=defaults.billing_account_id,
+                    help=f"BillingAccountId (default {defaults.billing_account_id!r})")
+    fo.add_argument("--billing-account-name", default=defaults.billing_account_name,
+                    help=f"BillingAccountName (default {defaults.billing_account_name!r})")
+    fo.add_argument("--database-url", help="PostgreSQL URL (default: $MIGMETER_DATABASE_URL or the local stack)")
+    fo.add_argument("--cluster", help="only this cluster (the collectors' --cluster); default all")
+
+    rs = sub.add_parser("rightsize", help="per workload: utilization p50/p95/max, peak memory, smallest profile that fits")
+    rs.add_argument("--month", required=True, help="YYYY-MM")
+    rs.add_argument("--headroom", type=float, default=rightsize.DEFAULT_HEADROOM,
+                    help=f"margin above p95 compute and peak memory (default {rightsize.DEFAULT_HEADROOM})")
+    common(rs)
+
+    st = sub.add_parser("stranded", help="unallocated MIG slices: hostable by the most requested profile vs stranded")
+    st.add_argument("--month", required=True, help="YYYY-MM")
+    common(st)
+
+    tr = sub.add_parser("trend", help="GPU-hours, utilization, allocation, cost and coverage per week or month,"
+                                      " with a least-squares forecast")
+    tr.add_argument("--from", dest="start", required=True, help="first month, YYYY-MM")
+    tr.add_argument("--to", dest="end", required=True, help="last month, YYYY-MM (included)")
+    tr.add_argument("--by", choices=trend.UNITS, default="month", help="month (default) or week")
+    grp = tr.add_mutually_exclusive_group()
+    grp.add_argument("--by-model", action="store_true", help="one series per GPU model")
+    grp.add_argument("--by-namespace", action="store_true", help="one series per namespace (chargeback lines)")
+    tr.add_argument("--forecast", type=int, default=trend.DEFAULT_FORECAST, help="periods to forecast (default 3, 0 = none)")
+    tr.add_argument("--plot", type=Path, metavar="FILE.png", help="also draw allocated GPU-hours per period")
+    common(tr)
 
     idle = sub.add_parser("idle", help="allocated-but-unused slice-hours per tenant and GPU, most idle first")
     idle.add_argument("--month", required=True, help="YYYY-MM")
@@ -78,6 +122,19 @@ def run(args: argparse.Namespace) -> int:
 def _dispatch(conn: psycopg.Connection[object], args: argparse.Namespace) -> int:
     if args.report == "chargeback":
         month = reports.parse_month(args.month)
+        if args.format == "html":
+            if args.pricing != "gpu" or args.by != "namespace":
+                raise ConfigError("--format html is the statement by namespace at GPU prices (no --by pod/--pricing)")
+            out = args.output or Path(f"statement-{month:%Y-%m}.html")
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(statement.statement(conn, month, cluster=args.cluster), encoding="utf-8")
+            print(f"statement written to {out}", file=sys.stderr)
+            return 0
+        if args.pricing == "profile":
+            if args.by != "namespace":
+                raise ConfigError("--pricing profile reports by namespace only")
+            _emit(profile_pricing.chargeback(conn, month, cluster=args.cluster), args.format)
+            return 0
         report = reports.chargeback(conn, month, by=args.by, cluster=args.cluster)
         _emit(report, args.format)
         if args.plot:
@@ -123,7 +180,47 @@ def _dispatch(conn: psycopg.Connection[object], args: argparse.Namespace) -> int
         at = reports.parse_time(args.at) if args.at else datetime.now(timezone.utc)
         _emit(reports.layout_at(conn, args.gpu, at), args.format)
         return 0
+    if args.report == "focus":
+        return _focus(conn, args)
+    if args.report == "rightsize":
+        month = reports.parse_month(args.month)
+        _emit(rightsize.rightsize(conn, month, cluster=args.cluster, headroom=args.headroom), args.format)
+        return 0
+    if args.report == "stranded":
+        _emit(stranded.stranded(conn, reports.parse_month(args.month), cluster=args.cluster), args.format)
+        return 0
+    if args.report == "trend":
+        group = "model" if args.by_model else "namespace" if args.by_namespace else "fleet"
+        report = trend.trend(conn, reports.parse_month(args.start), reports.parse_month(args.end), unit=args.by,
+                             group=group, cluster=args.cluster, forecast_periods=args.forecast)
+        _emit(report, args.format)
+        if args.plot:
+            out = plot.plot_trend([(r[0], r[1], r[2], r[5]) for r in report.rows], args.plot, report.title)
+            print(f"plot written to {out}", file=sys.stderr)
+        return 0
     if args.report == "idle":
         _emit(reports.idle_capacity(conn, reports.parse_month(args.month), cluster=args.cluster, top=args.top), args.format)
         return 0
     raise ConfigError(f"unknown report {args.report!r}")
+
+
+def _focus(conn: psycopg.Connection[object], args: argparse.Namespace) -> int:
+    if args.format == "parquet" and args.output is None:
+        raise ConfigError("--format parquet needs --output FILE.parquet")
+    identity = focus.FocusIdentity(
+        provider_name=args.provider_name, publisher_name=args.provider_name, invoice_issuer_name=args.provider_name,
+        billing_account_id=args.billing_account_id, billing_account_name=args.billing_account_name,
+    )
+    dataset = focus.export(conn, reports.parse_month(args.month), identity, cluster=args.cluster)
+    if args.format == "parquet":
+        focus.write_parquet(dataset, args.output)
+    elif args.output is not None:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(focus.csv_text(dataset))
+    else:
+        focus.write_csv(dataset, sys.stdout)
+    where = f" to {args.output}" if args.output else ""
+    print(f"FOCUS {focus.FOCUS_VERSION}: {len(dataset.rows)} rows{where}", file=sys.stderr)
+    for note in dataset.notes:
+        print(note, file=sys.stderr)
+    return 0

@@ -7,12 +7,17 @@ this is exactly what ``migmeter process`` does per micro-batch, minus Kafka.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import date
+from decimal import Decimal
+
+import psycopg
 
 from collector.snapshot import Snapshot
+from processor import prices
 from processor.fold import BatchFold
 from processor.sink import Sink
 
-__all__ = ["feed"]
+__all__ = ["feed", "feed_priced"]
 
 
 def feed(url: str, snapshots: Sequence[Snapshot], topic: str = "test.feed", group: str = "test") -> dict[str, int]:
@@ -27,3 +32,12 @@ def feed(url: str, snapshots: Sequence[Snapshot], topic: str = "test.feed", grou
         return sink.write(fold.finish())
     finally:
         sink.close()
+
+
+def feed_priced(url: str, snapshots: Sequence[Snapshot], gpu_prices: Sequence[tuple[str, str, date]]) -> str:
+    """Set GPU-hour prices ``(model, price, from day)`` in USD, then :func:`feed` the snapshots; returns ``url``."""
+    with psycopg.connect(url) as conn:
+        for model, price, day in gpu_prices:
+            prices.set_price(conn, prices.Price(model, Decimal(price), "USD", day))
+    feed(url, snapshots)
+    return url

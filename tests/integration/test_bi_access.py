@@ -11,7 +11,7 @@ import psycopg
 import pytest
 
 from migmeter import settings
-from processor import prices, reports
+from processor import focus, prices, profile_pricing, reports, rightsize, statement, stranded, trend
 
 pytestmark = pytest.mark.integration
 
@@ -19,9 +19,10 @@ READER_VIEWS = [
     "chargeback_pod_daily", "chargeback_namespace_daily", "chargeback_pod_monthly", "chargeback_namespace_monthly",
     "chargeback_reconciliation_daily", "chargeback_reconciliation_monthly", "gpu_usage_hours_1h",
     "gpu_usage_hours_1d", "gpu_utilization_1h", "gpu_utilization_1d", "layout_history", "layout_changes",
-    "idle_capacity_daily", "idle_capacity_monthly", "gpu_prices",
+    "idle_capacity_daily", "idle_capacity_monthly", "gpu_prices", "focus_usage_daily",
+    "gpu_profile_prices", "gpu_share_rules",
 ]
-FORBIDDEN_TABLES = ["sink_offsets", "gpu_state", "dead_letters", "prices", "tenant_usage_1d", "gpu_usage_1h",
+FORBIDDEN_TABLES = ["sink_offsets", "gpu_state", "dead_letters", "prices", "profile_prices", "share_rules", "tenant_usage_1d", "gpu_usage_1h",
                     "instance_intervals", "layout_events"]
 
 
@@ -78,6 +79,14 @@ def test_reports_run_as_the_reader(fresh_db: str) -> None:
         start, end = reports.month_range(date(2025, 11, 1))
         assert reports.utilization(conn, start, end).rows == ()
         assert reports.layout_at(conn, "GPU-x", start).rows == ()
+        # issue 14's outputs read reader views only, too
+        month = date(2025, 11, 1)
+        assert focus.export(conn, month).rows == ()
+        assert profile_pricing.chargeback(conn, month).rows == ()
+        assert rightsize.rightsize(conn, month).rows == ()
+        assert stranded.stranded(conn, month).rows == ()
+        assert trend.trend(conn, month, month).rows == ()
+        assert "GPU chargeback statement, November 2025" in statement.statement(conn, month)
         assert reports.layout_changes(conn, "GPU-x", start, end).rows == ()
         assert reports.reconciliation(conn, start, end).physical_gpu_hours == 0.0
 

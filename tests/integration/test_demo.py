@@ -27,8 +27,13 @@ def test_short_demo_runs_end_to_end_and_reconciles(fresh_db: str, kafka_bootstra
     assert "[demo] simulated" in r.stdout  # progress was shown while it ran
     assert "-> reconciles" in r.stdout and "Chargeback 2025-01" in r.stdout
     assert "published 2,304, processed 2,304 records (0 dead letters)" in r.stdout
+    assert "[demo] FOCUS 1.2 2025-01:" in r.stdout and "= chargeback total" in r.stdout
+    assert "Right-sizing 2025-01 (UTC)" in r.stdout and "recommended" in r.stdout
+    assert "Stranded MIG capacity 2025-01 (UTC)" in r.stdout and "estimated" in r.stdout
+    assert "Trend per week 2025-01 .. 2025-01" in r.stdout
     for name in ("chargeback-2025-01.csv", "chargeback-2025-01.png", "utilization-hourly.csv",
-                 "utilization-hourly.png"):
+                 "utilization-hourly.png", "focus-2025-01.csv", "rightsize-2025-01.csv",
+                 "statement-2025-01.html"):
         assert (out / name).stat().st_size > 0, name
     # Independently of the demo's own check: the warehouse's month reconciles, every line has a
     # price (the demo priced its models), and the simulated fleet was re-partitioned.

@@ -24,7 +24,7 @@ HOSTILE = [
     ["report", "chargeback", "--month", "2025-01", "--by", "namespace; DROP TABLE gpus; --"],
     ["report", "chargeback", "--month", "2025-01", "--by", "pod\" OR 1=1 --"],
     ["report", "utilization", "--from", "2025-01-01", "--to", "2025-01-02", "--by", "hour'"],
-    ["report", "chargeback", "--month", "2025-01", "--format", "html"],
+    ["report", "chargeback", "--month", "2025-01", "--format", "xml"],  # html is the statement (issue 14)
     # promql: label names and selectors end up inside generated PromQL
     ["promql", "rules", "--by", "namespace) or vector(1"],
     ["promql", "rules", "--by", "__name__"],

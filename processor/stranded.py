@@ -1,0 +1,122 @@
+"""Stranded capacity: unallocated MIG slices that the profile tenants ask for could not use.
+
+Why: "12 % of the fleet is unallocated" reads as room for 12 % more work, but a free slice
+hosts only a profile that may start there. Rules, per GPU model and cluster over a UTC month:
+
+1. The most requested profile is the one with the most instance-hours of that model and
+   cluster in the month (``sql/reports/profile_demand.sql``).
+2. Per GPU and hour (``sql/reports/stranded.sql``), as many instances of the most requested
+   profile are placed in the free slices as fit at its allowed starts, beside the instances
+   present that hour placed as well as MIG allows (:func:`processor.placement.best_fit`: the
+   warehouse does not store ``placement_start``, so the split is an ESTIMATE, best case, and
+   the report says so).
+3. Of the hour's unallocated slice-hours, the share those instances would fill (their compute
+   slices over the free compute slices, at most 1) is *hostable*; the rest is *stranded* by
+   fragmentation. An hour whose layout leaves no free compute slice although the GPU had
+   unallocated time (a layout change inside the hour) counts as stranded.
+4. Cost = slice-hours / total slices × the day's GPU-hour price (NULL without a price).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Any
+
+import psycopg
+from psycopg.rows import class_row
+
+from processor import placement, reports
+from processor.render import Column, Report
+
+__all__ = ["ESTIMATE_NOTE", "FreeHour", "split_hour", "stranded"]
+
+ESTIMATE_NOTE = ("estimated: placement_start is not stored in the warehouse; the best valid placement of the"
+                 " instances present is assumed, so stranded slices are those no placement could have used")
+
+
+@dataclass(frozen=True, slots=True)
+class FreeHour:
+    """One row of ``sql/reports/stranded.sql``."""
+
+    bucket: datetime
+    cluster: str
+    gpu_uuid: str
+    gpu_model: str
+    total_slices: int
+    unallocated_slice_hours: float
+    profiles: list[str]
+    slices: list[int]
+    price_per_gpu_hour: Decimal | None
+    currency: str | None
+
+
+def split_hour(h: FreeHour, target_profile: str | None, target_slices: int | None) -> tuple[float, float]:
+    """(hostable, stranded) slice-hours of one GPU-hour (rules 2 and 3)."""
+    free_compute = h.total_slices - sum(h.slices)
+    if target_profile is None or not target_slices or free_compute <= 0:
+        return 0.0, h.unallocated_slice_hours
+    n = placement.best_fit(h.gpu_model, h.total_slices, list(zip(h.profiles, h.slices)), target_profile, target_slices)
+    hostable = h.unallocated_slice_hours * min(1.0, n * target_slices / free_compute)
+    return hostable, h.unallocated_slice_hours - hostable
+
+
+@dataclass
+class _Group:
+    gpus: set[str] = field(default_factory=set)
+    unallocated: float = 0.0
+    hostable: float = 0.0
+    stranded: float = 0.0
+    cost_unallocated: Decimal = Decimal(0)
+    cost_stranded: Decimal = Decimal(0)
+    currencies: set[str] = field(default_factory=set)
+    unpriced: bool = False
+
+
+def stranded(conn: psycopg.Connection[Any], month: date, cluster: str | None = None) -> Report:
+    """One row per (cluster, GPU model) with unallocated, hostable and stranded slice-hours and their cost."""
+    start, end = reports.month_range(month)
+    params = {"start": start, "end": end, "cluster": cluster}
+    demand: dict[tuple[str, str], tuple[str, int]] = {}
+    for c, model, profile, slices, _hours in conn.execute(reports.load_query("profile_demand"), params):  # type: ignore[arg-type]
+        demand.setdefault((c, model), (profile, int(slices)))  # rows come most instance-hours first
+    with conn.cursor(row_factory=class_row(FreeHour)) as cur:
+        cur.execute(reports.load_query("stranded"), params)  # type: ignore[arg-type]
+        hours = cur.fetchall()
+    groups: dict[tuple[str, str], _Group] = defaultdict(_Group)
+    for h in hours:
+        target = demand.get((h.cluster, h.gpu_model), (None, None))
+        hostable, strand = split_hour(h, *target)
+        g = groups[(h.cluster, h.gpu_model)]
+        g.gpus.add(h.gpu_uuid)
+        g.unallocated += h.unallocated_slice_hours
+        g.hostable += hostable
+        g.stranded += strand
+        if h.price_per_gpu_hour is None or h.currency is None:
+            g.unpriced = True
+            continue
+        per_slice_hour = h.price_per_gpu_hour / h.total_slices
+        g.cost_unallocated += Decimal(repr(h.unallocated_slice_hours)) * per_slice_hour
+        g.cost_stranded += Decimal(repr(strand)) * per_slice_hour
+        g.currencies.add(h.currency)
+    rows = []
+    for (c, model), g in sorted(groups.items(), key=lambda kv: (-kv[1].stranded, kv[0])):
+        priced = not g.unpriced and len(g.currencies) == 1
+        target = demand.get((c, model), (None, None))[0]
+        rows.append((c, model, len(g.gpus), target, g.unallocated, g.hostable, g.stranded,
+                     100.0 * g.stranded / g.unallocated if g.unallocated else None,
+                     g.cost_unallocated.quantize(Decimal("0.000001")) if priced else None,
+                     g.cost_stranded.quantize(Decimal("0.000001")) if priced else None,
+                     min(g.currencies) if priced else None, "estimated"))
+    columns = (Column("cluster"), Column("gpu_model"), Column("gpus", "int"), Column("most_requested_profile"),
+               Column("unallocated_slice_hours", "hours"), Column("hostable_slice_hours", "hours"),
+               Column("stranded_slice_hours", "hours"), Column("stranded_pct", "pct"),
+               Column("unallocated_cost", "money"), Column("stranded_cost", "money"), Column("currency"),
+               Column("placement"))
+    notes = (f"split {ESTIMATE_NOTE}",
+             "hostable = free slices the most requested profile (most instance-hours) could have used at its allowed"
+             " starts; stranded = the rest (fragmentation); cost '-' = unpriced days or more than one currency")
+    where = f" cluster {cluster}" if cluster else " all clusters"
+    return Report(f"Stranded MIG capacity {month:%Y-%m} (UTC),{where}", columns, tuple(rows), notes)
