@@ -23,6 +23,12 @@ Kafka delivery (:class:`KafkaPublisher`):
   ``block``, makes ``send`` wait and retry draining until room frees: back-pressure on the
   poll loop. ``stop`` (a threading.Event) ends the wait at shutdown; the snapshots in hand are
   then stored past the bound rather than lost.
+- The spool's disk full or its directory read-only (:class:`SpoolUnwritable`): the same
+  policy. ``drop-oldest`` drops (the spool first drops its oldest records to make room;
+  if even that cannot be written, the new snapshot is the one dropped), counted; ``block``
+  waits for the drain to free room, reading no GPUs meanwhile. A delete the spool cannot
+  write leaves the delivered records in it, to be re-sent (duplicates, dropped downstream)
+  once it can; until then drains back off like a broker failure.
 - Without a spool, records that could not be delivered are dropped and counted.
 
 Credentials (SASL/TLS) come from the caller as ``security``
@@ -48,7 +54,7 @@ from kafka.codec import has_lz4
 from kafka.errors import KafkaError
 
 from collector.snapshot import Snapshot
-from collector.spool import Spool, SpoolFull
+from collector.spool import Spool, SpoolFull, SpoolUnwritable
 from migmeter import settings
 from migmeter.errors import ConfigError
 from migmeter.kafka_security import SECURITY_KEYS
@@ -389,7 +395,12 @@ class KafkaPublisher:
             else:
                 prefix_ok = False  # stays in the spool, and so does everything after it
         if commit_upto is not None and self.spool is not None:
-            self.spool.commit(commit_upto)
+            try:
+                self.spool.commit(commit_upto)
+            except SpoolUnwritable as exc:
+                # Delivered but still spooled: sent again later (the processor drops duplicates).
+                self._failed(f"{exc}; delivered snapshots stay spooled and are re-sent later")
+                return False
         if ok:
             self._recovered()
         return ok
@@ -409,23 +420,33 @@ class KafkaPublisher:
 
     def _to_spool(self, key: bytes, value: bytes) -> None:
         assert self.spool is not None
+        spool = self.spool
+        waited = False
         while True:
+            before = spool.dropped
             try:
-                before = self.spool.dropped
-                self.spool.append(key, value, force=self._stop.is_set())
-                self.stats.dropped += self.spool.dropped - before
-                self.stats.spooled += 1
-                break
+                spool.append(key, value, force=self._stop.is_set())
             except SpoolFull as exc:
-                if len(key) + len(value) > self.spool.max_bytes:
+                self.stats.dropped += spool.dropped - before
+                unwritable = isinstance(exc, SpoolUnwritable)
+                if (len(key) + len(value) > spool.max_bytes or self._stop.is_set()
+                        or (unwritable and spool.full_policy == "drop-oldest")):
+                    # Nowhere to keep it: a record over the bound, the disk refusing even after
+                    # dropping the oldest, or shutdown with the disk refusing. Counted.
                     log.error("%s; snapshot dropped", exc)
                     self.stats.dropped += 1
                     break
                 # Back-pressure: the poll loop waits here until the broker takes some records.
-                log.warning("%s; waiting for Kafka to take some before reading more", exc)
+                if not waited:
+                    log.warning("%s; waiting for Kafka to take some before reading more", exc)
+                    waited = True
                 self._drain(self._clock() + DEFAULT_FLUSH_TIMEOUT_S)
-                if not self.spool.has_room(len(key) + len(value)):
-                    self._stop.wait(max(self._retry_at - self._clock(), 0.1))
+                if unwritable or not spool.has_room(len(key) + len(value)):
+                    self._stop.wait(max(self._retry_at - self._clock(), _RETRY_MIN_S if unwritable else 0.1))
+            else:
+                self.stats.dropped += spool.dropped - before
+                self.stats.spooled += 1
+                break
         self._sync_spool_stats()
 
     def _undeliverable(self, key: bytes, value: bytes) -> None:
