@@ -196,6 +196,14 @@ def _quiet_logger(name: str, level: int = logging.WARNING) -> Iterator[None]:
         logger.setLevel(old)
 
 
+def _reap(proc: subprocess.Popen[bytes] | None) -> None:
+    """Collect a stopped child's exit status: _stop_pid sees a zombie as gone, and a Popen
+    dropped unwaited keeps the zombie (and warns)."""
+    if proc is not None:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(5)
+
+
 def _tail(path: Path, lines: int = 30) -> str:
     try:
         text = path.read_text(errors="replace").splitlines()
@@ -499,6 +507,7 @@ class KafkaNode:
             _progress(f"stopping Kafka on {self.bootstrap} (pid {pid})")
             reap = self._proc.poll if self._proc is not None and self._proc.pid == pid else None
             _stop_pid(pid, signal.SIGTERM, timeout_s, reap)
+        _reap(self._proc)
         self._proc = None
         self.pid_file.unlink(missing_ok=True)
 
@@ -839,6 +848,7 @@ class PostgresCluster:
             _progress(f"stopping PostgreSQL on port {self.port} (pid {pid})")
             reap = self._proc.poll if self._proc is not None and self._proc.pid == pid else None
             _stop_pid(pid, signal.SIGINT, timeout_s, reap)
+        _reap(self._proc)
         self._proc = None
         self.pid_file.unlink(missing_ok=True)
 
