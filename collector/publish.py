@@ -51,7 +51,7 @@ from typing import IO, Any, Protocol
 
 from kafka import KafkaProducer
 from kafka.codec import has_lz4
-from kafka.errors import KafkaError
+from kafka.errors import KafkaError, KafkaTimeoutError
 
 from collector.snapshot import Snapshot
 from collector.spool import Spool, SpoolFull, SpoolUnwritable
@@ -94,6 +94,11 @@ _DRAIN_BATCH = 500
 # Records sent but not yet confirmed before send() confirms them itself, so memory stays
 # bounded when a caller never flushes.
 _MAX_UNCONFIRMED = 20_000
+# A stop (SIGTERM) ends the wait for acknowledgements after this grace: what is still
+# unacknowledged is spooled, and the collector exits within a second or two.
+_STOP_GRACE_S = 1.0
+# How often a wait for acknowledgements looks at the stop event.
+_STOP_CHECK_S = 0.1
 # Back-off between drain attempts after a failure: retry soon, then at most every 30 s.
 _RETRY_MIN_S = 1.0
 _RETRY_MAX_S = 30.0
@@ -367,10 +372,11 @@ class KafkaPublisher:
         errors: set[str] = set()
         for p in pending:
             # One deadline for the whole batch (kafka-python's flush() waits up to its timeout
-            # per batch, so a dead broker would stall it for batches x timeout).
+            # per batch, so a dead broker would stall it for batches x timeout); a stop
+            # (SIGTERM) shortens it to a short grace, after which the rest is spooled.
             try:
-                p.future.get(timeout=max(deadline - self._clock(), 0.0))
-            except KafkaError as exc:
+                deadline = self._wait_acknowledged(p.future, deadline)
+            except (KafkaError, OSError) as exc:
                 errors.add(exc.__class__.__name__)
                 break  # the broker is not taking records: stop waiting, abort below
         ok = all(p.future.is_done and p.future.succeeded() for p in pending)
@@ -404,6 +410,24 @@ class KafkaPublisher:
         if ok:
             self._recovered()
         return ok
+
+    def _wait_acknowledged(self, future: Any, deadline: float) -> float:
+        """Wait until ``future`` is done (raising its error) or ``deadline`` passes (raising
+        KafkaTimeoutError); once ``stop`` is set, the deadline moves to at most _STOP_GRACE_S
+        away. Returns the deadline, possibly moved, for the records after this one."""
+        while not future.is_done:
+            now = self._clock()
+            if self._stop.is_set():
+                deadline = min(deadline, now + _STOP_GRACE_S)
+            left = deadline - now
+            if left <= 0:
+                raise KafkaTimeoutError("not acknowledged in time")
+            try:
+                future.get(timeout=min(left, _STOP_CHECK_S))
+            except KafkaTimeoutError:
+                continue  # this slice ran out, not necessarily the deadline
+        future.get(timeout=0)  # raises the record's failure, if any
+        return deadline
 
     def _drain(self, deadline: float) -> None:
         """Send the spool, oldest first, in batches, while the broker acknowledges and time is left."""
