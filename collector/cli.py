@@ -25,6 +25,7 @@ from collector.metrics import DEFAULT_METRICS_ADDR, DEFAULT_METRICS_PORT, Collec
 from collector.publish import DEFAULT_FLUSH_TIMEOUT_S, KafkaPublisher, Publisher, StdoutPublisher
 from collector.run import DEFAULT_LOG_EVERY_S, RunSummary, run_loop
 from collector.sources.base import Source
+from collector.sources.fetch import stoppable
 from collector.spool import DEFAULT_MAX_BYTES, FULL_POLICIES, Spool
 from migmeter import settings
 from migmeter.errors import ConfigError
@@ -101,7 +102,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--scrape-timeout", type=_positive_float, default=None, metavar="S",
-        help="HTTP timeout of one dcgm endpoint (default 5) or one Prometheus query (default 30)",
+        help="overall deadline of one dcgm endpoint per round, connect to last byte (default 5), "
+        "or HTTP timeout of one Prometheus query (default 30)",
     )
 
     g = parser.add_argument_group("run")
@@ -206,7 +208,7 @@ def run(args: argparse.Namespace) -> int:
     metrics = CollectorMetrics()
     with ExitStack() as cleanup:
         # Each part is closed if a later one cannot start (a taken port, a locked spool).
-        source, pace = _make_source(args, overrides)
+        source, pace = _make_source(args, overrides, stop)
         cleanup.callback(source.close)
         if not args.once:
             stop_server = serve(metrics, args.metrics_port, args.metrics_addr)
@@ -230,8 +232,10 @@ def run(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------- wiring
 
 
-def _make_source(args: argparse.Namespace, overrides: dict[str, int] | None) -> tuple[Source, float]:
-    """The chosen source and the loop's speed (0 = do not wait between rounds)."""
+def _make_source(args: argparse.Namespace, overrides: dict[str, int] | None,
+                 stop: threading.Event | None = None) -> tuple[Source, float]:
+    """The chosen source and the loop's speed (0 = do not wait between rounds). ``stop`` (set
+    by SIGTERM) also cuts the dcgm endpoints' fetches short, so a shutdown never waits a round out."""
     name = args.source
     if args.start is not None and name not in ("prometheus", "simulate"):
         raise ConfigError("--start applies to the prometheus and simulate sources only")
@@ -248,6 +252,8 @@ def _make_source(args: argparse.Namespace, overrides: dict[str, int] | None) -> 
         if not args.url:
             raise ConfigError("--source dcgm needs at least one --url (http(s)://HOST:9400/metrics or file:PATH)")
         kw: dict[str, Any] = {"timeout_s": args.scrape_timeout} if args.scrape_timeout else {}
+        if stop is not None:
+            kw["http_get"] = stoppable(stop)
         return module.DcgmSource(args.url, interval_s=args.interval, **common, **kw), 1.0
     if name == "nvml":
         if args.url:

@@ -23,6 +23,12 @@ Kafka delivery (:class:`KafkaPublisher`):
   ``block``, makes ``send`` wait and retry draining until room frees: back-pressure on the
   poll loop. ``stop`` (a threading.Event) ends the wait at shutdown; the snapshots in hand are
   then stored past the bound rather than lost.
+- The spool's disk full or its directory read-only (:class:`SpoolUnwritable`): the same
+  policy. ``drop-oldest`` drops (the spool first drops its oldest records to make room;
+  if even that cannot be written, the new snapshot is the one dropped), counted; ``block``
+  waits for the drain to free room, reading no GPUs meanwhile. A delete the spool cannot
+  write leaves the delivered records in it, to be re-sent (duplicates, dropped downstream)
+  once it can; until then drains back off like a broker failure.
 - Without a spool, records that could not be delivered are dropped and counted.
 
 Credentials (SASL/TLS) come from the caller as ``security``
@@ -45,10 +51,10 @@ from typing import IO, Any, Protocol
 
 from kafka import KafkaProducer
 from kafka.codec import has_lz4
-from kafka.errors import KafkaError
+from kafka.errors import KafkaError, KafkaTimeoutError
 
 from collector.snapshot import Snapshot
-from collector.spool import Spool, SpoolFull
+from collector.spool import Spool, SpoolFull, SpoolUnwritable
 from migmeter import settings
 from migmeter.errors import ConfigError
 from migmeter.kafka_security import SECURITY_KEYS
@@ -88,6 +94,11 @@ _DRAIN_BATCH = 500
 # Records sent but not yet confirmed before send() confirms them itself, so memory stays
 # bounded when a caller never flushes.
 _MAX_UNCONFIRMED = 20_000
+# A stop (SIGTERM) ends the wait for acknowledgements after this grace: what is still
+# unacknowledged is spooled, and the collector exits within a second or two.
+_STOP_GRACE_S = 1.0
+# How often a wait for acknowledgements looks at the stop event.
+_STOP_CHECK_S = 0.1
 # Back-off between drain attempts after a failure: retry soon, then at most every 30 s.
 _RETRY_MIN_S = 1.0
 _RETRY_MAX_S = 30.0
@@ -361,10 +372,11 @@ class KafkaPublisher:
         errors: set[str] = set()
         for p in pending:
             # One deadline for the whole batch (kafka-python's flush() waits up to its timeout
-            # per batch, so a dead broker would stall it for batches x timeout).
+            # per batch, so a dead broker would stall it for batches x timeout); a stop
+            # (SIGTERM) shortens it to a short grace, after which the rest is spooled.
             try:
-                p.future.get(timeout=max(deadline - self._clock(), 0.0))
-            except KafkaError as exc:
+                deadline = self._wait_acknowledged(p.future, deadline)
+            except (KafkaError, OSError) as exc:
                 errors.add(exc.__class__.__name__)
                 break  # the broker is not taking records: stop waiting, abort below
         ok = all(p.future.is_done and p.future.succeeded() for p in pending)
@@ -389,10 +401,33 @@ class KafkaPublisher:
             else:
                 prefix_ok = False  # stays in the spool, and so does everything after it
         if commit_upto is not None and self.spool is not None:
-            self.spool.commit(commit_upto)
+            try:
+                self.spool.commit(commit_upto)
+            except SpoolUnwritable as exc:
+                # Delivered but still spooled: sent again later (the processor drops duplicates).
+                self._failed(f"{exc}; delivered snapshots stay spooled and are re-sent later")
+                return False
         if ok:
             self._recovered()
         return ok
+
+    def _wait_acknowledged(self, future: Any, deadline: float) -> float:
+        """Wait until ``future`` is done (raising its error) or ``deadline`` passes (raising
+        KafkaTimeoutError); once ``stop`` is set, the deadline moves to at most _STOP_GRACE_S
+        away. Returns the deadline, possibly moved, for the records after this one."""
+        while not future.is_done:
+            now = self._clock()
+            if self._stop.is_set():
+                deadline = min(deadline, now + _STOP_GRACE_S)
+            left = deadline - now
+            if left <= 0:
+                raise KafkaTimeoutError("not acknowledged in time")
+            try:
+                future.get(timeout=min(left, _STOP_CHECK_S))
+            except KafkaTimeoutError:
+                continue  # this slice ran out, not necessarily the deadline
+        future.get(timeout=0)  # raises the record's failure, if any
+        return deadline
 
     def _drain(self, deadline: float) -> None:
         """Send the spool, oldest first, in batches, while the broker acknowledges and time is left."""
@@ -409,23 +444,33 @@ class KafkaPublisher:
 
     def _to_spool(self, key: bytes, value: bytes) -> None:
         assert self.spool is not None
+        spool = self.spool
+        waited = False
         while True:
+            before = spool.dropped
             try:
-                before = self.spool.dropped
-                self.spool.append(key, value, force=self._stop.is_set())
-                self.stats.dropped += self.spool.dropped - before
-                self.stats.spooled += 1
-                break
+                spool.append(key, value, force=self._stop.is_set())
             except SpoolFull as exc:
-                if len(key) + len(value) > self.spool.max_bytes:
+                self.stats.dropped += spool.dropped - before
+                unwritable = isinstance(exc, SpoolUnwritable)
+                if (len(key) + len(value) > spool.max_bytes or self._stop.is_set()
+                        or (unwritable and spool.full_policy == "drop-oldest")):
+                    # Nowhere to keep it: a record over the bound, the disk refusing even after
+                    # dropping the oldest, or shutdown with the disk refusing. Counted.
                     log.error("%s; snapshot dropped", exc)
                     self.stats.dropped += 1
                     break
                 # Back-pressure: the poll loop waits here until the broker takes some records.
-                log.warning("%s; waiting for Kafka to take some before reading more", exc)
+                if not waited:
+                    log.warning("%s; waiting for Kafka to take some before reading more", exc)
+                    waited = True
                 self._drain(self._clock() + DEFAULT_FLUSH_TIMEOUT_S)
-                if not self.spool.has_room(len(key) + len(value)):
-                    self._stop.wait(max(self._retry_at - self._clock(), 0.1))
+                if unwritable or not spool.has_room(len(key) + len(value)):
+                    self._stop.wait(max(self._retry_at - self._clock(), _RETRY_MIN_S if unwritable else 0.1))
+            else:
+                self.stats.dropped += spool.dropped - before
+                self.stats.spooled += 1
+                break
         self._sync_spool_stats()
 
     def _undeliverable(self, key: bytes, value: bytes) -> None:

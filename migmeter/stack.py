@@ -53,6 +53,9 @@ __all__ = [
     "KAFKA_CONTROLLER_PORT",
     "KAFKA_DEFAULT_PARTITIONS",
     "PG_MAJOR",
+    "SOCKET_DIR_MODE",
+    "pg_hba",
+    "pg_ident",
     "KafkaNode",
     "PostgresCluster",
     "ServiceStatus",
@@ -84,6 +87,11 @@ _MAVEN_DEPENDENCY_PLUGIN = "org.apache.maven.plugins:maven-dependency-plugin:3.6
 
 PG_MAJOR = 15
 PG_BIN = Path(f"/usr/lib/postgresql/{PG_MAJOR}/bin")
+# The unix socket directory belongs to the server user alone: no other OS user can reach the
+# socket at all (defence in depth on top of peer authentication in pg_hba.conf).
+SOCKET_DIR_MODE = 0o700
+# pg_ident.conf map naming the OS users allowed to log in as the server's superuser role.
+PG_IDENT_MAP = "migmeter"
 # Debian 13 ships TimescaleDB's source (Apache-only build); it builds against PG 15 in seconds.
 _TIMESCALEDB_SUITE = "trixie"
 _TIMESCALEDB_SOURCE_PACKAGE = "timescaledb"
@@ -186,6 +194,14 @@ def _quiet_logger(name: str, level: int = logging.WARNING) -> Iterator[None]:
         yield
     finally:
         logger.setLevel(old)
+
+
+def _reap(proc: subprocess.Popen[bytes] | None) -> None:
+    """Collect a stopped child's exit status: _stop_pid sees a zombie as gone, and a Popen
+    dropped unwaited keeps the zombie (and warns)."""
+    if proc is not None:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(5)
 
 
 def _tail(path: Path, lines: int = 30) -> str:
@@ -491,6 +507,7 @@ class KafkaNode:
             _progress(f"stopping Kafka on {self.bootstrap} (pid {pid})")
             reap = self._proc.poll if self._proc is not None and self._proc.pid == pid else None
             _stop_pid(pid, signal.SIGTERM, timeout_s, reap)
+        _reap(self._proc)
         self._proc = None
         self.pid_file.unlink(missing_ok=True)
 
@@ -532,6 +549,35 @@ def _server_user() -> str:
     _run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin",
           settings.LOCAL_PG_USER], "useradd")
     return settings.LOCAL_PG_USER
+
+
+def _invoking_user() -> str:
+    """The OS user running ``stack up`` (root in CI): it bootstraps roles over the socket."""
+    return pwd.getpwuid(os.geteuid()).pw_name
+
+
+def pg_hba(os_user: str) -> str:
+    """``pg_hba.conf`` of a local-stack cluster (rewritten on every start).
+
+    The server's own role (a superuser) is reachable over the unix socket only by ``peer``
+    authentication through the ``migmeter`` ident map, never ``trust``: another OS user on the
+    machine must not become database superuser. Every other login is scram-sha-256."""
+    return (
+        "# written by migmeter/stack.py on every start: the server role over the socket by peer\n"
+        f"# (ident map {PG_IDENT_MAP!r}), everything else scram-sha-256; TCP on loopback only\n"
+        f"local all {os_user} peer map={PG_IDENT_MAP}\n"
+        "local all all scram-sha-256\n"
+        "host all all 127.0.0.1/32 scram-sha-256\n"
+        "host all all ::1/128 scram-sha-256\n"
+    )
+
+
+def pg_ident(os_user: str, invoker: str) -> str:
+    """``pg_ident.conf``: the server user and the stack's invoker log in as the server role."""
+    lines = [f"{PG_IDENT_MAP} {os_user} {os_user}\n"]
+    if invoker != os_user:
+        lines.append(f"{PG_IDENT_MAP} {invoker} {os_user}\n")
+    return "# written by migmeter/stack.py on every start\n" + "".join(lines)
 
 
 def _pg_config(flag: str) -> str:
@@ -630,7 +676,8 @@ class PostgresCluster:
         return self.pid() is not None
 
     def _superuser_conninfo(self, dbname: str = "postgres") -> str:
-        # Over the private unix socket, trusted for the server's own OS user only.
+        # Over the private unix socket (0700, server user), peer-authenticated: only the
+        # server's OS user and the one running the stack (root in CI) map to this role.
         return psycopg.conninfo.make_conninfo(
             host=str(self.socket_dir), port=self.port, user=self._bootstrap_user(), dbname=dbname,
             connect_timeout=3,
@@ -661,12 +708,15 @@ class PostgresCluster:
                 os.chown(d, pw.pw_uid, pw.pw_gid)
             os.chmod(self.data_dir, 0o700)
             self._check_reachable(os_user)
+        # Every start, so a state dir made by older code (world-writable socket dir) is fixed:
+        # no other OS user may even reach the socket.
+        os.chmod(self.socket_dir, SOCKET_DIR_MODE)
         if (self.data_dir / "PG_VERSION").exists():
             return
         _progress(f"initdb: new PostgreSQL {PG_MAJOR} cluster in {self.data_dir} (server user {os_user})")
         _run(
             [str(PG_BIN / "initdb"), "-D", str(self.data_dir), "-U", os_user, "-E", "UTF8",
-             "--locale=C.UTF-8", "--auth-local=trust", "--auth-host=scram-sha-256"],
+             "--locale=C.UTF-8", "--auth-local=peer", "--auth-host=scram-sha-256"],
             "initdb", user=os_user if _is_root() else None,
             env=dict(os.environ, LC_ALL="C.UTF-8"),
         )
@@ -698,6 +748,7 @@ class PostgresCluster:
             "port": str(self.port),
             "listen_addresses": "'127.0.0.1'",
             "unix_socket_directories": f"'{self.socket_dir}'",
+            "unix_socket_permissions": f"0{SOCKET_DIR_MODE:o}",
             "shared_preload_libraries": "'timescaledb'",
             "timescaledb.telemetry_level": "off",
             "password_encryption": "'scram-sha-256'",
@@ -710,18 +761,11 @@ class PostgresCluster:
         }
         target = self.data_dir / "migmeter.conf"
         target.write_text("".join(f"{k} = {v}\n" for k, v in conf.items()))
-        hba = (
-            "# written by migmeter/stack.py: socket trusted for the server user only,\n"
-            "# TCP on loopback with scram-sha-256\n"
-            f"local all {os_user} trust\n"
-            "local all all scram-sha-256\n"
-            "host all all 127.0.0.1/32 scram-sha-256\n"
-            "host all all ::1/128 scram-sha-256\n"
-        )
-        (self.data_dir / "pg_hba.conf").write_text(hba)
+        (self.data_dir / "pg_hba.conf").write_text(pg_hba(os_user))
+        (self.data_dir / "pg_ident.conf").write_text(pg_ident(os_user, _invoking_user()))
         if _is_root():
             pw = pwd.getpwnam(os_user)
-            for p in (target, self.data_dir / "pg_hba.conf"):
+            for p in (target, self.data_dir / "pg_hba.conf", self.data_dir / "pg_ident.conf"):
                 os.chown(p, pw.pw_uid, pw.pw_gid)
 
     def start(self, wait: bool = True, timeout_s: float = PG_START_TIMEOUT_S) -> None:
@@ -804,6 +848,7 @@ class PostgresCluster:
             _progress(f"stopping PostgreSQL on port {self.port} (pid {pid})")
             reap = self._proc.poll if self._proc is not None and self._proc.pid == pid else None
             _stop_pid(pid, signal.SIGINT, timeout_s, reap)
+        _reap(self._proc)
         self._proc = None
         self.pid_file.unlink(missing_ok=True)
 

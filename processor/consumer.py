@@ -20,6 +20,14 @@ away with everything else in memory. Even a mistake here could not double count:
 offsets compare-and-set expects N's end, which is only stored if N committed. Python's CPU
 work (decode, fold) and PostgreSQL's (merge) thus overlap instead of adding up.
 
+Broker outages: every call into the Kafka client from the loop goes through
+:meth:`Processor._kafka_call`. A call that fails (broker gone, coordinator lost, connection
+refused) is logged once per outage, the loop drops what is not in the database exactly as
+after a database failure (so the batch and the offsets stay consistent: positions are re-read
+from ``sink_offsets`` and sought to once the broker answers), and it retries with a short,
+capped backoff. Calls that are local bookkeeping in kafka-python (seek, pause, resume,
+highwater, assignment) are guarded the same way in case a client version does I/O there.
+
 Backpressure: while the database is down the loop consumes nothing (partitions paused, polls
 kept going so the group membership stays alive) and retries with exponential backoff,
 capped. Several processors in one consumer group share the partitions; a GPU's snapshots are
@@ -35,7 +43,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import KafkaError
@@ -65,6 +73,8 @@ __all__ = [
 
 log = logging.getLogger("migmeter.processor")
 
+_T = TypeVar("_T")
+
 DEFAULT_GROUP = "migmeter-processor"
 # Big batches amortize the per-transaction cost (one COPY + upsert per table, the offsets
 # CAS); 10,000 snapshots of ~7 instances stay well under a second of database work.
@@ -78,6 +88,24 @@ POLL_MS = 200
 # is noticed within half a minute.
 RETRY_INITIAL_S = 0.5
 RETRY_MAX_S = 30.0
+# Backoff after a failed call into the Kafka client (broker down): short and capped low, so
+# the loop notices a restarted broker within seconds; one log line per outage, not per retry.
+KAFKA_RETRY_INITIAL_S = 0.5
+KAFKA_RETRY_MAX_S = 5.0
+# An outage is over once a poll returns records, or polls have succeeded for this long:
+# kafka-python's poll() can return empty without raising while the broker is still away, and
+# calling that the end would log the same outage several times.
+KAFKA_QUIET_S = 10.0
+# kafka-python backs reconnects off up to 30 s (its default): after a broker restart the loop
+# would sit idle that long. 2 s keeps an outage's end noticed promptly at negligible cost.
+KAFKA_RECONNECT_BACKOFF_MAX_MS = 2_000
+# What the Kafka client raises when the broker goes away: its own errors, and socket errors
+# some code paths of kafka-python let through.
+_KAFKA_FAILURES = (KafkaError, OSError)
+# The dead-letter producer must not stall the loop for kafka-python's 60 s default while the
+# broker is down: the dead_letters table is the exact record, the topic only a notification.
+DLQ_MAX_BLOCK_MS = 5_000
+DLQ_FLUSH_TIMEOUT_S = 10.0
 # Dead-letter topic messages carry at most this much of the rejected payload.
 DLQ_PAYLOAD_MAX = 64 * 1024
 # Fetch sizes: snapshots are ~2 KiB; the client's 1 MiB per partition would cap a poll at a
@@ -148,6 +176,10 @@ class Processor:
         self._summary = _Summary()
         self._last_record_at = time.monotonic()
         self._multi_fed_logged: set[str] = set()  # GPUs already reported as fed by two feeds
+        self._kafka_backoff_s = KAFKA_RETRY_INITIAL_S
+        self._kafka_down_since: float | None = None  # start of the current broker outage
+        self._kafka_failures = 0  # failed Kafka calls in the current outage
+        self._kafka_last_failure = 0.0
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -164,7 +196,7 @@ class Processor:
                 enable_auto_commit=False, auto_offset_reset="earliest",
                 max_partition_fetch_bytes=MAX_PARTITION_FETCH_BYTES, session_timeout_ms=cfg.session_timeout_ms,
                 heartbeat_interval_ms=max(1000, cfg.session_timeout_ms // 3), group_instance_id=cfg.instance_id,
-                **opts)
+                reconnect_backoff_max_ms=KAFKA_RECONNECT_BACKOFF_MAX_MS, **opts)
         except KafkaError as exc:
             # kafka-python raises once its bootstrap timeout passes: one clear line and exit 1
             # (the supervisor restarts us), not an uncaught traceback.
@@ -219,8 +251,9 @@ class Processor:
         if self._pending or self._inflight is not None or self._need_seek or not self._next:
             return 0.0
         assert self._consumer is not None
+        consumer = self._consumer
         for tp, nxt in self._next.items():
-            hw = self._consumer.highwater(tp)
+            hw = self._kafka_call("highwater", lambda: consumer.highwater(tp), None)
             if hw is None or hw > nxt:
                 return 0.0
         return time.monotonic() - self._last_record_at
@@ -229,8 +262,17 @@ class Processor:
 
     def _poll_once(self) -> None:
         assert self._consumer is not None
+        consumer = self._consumer
         room = max(1, self.config.batch_records - len(self._pending))
-        polled = self._consumer.poll(timeout_ms=POLL_MS, max_records=room)
+        polled = self._kafka_call("poll", lambda: consumer.poll(timeout_ms=POLL_MS, max_records=room), None)
+        if polled is None:
+            # Whatever poll() did before failing (a rebalance, a fetch) is not trusted: drop
+            # what is not committed and re-seek from the stored offsets once Kafka answers.
+            self._fail(backoff=False)
+            self._retry_at = time.monotonic() + self._kafka_backoff_s
+            self._kafka_backoff_s = min(self._kafka_backoff_s * 2, KAFKA_RETRY_MAX_S)
+            return
+        self._kafka_answered(bool(polled))
         if self._need_seek:
             return  # a rebalance inside poll() could not read offsets; recover first
         for tp, records in polled.items():
@@ -362,13 +404,14 @@ class Processor:
         assert self._consumer is not None
         try:
             self._consumer.commit_async(offsets)
-        except (KafkaError, AssertionError, ValueError) as exc:
+        except (*_KAFKA_FAILURES, AssertionError, ValueError) as exc:
             log.debug("kafka offset commit skipped: %s", exc)
 
     def _update_lag(self) -> None:
         assert self._consumer is not None
+        consumer = self._consumer
         for tp, nxt in self._next.items():
-            hw = self._consumer.highwater(tp)
+            hw = self._kafka_call("highwater", lambda: consumer.highwater(tp), None)
             if hw is not None:
                 stored = self._stored.get(tp)
                 self.metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(max(0, hw - (stored or 0)))
@@ -385,17 +428,21 @@ class Processor:
             if self._producer is None:
                 self._producer = KafkaProducer(bootstrap_servers=self.config.bootstrap, acks="all",
                                                client_id=self.config.client_id + "-dlq",
+                                               max_block_ms=DLQ_MAX_BLOCK_MS,
+                                               reconnect_backoff_max_ms=KAFKA_RECONNECT_BACKOFF_MAX_MS,
                                                **dict(self.config.kafka_options))
             futures = [self._producer.send(self.config.dead_letter_topic, key=d.key, value=_dlq_value(d))
                        for d in dead]
-            self._producer.flush(timeout=30)
+            self._producer.flush(timeout=DLQ_FLUSH_TIMEOUT_S)
             for f in futures:
                 f.get(timeout=0)
-        except (KafkaError, OSError) as exc:
+        except _KAFKA_FAILURES as exc:
             # The dead_letters table still records them exactly once; do not stall metering
             # for a notification.
             self.metrics.dead_letter_publish_failures.inc(len(dead))
-            log.error("could not publish %d dead letters to %s: %s", len(dead), self.config.dead_letter_topic, exc)
+            if self._kafka_down_since is None:
+                log.error("could not publish %d dead letters to %s: %s", len(dead), self.config.dead_letter_topic, exc)
+            self._kafka_failed("dead-letter publish", exc)
 
     # -- failure and recovery --------------------------------------------------------------
 
@@ -423,19 +470,25 @@ class Processor:
         if backoff:
             self._backoff_s = min(self._backoff_s * 2, self.config.retry_max_s)
         assert self._consumer is not None
-        assignment = self._consumer.assignment()
+        consumer = self._consumer
+        assignment = self._kafka_call("assignment", consumer.assignment, set())
         if assignment:
-            self._consumer.pause(*assignment)
+            # If pausing fails, records still polled are ignored: _next is empty until _recover().
+            self._kafka_call("pause", lambda: consumer.pause(*assignment), None)
 
     def _wait(self, seconds: float) -> None:
         """Sleep with paused partitions, still polling so the group membership stays alive."""
         assert self._consumer is not None
+        consumer = self._consumer
         deadline = time.monotonic() + seconds
         while not self._stop.is_set():
             left = deadline - time.monotonic()
             if left <= 0:
                 return
-            self._consumer.poll(timeout_ms=int(min(left, 1.0) * 1000) or 1, max_records=1, update_offsets=False)
+            polled = self._kafka_call("poll", lambda: consumer.poll(
+                timeout_ms=int(min(left, 1.0) * 1000) or 1, max_records=1, update_offsets=False), None)
+            if polled is None:
+                self._stop.wait(min(left, 1.0))  # a refused connection fails at once: no busy loop
 
     def _recover(self) -> None:
         """Re-read stored offsets for the whole assignment and seek; back off while the DB is down."""
@@ -443,9 +496,12 @@ class Processor:
         if time.monotonic() < self._retry_at:
             self._wait(min(1.0, self._retry_at - time.monotonic()))
             return
-        assignment = set(self._consumer.assignment())
+        consumer = self._consumer
+        assignment = set(self._kafka_call("assignment", consumer.assignment, set()))
         try:
             self._seek(assignment)
+            if assignment:
+                consumer.resume(*assignment)
         except SinkError as exc:
             self.metrics.db_retries.inc()
             self.metrics.database_up.set(0)
@@ -453,10 +509,13 @@ class Processor:
             self._retry_at = time.monotonic() + self._backoff_s
             self._backoff_s = min(self._backoff_s * 2, self.config.retry_max_s)
             return
+        except _KAFKA_FAILURES as exc:
+            self._kafka_failed("seek", exc)
+            self._next.clear()
+            self._retry_at = time.monotonic() + self._kafka_backoff_s
+            return
         self._need_seek = False
         self.metrics.database_up.set(1)
-        if assignment:
-            self._consumer.resume(*assignment)
         log.info("resumed from stored offsets: %s", _fmt(self._stored))
 
     def _seek(self, partitions: set[TopicPartition]) -> None:
@@ -501,7 +560,52 @@ class Processor:
             log.warning("cannot read stored offsets on assignment (%s); will retry", exc)
             self._fail(backoff=True)
             return
+        except _KAFKA_FAILURES as exc:
+            self._kafka_failed("seek", exc)
+            self._fail(backoff=False)
+            return
         log.info("partitions assigned: %s; stored offsets %s", _fmt_tps(assigned), _fmt(self._stored))
+
+
+    # -- Kafka calls -----------------------------------------------------------------------
+
+    def _kafka_call(self, what: str, call: Callable[[], _T], default: _T) -> _T:
+        """One guarded call into the Kafka client: ``default`` if the broker failed it.
+
+        The caller decides what a failure means for the batch (see :meth:`_poll_once`);
+        this only keeps the exception out of the loop and accounts for the outage.
+        """
+        try:
+            return call()
+        except _KAFKA_FAILURES as exc:
+            self._kafka_failed(what, exc)
+            return default
+
+    def _kafka_failed(self, what: str, exc: BaseException) -> None:
+        """Account for a failed Kafka call: one WARNING when an outage starts, DEBUG after."""
+        self._kafka_failures += 1
+        self._kafka_last_failure = time.monotonic()
+        if self._kafka_down_since is None:
+            self._kafka_down_since = self._kafka_last_failure
+            log.warning("Kafka at %s unavailable (%s: %s: %s); uncommitted records are dropped and "
+                        "re-read from the stored offsets once it answers, retrying every %.0f s at most",
+                        self.config.bootstrap, what, exc.__class__.__name__, exc, KAFKA_RETRY_MAX_S)
+        else:
+            log.debug("Kafka still unavailable (%s: %s: %s)", what, exc.__class__.__name__, exc)
+
+    def _kafka_answered(self, got_records: bool) -> None:
+        """A poll succeeded: end the outage once Kafka has clearly been back a while."""
+        if self._kafka_down_since is None:
+            return
+        now = time.monotonic()
+        if not got_records and now - self._kafka_last_failure < KAFKA_QUIET_S:
+            return
+        log.info("Kafka at %s usable again (%s); the outage lasted %.0f s (%d failed calls)", self.config.bootstrap,
+                 "records arrive" if got_records else f"no failed call for {KAFKA_QUIET_S:.0f} s",
+                 self._kafka_last_failure - self._kafka_down_since, self._kafka_failures)
+        self._kafka_down_since = None
+        self._kafka_failures = 0
+        self._kafka_backoff_s = KAFKA_RETRY_INITIAL_S
 
 
 class _Summary:

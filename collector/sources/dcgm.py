@@ -31,14 +31,11 @@ from __future__ import annotations
 import logging
 import math
 import re
-import time
 import urllib.error
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -46,6 +43,7 @@ from collector.slices import profile_slices, total_slices_for_model
 from collector.snapshot import FULL_GPU_GI_ID, Instance, Metrics, Snapshot, Tenant, TenantShare
 from collector.sources.base import ReadStats
 from collector.sources.labels import LabelCase, TargetFilter, tenant_of
+from collector.sources.fetch import BodyTooLarge, fetch_bounded  # one deadline per endpoint (fetch.py)
 from migmeter.errors import BadSnapshot, ConfigError, SourceUnavailable
 from migmeter.settings import redact_url
 
@@ -102,11 +100,6 @@ MAX_PARALLEL_FETCHES = 16
 # The wire contract refuses strings over 256 characters (host, UUID, model, profile, tenant);
 # a label that long is garbage, and a snapshot carrying it would only be dead-lettered later.
 _MAX_LABEL_CHARS = 256
-# Read the HTTP body in pieces so a trickling endpoint is bounded by a total deadline, not
-# only by the per-read socket timeout.
-_READ_CHUNK = 64 * 1024
-# How much of an HTTP error body goes into the error message.
-_ERROR_DETAIL_BYTES = 300
 
 # (metric name, labels, value) of one sample; all samples of one call share one timestamp.
 LabelledSample = tuple[str, Mapping[str, str], float]
@@ -121,9 +114,6 @@ _GI_LABEL = "gpu_i_id"
 _PROFILE_LABEL = "gpu_i_profile"
 _MODEL_LABEL = "modelname"
 _INDEX_LABEL = "gpu"
-
-class BodyTooLarge(Exception):
-    """An endpoint sent more than ``max_bytes``; the body is discarded, not parsed."""
 
 
 @dataclass
@@ -491,51 +481,6 @@ def parse_scrape(
         _samples(text, stats), ts=ts, interval_s=interval_s, source="dcgm", cluster=cluster,
         total_slices_overrides=total_slices_overrides, stats=stats, memory=memory, targets=targets,
     )
-
-
-def fetch_bounded(url: str, timeout_s: float, max_bytes: int) -> bytes:
-    """GET ``url`` with a total deadline and a body cap; ``file:PATH`` reads a saved file.
-
-    Raises BodyTooLarge past ``max_bytes``, TimeoutError past the deadline, and OSError
-    (urllib's HTTPError/URLError included) for anything else the endpoint does wrong.
-    """
-    if url.startswith("file:"):
-        path = Path(url[len("file://"):] if url.startswith("file://") else url[len("file:"):])
-        with path.open("rb") as fh:
-            body = fh.read(max_bytes + 1)
-        if len(body) > max_bytes:
-            raise BodyTooLarge(f"{path} is larger than {max_bytes} bytes")
-        return body
-    deadline = time.monotonic() + timeout_s
-    request = urllib.request.Request(url, headers={"Accept": "text/plain;version=0.0.4"})
-    try:
-        resp = urllib.request.urlopen(request, timeout=timeout_s)  # noqa: S310 - scheme checked by callers
-    except urllib.error.HTTPError as exc:
-        # Keep the start of the error body (Prometheus explains itself there), then free the socket.
-        try:
-            detail = exc.read(_ERROR_DETAIL_BYTES).decode("utf-8", errors="replace").strip()
-        except OSError:
-            detail = ""
-        finally:
-            exc.close()
-        raise OSError(f"HTTP {exc.code} {exc.reason}: {detail}") from None
-    with resp:
-        length = resp.headers.get("Content-Length")
-        if length and length.isdigit() and int(length) > max_bytes:
-            raise BodyTooLarge(f"Content-Length {length} is over {max_bytes} bytes")
-        parts: list[bytes] = []
-        size = 0
-        while True:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"body not complete within {timeout_s}s")
-            chunk = resp.read(_READ_CHUNK)
-            if not chunk:
-                break
-            size += len(chunk)
-            if size > max_bytes:
-                raise BodyTooLarge(f"body is over {max_bytes} bytes")
-            parts.append(chunk)
-    return b"".join(parts)
 
 
 def _check_url(url: str) -> None:
