@@ -208,9 +208,10 @@ def test_a_stalled_endpoint_does_not_hold_back_the_others(server, tmp_path: Path
     finally:
         os.close(writer)
     assert not isinstance(snaps, BaseException), snaps
-    # The two healthy endpoints serve the same reference scrape: its one GPU, twice.
-    assert [s.gpu_uuid for s in snaps] == [REFERENCE_UUID, REFERENCE_UUID]  # type: ignore[union-attr]
-    assert src.stats.skipped == {"endpoint_timeout": 2}
+    # The two healthy endpoints serve the same reference scrape: its one GPU, published once
+    # per round (one GPU behind two URLs), the second copy counted.
+    assert [s.gpu_uuid for s in snaps] == [REFERENCE_UUID]  # type: ignore[union-attr]
+    assert src.stats.skipped == {"endpoint_timeout": 2, "duplicate_gpu": 1}
 
 
 def test_all_endpoints_stalled_is_source_unavailable(server) -> None:  # type: ignore[no-untyped-def]
