@@ -23,6 +23,10 @@ Ordering and clock rules (applied per GPU, in this order):
 5. Otherwise a snapshot whose ts is not newer than its GPU's last ts is a duplicate: dropped
    and counted. A late snapshot that is still newer merges into its (old) buckets.
 
+6. A record the database refused for a data reason (found by bisecting a refused batch, see
+   ``processor.refusals``) is a dead letter ``db_refused`` with the server's message and
+   SQLSTATE: :meth:`BatchFold.refuse`.
+
 Every consumed record is counted exactly once, so per partition:
 records consumed = snapshots merged + duplicates + dead letters.
 """
@@ -77,7 +81,7 @@ class DeadLetter:
     key: bytes | None
     payload: bytes
     reason: str
-    kind: str  # decode | clock_future | clock_past | clock_backward: a small set, usable as a metric label
+    kind: str  # decode | clock_future | clock_past | clock_backward | db_refused: a small set, usable as a metric label
 
 
 @dataclass(slots=True)
@@ -151,11 +155,7 @@ class BatchFold:
     def add(self, topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None,
             snap: Snapshot | BadSnapshot) -> str:
         """Account for one record; returns MERGED, DUPLICATE or DEAD_LETTER."""
-        tp = (topic, partition)
-        prog = self._progress.get(tp)
-        if prog is None:
-            prog = self._progress[tp] = PartitionProgress(self.stored_offsets.get(tp), offset + 1)
-        prog.next_offset = offset + 1
+        prog = self._advance(topic, partition, offset)
         if isinstance(snap, BadSnapshot):
             return self._reject(prog, topic, partition, offset, key, value, snap.reason, "decode")
         ts = snap.ts.timestamp()
@@ -195,6 +195,20 @@ class BatchFold:
             seen.gpu_model, seen.total_slices, seen.mig_enabled = snap.gpu_model, snap.total_slices, snap.mig_enabled
             seen.last_seen = snap.ts  # ts only increases per GPU once duplicates are out
         return MERGED
+
+    def refuse(self, topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None,
+               reason: str) -> str:
+        """Account for a record the database refused (rule 6); returns DEAD_LETTER."""
+        return self._reject(self._advance(topic, partition, offset), topic, partition, offset, key, value, reason,
+                            "db_refused")
+
+    def _advance(self, topic: str, partition: int, offset: int) -> PartitionProgress:
+        tp = (topic, partition)
+        prog = self._progress.get(tp)
+        if prog is None:
+            prog = self._progress[tp] = PartitionProgress(self.stored_offsets.get(tp), offset + 1)
+        prog.next_offset = offset + 1
+        return prog
 
     def _reject(self, prog: PartitionProgress, topic: str, partition: int, offset: int, key: bytes | None,
                 value: bytes | None, reason: str, kind: str) -> str:
