@@ -544,21 +544,18 @@ class KafkaNode:
 
     def kill(self) -> None:
         """SIGKILL, no controlled shutdown (a crashed broker); a later :meth:`start` recovers its log."""
-        pid = self.pid()
-        if pid is not None:
-            _progress(f"killing Kafka on {self.bootstrap} (pid {pid})")
-            reap = self._proc.poll if self._proc is not None and self._proc.pid == pid else None
-            _stop_pid(pid, signal.SIGKILL, STOP_TIMEOUT_S, reap)
-        self._proc = None
-        self.pid_file.unlink(missing_ok=True)
+        self._halt(signal.SIGKILL, STOP_TIMEOUT_S, "killing")
 
     def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> None:
         """SIGTERM (controlled shutdown), wait, then SIGKILL. Idempotent."""
+        self._halt(signal.SIGTERM, timeout_s, "stopping")
+
+    def _halt(self, sig: signal.Signals, timeout_s: float, verb: str) -> None:
         pid = self.pid()
         if pid is not None:
-            _progress(f"stopping Kafka on {self.bootstrap} (pid {pid})")
+            _progress(f"{verb} Kafka on {self.bootstrap} (pid {pid})")
             reap = self._proc.poll if self._proc is not None and self._proc.pid == pid else None
-            _stop_pid(pid, signal.SIGTERM, timeout_s, reap)
+            _stop_pid(pid, sig, timeout_s, reap)
         self._proc = None
         self.pid_file.unlink(missing_ok=True)
 
