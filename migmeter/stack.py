@@ -20,6 +20,7 @@ wait, then SIGKILL, so ``down`` leaves nothing behind.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import fcntl
 import grp
@@ -34,6 +35,7 @@ import socket
 import stat
 import subprocess
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,6 +56,7 @@ __all__ = [
     "KAFKA_DEFAULT_PARTITIONS",
     "PG_MAJOR",
     "KafkaNode",
+    "KafkaCluster",
     "KafkaTls",
     "PostgresTls",
     "PostgresCluster",
@@ -558,6 +561,70 @@ class KafkaNode:
             _stop_pid(pid, sig, timeout_s, reap)
         self._proc = None
         self.pid_file.unlink(missing_ok=True)
+
+
+class KafkaCluster:
+    """``size`` KRaft nodes on loopback from the same jars, each broker and controller, one quorum.
+
+    Every topic (the internal ones too) gets ``replication`` replicas and needs ``min_insync``
+    of them to accept a write with ``acks=all``. Ports are free ones picked now; node ids are
+    1..size. Test and release-soak kit: nodes are killed, stopped and restarted one by one.
+    """
+
+    def __init__(self, jars_dir: Path, home: Path, size: int = 3, *, replication: int = 3, min_insync: int = 2,
+                 partitions: int = KAFKA_DEFAULT_PARTITIONS) -> None:
+        ports = [(_free_port(), _free_port()) for _ in range(size)]
+        voters = ",".join(f"{i}@127.0.0.1:{c}" for i, (_, c) in enumerate(ports, 1))
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        self.nodes = {i: KafkaNode(jars_dir, home / f"node{i}", p, c, partitions=partitions, node_id=i, voters=voters,
+                                   cluster_id=cluster_id, replication=replication, min_insync=min_insync)
+                      for i, (p, c) in enumerate(ports, 1)}
+
+    @property
+    def bootstrap(self) -> str:
+        return ",".join(n.bootstrap for n in self.nodes.values())
+
+    def start(self, timeout_s: float = KAFKA_START_TIMEOUT_S) -> None:
+        """Start every node that is not running (in parallel: a quorum needs a majority up)."""
+        for node in self.nodes.values():
+            node.start(wait=False)
+        for node in self.nodes.values():
+            node.wait_ready(timeout_s)
+
+    def kill(self) -> None:
+        """Tear down: SIGKILL every node (a controlled shutdown of the last nodes would wait for
+        a quorum that is already gone)."""
+        for node in self.nodes.values():
+            node.kill()
+
+    def admin(self) -> KafkaAdminClient:
+        return KafkaAdminClient(bootstrap_servers=self.bootstrap, client_id="migmeter-cluster", request_timeout_ms=10000)
+
+    def leaders(self, topic: str) -> dict[int, tuple[int, tuple[int, ...]]]:
+        """partition -> (leader node id, -1 while none; in-sync replicas)."""
+        with _quiet_logger("kafka"):
+            admin = self.admin()
+            try:
+                (desc,) = admin.describe_topics([topic])
+            finally:
+                admin.close()
+        return {p["partition_index"]: (p["leader_id"], tuple(sorted(p["isr_nodes"]))) for p in desc["partitions"]}
+
+    def quorum_leader(self) -> int:
+        """The node id of the active controller (the KRaft quorum's leader)."""
+        with _quiet_logger("kafka"):
+            admin = self.admin()
+            try:
+                quorum = admin.describe_metadata_quorum()
+            finally:
+                admin.close()
+        return int(quorum["topics"][0]["partitions"][0]["leader_id"])
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 _KAFKA_LOG4J2 = """\
