@@ -54,7 +54,7 @@ from collector.sources.simulate import SimulatedFleet  # noqa: E402
 from migmeter import settings, stack  # noqa: E402
 
 __all__ = ["FLEET", "Recovery", "ClusterRun", "create_topic", "run_cluster_faults", "topic_snapshots",
-           "fleet_rounds", "main"]
+           "fleet_rounds", "end_offsets", "main"]
 
 # The fleet: 2 hosts x 8 GPUs (16 keys: every one of 4 partitions gets some), a round every
 # 0.2 s (interval 15 s at speed 75) = 80 snapshots/s: steady traffic through every fault.
@@ -232,25 +232,30 @@ def run_cluster_faults(cluster: stack.KafkaCluster, topic: str, db_url: str, log
 
 
 def _end_offsets(cluster: stack.KafkaCluster, topic: str) -> dict[int, int]:
-    consumer = KafkaConsumer(bootstrap_servers=cluster.bootstrap)
+    return end_offsets(cluster.bootstrap, topic)
+
+
+def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap)
     try:
-        ends = consumer.end_offsets([TopicPartition(topic, p) for p in range(PARTITIONS)])
+        parts = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        ends = consumer.end_offsets(parts)
     finally:
         consumer.close()
     return {tp.partition: int(off) for tp, off in ends.items()}
 
 
-def topic_snapshots(cluster: stack.KafkaCluster, topic: str) -> list[Snapshot]:
+def topic_snapshots(bootstrap: str, topic: str) -> list[Snapshot]:
     """Every record of the topic, decoded (duplicates included), partition by partition."""
-    ends = _end_offsets(cluster, topic)
-    consumer = KafkaConsumer(bootstrap_servers=cluster.bootstrap, enable_auto_commit=False)
+    total = sum(end_offsets(bootstrap, topic).values())
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
     try:
-        parts = [TopicPartition(topic, p) for p in range(PARTITIONS)]
+        parts = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
         consumer.assign(parts)
         consumer.seek_to_beginning(*parts)
         out: list[Snapshot] = []
         deadline = time.monotonic() + STEP_TIMEOUT_S
-        while sum(ends.values()) > len(out) and time.monotonic() < deadline:
+        while total > len(out) and time.monotonic() < deadline:
             for recs in consumer.poll(timeout_ms=500).values():
                 out.extend(from_json(r.value) for r in recs)
         return out
@@ -286,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
         topic = "kcluster.snapshots"
         create_topic(cluster, topic)
         run = run_cluster_faults(cluster, topic, url, home, cycles=args.cycles, hold_s=args.hold)
-        in_topic = topic_snapshots(cluster, topic)
+        in_topic = topic_snapshots(cluster.bootstrap, topic)
         rounds = len({s.ts for s in in_topic})
         distinct = {s.to_json() for s in in_topic}
         lost = [s for s in fleet_rounds(rounds) if s.to_json() not in distinct]

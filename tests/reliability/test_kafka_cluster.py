@@ -34,7 +34,7 @@ def test_collector_and_two_processors_through_broker_faults(kafka_bootstrap: str
         cluster.start()
         create_topic(cluster, TOPIC)
         run = run_cluster_faults(cluster, TOPIC, fresh_db, tmp_path, cycles=1, hold_s=HOLD_S)
-        in_topic = topic_snapshots(cluster, TOPIC)
+        in_topic = topic_snapshots(cluster.bootstrap, TOPIC)
     finally:
         cluster.kill()
     logs = {name: path.read_text()[-3000:] for name, path in run.logs.items()}
