@@ -63,7 +63,7 @@ def kafka_tls(bootstrap: str, security: Mapping[str, Any], timeout_s: float = HA
         try:
             with ctx.wrap_socket(sock, server_hostname=host) as tls:
                 if certfile:
-                    _client_cert_verdict(tls, certfile)
+                    _client_cert_verdict(tls, f"{host}:{port}", certfile)
             return
         except ssl.SSLCertVerificationError as exc:
             raise ConfigError(f"Kafka TLS: the certificate of {host}:{port} does not verify: "
@@ -71,23 +71,35 @@ def kafka_tls(bootstrap: str, security: Mapping[str, Any], timeout_s: float = HA
         except ssl.SSLError as exc:
             raise ConfigError(f"Kafka TLS: handshake with {host}:{port} failed: "
                               f"{exc.reason or exc.__class__.__name__}") from None
+        except ConnectionError as exc:
+            if certfile:  # reset during the handshake: how a server may refuse our certificate
+                raise ConfigError(f"Kafka TLS: {host}:{port} reset the handshake with the client certificate "
+                                  f"{certfile} (expired, or not signed by a CA it trusts): "
+                                  f"{exc.strerror or exc.__class__.__name__}") from None
+            continue
         except OSError:
             continue
         finally:
             sock.close()
 
 
-def _client_cert_verdict(tls: ssl.SSLSocket, certfile: str) -> None:
+def _client_cert_verdict(tls: ssl.SSLSocket, server: str, certfile: str) -> None:
     """Wait briefly for an alert: a server that accepted our certificate just waits for a request."""
     tls.settimeout(CLIENT_CERT_VERDICT_S)
     try:
-        tls.recv(1)
+        data = tls.recv(1)
     except TimeoutError:
         return
     except ssl.SSLError as exc:
-        host, port = tls.getpeername()[:2]
-        raise ConfigError(f"Kafka TLS: {host}:{port} rejected the client certificate {certfile} (expired, or "
-                          f"not signed by a CA it trusts): {exc.reason or exc.__class__.__name__}") from None
+        reason = exc.reason or exc.__class__.__name__
+    except OSError as exc:  # reset or gone instead of an alert
+        reason = exc.strerror or exc.__class__.__name__
+    else:
+        if data:
+            return  # a server that talks first is not refusing us
+        reason = "it closed the connection right after the handshake"
+    raise ConfigError(f"Kafka TLS: {server} rejected the client certificate {certfile} (expired, or not "
+                      f"signed by a CA it trusts): {reason}")
 
 
 def database_tls(url: str, timeout_s: float = HANDSHAKE_TIMEOUT_S) -> None:
