@@ -133,9 +133,12 @@ def _in_sync(cluster: stack.KafkaCluster, topic: str) -> bool:
 
 
 def run_cluster_faults(cluster: stack.KafkaCluster, topic: str, db_url: str, log_dir: Path, *, cycles: int = 1,
-                       hold_s: float = 5.0, report: Callable[[str], None] = print) -> ClusterRun:
+                       hold_s: float = 5.0, flush_timeout_s: float = 10.0,
+                       report: Callable[[str], None] = print) -> ClusterRun:
     """Collector + two processors through ``cycles`` rounds of faults (a)-(d); then stop the
-    collector and let the processors catch up. Returns recovery times and exit codes."""
+    collector and let the processors catch up. Returns recovery times and exit codes.
+    ``flush_timeout_s`` is the collector's ``--flush-timeout``: how long a round waits for
+    acknowledgements before it spools (most of the time a lost leader costs the collector)."""
     run = ClusterRun(f"kcluster-{uuid.uuid4().hex[:8]}")
     env = {k: v for k, v in os.environ.items() if not k.startswith("MIGMETER_")}
     run.logs = {name: log_dir / f"{name}.log" for name in ("collect", "process-1", "process-2")}
@@ -144,7 +147,7 @@ def run_cluster_faults(cluster: stack.KafkaCluster, topic: str, db_url: str, log
         "--hosts", str(FLEET["hosts"]), "--gpus-per-host", str(FLEET["gpus_per_host"]),
         "--cluster", str(FLEET["cluster"]), "--interval", str(FLEET["interval_s"]), "--speed", str(SPEED),
         "--bootstrap", cluster.bootstrap, "--topic", topic, "--spool-dir", str(log_dir / "spool"),
-        "--metrics-port", "0", "--log-every", "10"], run.logs["collect"], env)
+        "--flush-timeout", str(flush_timeout_s), "--metrics-port", "0", "--log-every", "10"], run.logs["collect"], env)
     processors = [spawn_migmeter([
         "--log-level", "INFO", "process", "--bootstrap", cluster.bootstrap, "--topic", topic,
         "--dead-letter-topic", topic + ".dlq", "--group", run.group, "--metrics-port", "0", "--batch-ms", "200",

@@ -24,7 +24,10 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 TOPIC = "kcluster.snapshots"
 # Each fault lasts this long: long enough for leader elections and for the collector to spool.
-HOLD_S = 4.0
+HOLD_S = 2.0
+# The collector's --flush-timeout: a round stuck on a dead leader spools after this long
+# (the default 10 s would dominate every recovery and the test's time).
+FLUSH_TIMEOUT_S = 3.0
 
 
 def test_collector_and_two_processors_through_broker_faults(kafka_bootstrap: str, fresh_db: str,  # noqa: F811
@@ -33,7 +36,8 @@ def test_collector_and_two_processors_through_broker_faults(kafka_bootstrap: str
     try:
         cluster.start()
         create_topic(cluster, TOPIC)
-        run = run_cluster_faults(cluster, TOPIC, fresh_db, tmp_path, cycles=1, hold_s=HOLD_S)
+        run = run_cluster_faults(cluster, TOPIC, fresh_db, tmp_path, cycles=1, hold_s=HOLD_S,
+                                 flush_timeout_s=FLUSH_TIMEOUT_S)
         in_topic = topic_snapshots(cluster.bootstrap, TOPIC)
     finally:
         cluster.kill()
