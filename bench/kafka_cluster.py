@@ -23,8 +23,9 @@ Recovery times (printed, and what the README's reliability section quotes):
 
 The CI form is ``tests/reliability/test_kafka_cluster.py`` (one cycle, short holds); it also
 checks that the topic holds every round the fleet produced (nothing lost) and the warehouse
-equals the oracle (nothing doubled). This script checks the same at the end. It uses the
-local stack's Kafka jars and PostgreSQL (a fresh database, dropped afterwards).
+equals the oracle (nothing doubled). This script checks that nothing was lost and that the
+warehouse merged each produced snapshot once, and exits 1 otherwise. It uses the local
+stack's Kafka jars and PostgreSQL (a fresh database, dropped afterwards).
 """
 
 from __future__ import annotations
@@ -297,10 +298,16 @@ def main(argv: list[str] | None = None) -> int:
         in_topic = topic_snapshots(cluster.bootstrap, topic)
         rounds = len({s.ts for s in in_topic})
         distinct = {s.to_json() for s in in_topic}
-        lost = [s for s in fleet_rounds(rounds) if s.to_json() not in distinct]
+        produced = fleet_rounds(rounds)
+        lost = [s for s in produced if s.to_json() not in distinct]
+        with psycopg.connect(url) as conn:
+            row = conn.execute("SELECT coalesce(sum(snapshots), 0) FROM gpu_usage_1m").fetchone()
+        merged = int(row[0]) if row else 0
         print(f"collector rc {run.collector_rc}, processors rc {run.processor_rcs}; {len(in_topic)} records, "
-              f"{rounds} rounds, {len(lost)} snapshots lost, {len(in_topic) - len(distinct)} duplicates in the topic")
-        return 0 if not lost and run.collector_rc == 0 and run.processor_rcs == [0, 0] else 1
+              f"{rounds} rounds, {len(lost)} snapshots lost, {len(in_topic) - len(distinct)} duplicates in the "
+              f"topic; {merged} snapshots merged in the warehouse for {len(produced)} produced")
+        ok = not lost and merged == len(produced) and run.collector_rc == 0 and run.processor_rcs == [0, 0]
+        return 0 if ok else 1
     finally:
         cluster.kill()
         with psycopg.connect(admin_url, autocommit=True) as conn:
