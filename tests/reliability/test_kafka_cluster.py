@@ -18,7 +18,7 @@ import pytest
 
 from bench.kafka_cluster import create_topic, fleet_rounds, run_cluster_faults, topic_snapshots
 from migmeter import stack
-from tests.fix_faults import assert_same_totals, oracle, private_home, stored_offsets  # noqa: F401 (a fixture)
+from tests.fix_faults import assert_same_totals, oracle, stored_offsets
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -30,7 +30,7 @@ HOLD_S = 2.0
 FLUSH_TIMEOUT_S = 3.0
 
 
-def test_collector_and_two_processors_through_broker_faults(kafka_bootstrap: str, fresh_db: str,  # noqa: F811
+def test_collector_and_two_processors_through_broker_faults(kafka_bootstrap: str, fresh_db: str,
                                                             private_home: Path, tmp_path: Path) -> None:
     cluster = stack.KafkaCluster(stack.default_kafka().jars_dir, private_home / "kafka", partitions=4)
     try:

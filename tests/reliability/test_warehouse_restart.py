@@ -32,8 +32,6 @@ from tests.fix_faults import (
     caught_up,
     free_port,
     oracle,
-    private_home,  # noqa: F401 (a fixture)
-    private_pg,  # noqa: F401 (a fixture)
     processor_args,
     spawn,
     stored_offsets,
@@ -78,7 +76,7 @@ def _fleet(f: Fleet, rounds: int) -> list[Snapshot]:
     return [s for _ in range(rounds) for s in fleet.read()]
 
 
-def test_warehouse_restarts_under_backfill_and_live_load(kafka_bootstrap: str, new_topic, private_pg,  # noqa: F811
+def test_warehouse_restarts_under_backfill_and_live_load(kafka_bootstrap: str, new_topic, private_pg,
                                                          tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     cluster, url = private_pg
     topic = new_topic(partitions=4)
