@@ -37,7 +37,7 @@ import psycopg  # noqa: E402
 
 from migmeter import settings  # noqa: E402
 
-__all__ = ["MAX_GROWTH", "GROWTH_SLACK_KIB", "Sample", "SoakRun", "growth", "run_soak", "main"]
+__all__ = ["MAX_GROWTH", "GROWTH_SLACK_KIB", "Sample", "SoakRun", "growth", "spawn_migmeter", "stop_process", "run_soak", "main"]
 
 # Verdict: last-quarter median RSS at most 10% above the second-quarter median, plus a fixed
 # slack. Why medians of quarters: single samples jump with garbage collection and with the
@@ -122,13 +122,13 @@ def _stored_total(url: str, group: str) -> int:
     return int(row[0]) if row else 0
 
 
-def _spawn(args: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
+def spawn_migmeter(args: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
     with log.open("ab") as fh:
         return subprocess.Popen([sys.executable, "-m", "migmeter.cli", *args], env=env, stdin=subprocess.DEVNULL,
                                 stdout=fh, stderr=subprocess.STDOUT)
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> int:
+def stop_process(proc: subprocess.Popen[bytes]) -> int:
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
     try:
@@ -147,13 +147,13 @@ def run_soak(bootstrap: str, db_url: str, topic: str, seconds: float, log_dir: P
     # A consumer group of its own: groups live on the broker, which other runs may share.
     run = SoakRun(rounds, f"soak-{uuid.uuid4().hex[:8]}", logs={"collect": log_dir / "collect.log", "process": log_dir / "process.log"})
     env = {k: v for k, v in os.environ.items() if not k.startswith("MIGMETER_")}
-    collector = _spawn(["collect", "--source", "simulate", "--seed", str(SEED), "--hosts", str(HOSTS),
+    collector = spawn_migmeter(["collect", "--source", "simulate", "--seed", str(SEED), "--hosts", str(HOSTS),
                         "--gpus-per-host", str(GPUS_PER_HOST), "--cluster", CLUSTER, "--interval", str(INTERVAL_S),
                         "--speed", str(SPEED), "--rounds", str(rounds), "--bootstrap", bootstrap, "--topic", topic,
                         "--spool-dir", str(log_dir / "spool"), "--metrics-port", "0", "--log-every", "30"],
                        run.logs["collect"], env)
     # The database URL (with its password) through the environment, not argv, which `ps` shows.
-    processor = _spawn(["process", "--bootstrap", bootstrap, "--topic", topic,
+    processor = spawn_migmeter(["process", "--bootstrap", bootstrap, "--topic", topic,
                         "--dead-letter-topic", topic + ".dlq", "--group", run.group, "--metrics-port", "0",
                         "--summary-every", "30"], run.logs["process"], {**env, settings.ENV_DATABASE_URL: db_url})
     t0 = time.monotonic()
@@ -175,8 +175,8 @@ def run_soak(bootstrap: str, db_url: str, topic: str, seconds: float, log_dir: P
             time.sleep(0.5)
     finally:
         if collector.poll() is None:
-            _stop(collector)
-        run.processor_rc = _stop(processor)
+            stop_process(collector)
+        run.processor_rc = stop_process(processor)
     return run
 
 

@@ -27,7 +27,7 @@ from collector.run import DEFAULT_LOG_EVERY_S, RunSummary, run_loop
 from collector.sources.base import Source
 from collector.sources.fetch import stoppable
 from collector.spool import DEFAULT_MAX_BYTES, FULL_POLICIES, Spool
-from migmeter import settings
+from migmeter import preflight, settings
 from migmeter.errors import ConfigError
 from migmeter.kafka_security import (
     ENV_SASL_MECHANISM,
@@ -307,11 +307,12 @@ def _make_publisher(args: argparse.Namespace, stop: threading.Event, metrics: Co
         ssl_cafile=args.ssl_cafile, ssl_certfile=args.ssl_certfile, ssl_keyfile=args.ssl_keyfile,
         sasl_password_file=args.sasl_password_file,
     )
+    bootstrap = settings.kafka_bootstrap(args.bootstrap)
+    preflight.kafka_tls(bootstrap, security)  # TLS that can never verify: exit 2 before anything is spooled
     spool = None
     if not args.no_spool:
         directory = Path(args.spool_dir or os.environ.get(ENV_SPOOL_DIR) or default_spool_dir(args.cluster))
         spool = Spool(directory, max_bytes=int(args.spool_max_mb * 2**20), full_policy=args.spool_full)
-    bootstrap = settings.kafka_bootstrap(args.bootstrap)
     log.info(
         "publishing to Kafka %s topic %s%s; spool %s",
         bootstrap, args.topic, f" security {describe_security(security)}" if security else "",

@@ -22,6 +22,8 @@ __all__ = [
     "ENV_SASL_PASSWORD",
     "ENV_SASL_PASSWORD_FILE",
     "ENV_SSL_CAFILE",
+    "ENV_SSL_CERTFILE",
+    "ENV_SSL_KEYFILE",
     "SECURITY_KEYS",
     "kafka_security",
     "describe_security",
@@ -33,6 +35,10 @@ ENV_SASL_USERNAME = "MIGMETER_KAFKA_SASL_USERNAME"
 ENV_SASL_PASSWORD = "MIGMETER_KAFKA_SASL_PASSWORD"
 ENV_SASL_PASSWORD_FILE = "MIGMETER_KAFKA_SASL_PASSWORD_FILE"
 ENV_SSL_CAFILE = "MIGMETER_KAFKA_SSL_CAFILE"
+# Mutual TLS: the client certificate and its (unencrypted) key, as paths; the processor has no
+# flags for them, so the environment is how a deployment passes them.
+ENV_SSL_CERTFILE = "MIGMETER_KAFKA_SSL_CERTFILE"
+ENV_SSL_KEYFILE = "MIGMETER_KAFKA_SSL_KEYFILE"
 
 # What may be passed through to KafkaProducer as ``security``: connection security only, so a
 # typo or a stray setting cannot silently change delivery semantics (acks, idempotence).
@@ -71,7 +77,9 @@ def kafka_security(
             raise ConfigError(f"Kafka security protocol {protocol!r} is not PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL")
         out["security_protocol"] = protocol
     cafile = ssl_cafile or env.get(ENV_SSL_CAFILE)
-    for name, path in (("ssl_cafile", cafile), ("ssl_certfile", ssl_certfile), ("ssl_keyfile", ssl_keyfile)):
+    certfile = ssl_certfile or env.get(ENV_SSL_CERTFILE)
+    keyfile = ssl_keyfile or env.get(ENV_SSL_KEYFILE)
+    for name, path in (("ssl_cafile", cafile), ("ssl_certfile", certfile), ("ssl_keyfile", keyfile)):
         if path:
             if not Path(path).is_file():
                 raise ConfigError(f"{name.replace('_', ' ')} {path} does not exist")

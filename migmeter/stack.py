@@ -20,6 +20,7 @@ wait, then SIGKILL, so ``down`` leaves nothing behind.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import fcntl
 import grp
@@ -34,6 +35,7 @@ import socket
 import stat
 import subprocess
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,6 +59,9 @@ __all__ = [
     "pg_hba",
     "pg_ident",
     "KafkaNode",
+    "KafkaCluster",
+    "KafkaTls",
+    "PostgresTls",
     "PostgresCluster",
     "ServiceStatus",
     "StackStatus",
@@ -276,11 +281,31 @@ def _kafka_jars_complete(jars_dir: Path) -> bool:
     return (jars_dir / ".complete").exists() and any(jars_dir.glob("kafka_2.13-*.jar"))
 
 
+@dataclass(frozen=True)
+class KafkaTls:
+    """The client listener of a :class:`KafkaNode` speaks TLS (security protocol ``SSL``).
+
+    ``keystore`` is one PEM file with the node's unencrypted PKCS#8 key and its certificate
+    chain, ``truststore`` the PEM of the CA that signs client certificates (and the node's own,
+    for inter-broker traffic on the same listener). ``client_auth`` requires a client
+    certificate (mutual TLS). Paths only: nothing secret is copied into ``server.properties``.
+    """
+
+    keystore: Path
+    truststore: Path
+    client_auth: bool = False
+
+
 class KafkaNode:
     """One Apache Kafka KRaft node (broker + controller in one JVM) on 127.0.0.1.
 
     ``jars_dir`` holds the broker's jars (resolved once from Maven Central, shared by every
     node of the same version); ``home`` holds this node's config, data, log and pid file.
+
+    Alone by default. For a cluster, give each node its ``node_id``, the same ``voters``
+    (``id@127.0.0.1:controller_port`` of every node, comma-separated) and ``cluster_id``, and a
+    ``replication`` factor and ``min_insync`` replicas for every topic, the internal ones too.
+    ``tls`` turns the client listener into TLS (see :class:`KafkaTls`).
     """
 
     def __init__(
@@ -292,6 +317,12 @@ class KafkaNode:
         *,
         partitions: int = KAFKA_DEFAULT_PARTITIONS,
         version: str = KAFKA_VERSION,
+        node_id: int = 1,
+        voters: str | None = None,
+        cluster_id: str | None = None,
+        replication: int = 1,
+        min_insync: int = 1,
+        tls: KafkaTls | None = None,
     ) -> None:
         self.jars_dir = Path(jars_dir)
         self.home = Path(home)
@@ -299,6 +330,12 @@ class KafkaNode:
         self.controller_port = controller_port
         self.partitions = partitions
         self.version = version
+        self.node_id = node_id
+        self.voters = voters or f"{node_id}@127.0.0.1:{controller_port}"
+        self.cluster_id = cluster_id
+        self.replication = replication
+        self.min_insync = min_insync
+        self.tls = tls
         self._proc: subprocess.Popen[bytes] | None = None
 
     def __repr__(self) -> str:
@@ -363,10 +400,11 @@ class KafkaNode:
     # config
     def _write_config(self) -> None:
         self.home.mkdir(parents=True, exist_ok=True)
+        rf, isr = str(self.replication), str(self.min_insync)
         props = {
             "process.roles": "broker,controller",
-            "node.id": "1",
-            "controller.quorum.voters": f"1@127.0.0.1:{self.controller_port}",
+            "node.id": str(self.node_id),
+            "controller.quorum.voters": self.voters,
             "listeners": f"PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
             "advertised.listeners": f"PLAINTEXT://127.0.0.1:{self.port}",
             "controller.listener.names": "CONTROLLER",
@@ -375,15 +413,15 @@ class KafkaNode:
             "log.dirs": str(self.data_dir),
             "num.partitions": str(self.partitions),
             "auto.create.topics.enable": "true",
-            "default.replication.factor": "1",
-            "min.insync.replicas": "1",
-            "offsets.topic.replication.factor": "1",
+            "default.replication.factor": rf,
+            "min.insync.replicas": isr,
+            "offsets.topic.replication.factor": rf,
             "offsets.topic.num.partitions": "1",
-            "transaction.state.log.replication.factor": "1",
-            "transaction.state.log.min.isr": "1",
+            "transaction.state.log.replication.factor": rf,
+            "transaction.state.log.min.isr": isr,
             "transaction.state.log.num.partitions": "1",
-            "share.coordinator.state.topic.replication.factor": "1",
-            "share.coordinator.state.topic.min.isr": "1",
+            "share.coordinator.state.topic.replication.factor": rf,
+            "share.coordinator.state.topic.min.isr": isr,
             "share.coordinator.state.topic.num.partitions": "1",
             # Tests start consumers one after another; don't wait 3 s for more to join.
             "group.initial.rebalance.delay.ms": "0",
@@ -391,18 +429,35 @@ class KafkaNode:
             "num.io.threads": "2",
             "log.retention.hours": "168",
         }
+        props.update(self._tls_props())
         self.config_path.write_text(
             "# written by migmeter/stack.py on every start; edit the code, not this file\n"
             + "".join(f"{k}={v}\n" for k, v in props.items())
         )
         (self.home / "log4j2.properties").write_text(_KAFKA_LOG4J2)
 
+    def _tls_props(self) -> dict[str, str]:
+        """The client listener as TLS (named SSL; inter-broker traffic uses it too)."""
+        if self.tls is None:
+            return {}
+        return {
+            "listeners": f"SSL://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
+            "advertised.listeners": f"SSL://127.0.0.1:{self.port}",
+            "inter.broker.listener.name": "SSL",
+            "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,SSL:SSL",
+            "ssl.keystore.type": "PEM",
+            "ssl.keystore.location": str(self.tls.keystore),
+            "ssl.truststore.type": "PEM",
+            "ssl.truststore.location": str(self.tls.truststore),
+            "ssl.client.auth": "required" if self.tls.client_auth else "none",
+        }
+
     def _format_storage(self) -> None:
         if (self.data_dir / "meta.properties").exists():
             return
         cp = f"{self.jars_dir}/*"
-        cluster_id = _run(["java", "-cp", cp, "kafka.tools.StorageTool", "random-uuid"],
-                          "Kafka cluster id").stdout.strip().splitlines()[-1]
+        cluster_id = self.cluster_id or _run(["java", "-cp", cp, "kafka.tools.StorageTool", "random-uuid"],
+                                             "Kafka cluster id").stdout.strip().splitlines()[-1]
         _progress(f"formatting Kafka storage in {self.data_dir}")
         _run(["java", "-cp", cp, "kafka.tools.StorageTool", "format", "-t", cluster_id,
               "-c", str(self.config_path), "-g"], "formatting Kafka storage")
@@ -444,9 +499,15 @@ class KafkaNode:
     def client_options(self) -> dict[str, Any]:
         """Extra kafka-python settings clients need to reach this node (none: plaintext).
 
-        A node configured for TLS/SASL overrides this, and the readiness probe follows.
+        A node configured for SASL overrides this, and the readiness probe follows. A TLS node
+        is probed with its own certificate (a client certificate when ``client_auth``).
         """
-        return {}
+        if self.tls is None:
+            return {}
+        opts: dict[str, Any] = {"security_protocol": "SSL", "ssl_cafile": str(self.tls.truststore)}
+        if self.tls.client_auth:
+            opts["ssl_certfile"] = str(self.tls.keystore)
+        return opts
 
     def start(self, wait: bool = True, timeout_s: float = KAFKA_START_TIMEOUT_S) -> None:
         """Start the node (idempotent); with ``wait``, return once it is ready."""
@@ -500,16 +561,87 @@ class KafkaNode:
                 )
             time.sleep(0.5)
 
+    def kill(self) -> None:
+        """SIGKILL, no controlled shutdown (a crashed broker); a later :meth:`start` recovers its log."""
+        self._halt(signal.SIGKILL, STOP_TIMEOUT_S, "killing")
+
     def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> None:
         """SIGTERM (controlled shutdown), wait, then SIGKILL. Idempotent."""
+        self._halt(signal.SIGTERM, timeout_s, "stopping")
+
+    def _halt(self, sig: signal.Signals, timeout_s: float, verb: str) -> None:
         pid = self.pid()
         if pid is not None:
-            _progress(f"stopping Kafka on {self.bootstrap} (pid {pid})")
+            _progress(f"{verb} Kafka on {self.bootstrap} (pid {pid})")
             reap = self._proc.poll if self._proc is not None and self._proc.pid == pid else None
-            _stop_pid(pid, signal.SIGTERM, timeout_s, reap)
+            _stop_pid(pid, sig, timeout_s, reap)
         _reap(self._proc)
         self._proc = None
         self.pid_file.unlink(missing_ok=True)
+
+
+class KafkaCluster:
+    """``size`` KRaft nodes on loopback from the same jars, each broker and controller, one quorum.
+
+    Every topic (the internal ones too) gets ``replication`` replicas and needs ``min_insync``
+    of them to accept a write with ``acks=all``. Ports are free ones picked now; node ids are
+    1..size. Test and release-soak kit: nodes are killed, stopped and restarted one by one.
+    """
+
+    def __init__(self, jars_dir: Path, home: Path, size: int = 3, *, replication: int = 3, min_insync: int = 2,
+                 partitions: int = KAFKA_DEFAULT_PARTITIONS) -> None:
+        ports = [(_free_port(), _free_port()) for _ in range(size)]
+        voters = ",".join(f"{i}@127.0.0.1:{c}" for i, (_, c) in enumerate(ports, 1))
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        self.nodes = {i: KafkaNode(jars_dir, home / f"node{i}", p, c, partitions=partitions, node_id=i, voters=voters,
+                                   cluster_id=cluster_id, replication=replication, min_insync=min_insync)
+                      for i, (p, c) in enumerate(ports, 1)}
+
+    @property
+    def bootstrap(self) -> str:
+        return ",".join(n.bootstrap for n in self.nodes.values())
+
+    def start(self, timeout_s: float = KAFKA_START_TIMEOUT_S) -> None:
+        """Start every node that is not running (in parallel: a quorum needs a majority up)."""
+        for node in self.nodes.values():
+            node.start(wait=False)
+        for node in self.nodes.values():
+            node.wait_ready(timeout_s)
+
+    def kill(self) -> None:
+        """Tear down: SIGKILL every node (a controlled shutdown of the last nodes would wait for
+        a quorum that is already gone)."""
+        for node in self.nodes.values():
+            node.kill()
+
+    def admin(self) -> KafkaAdminClient:
+        return KafkaAdminClient(bootstrap_servers=self.bootstrap, client_id="migmeter-cluster", request_timeout_ms=10000)
+
+    def leaders(self, topic: str) -> dict[int, tuple[int, tuple[int, ...]]]:
+        """partition -> (leader node id, -1 while none; in-sync replicas)."""
+        with _quiet_logger("kafka"):
+            admin = self.admin()
+            try:
+                (desc,) = admin.describe_topics([topic])
+            finally:
+                admin.close()
+        return {p["partition_index"]: (p["leader_id"], tuple(sorted(p["isr_nodes"]))) for p in desc["partitions"]}
+
+    def quorum_leader(self) -> int:
+        """The node id of the active controller (the KRaft quorum's leader)."""
+        with _quiet_logger("kafka"):
+            admin = self.admin()
+            try:
+                quorum = admin.describe_metadata_quorum()
+            finally:
+                admin.close()
+        return int(quorum["topics"][0]["partitions"][0]["leader_id"])
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 _KAFKA_LOG4J2 = """\
@@ -596,6 +728,16 @@ def _apt_debian_mirror() -> str:
     return "http://deb.debian.org/debian"
 
 
+@dataclass(frozen=True)
+class PostgresTls:
+    """``ssl = on`` for a :class:`PostgresCluster`: the server's PEM certificate (chain) and
+    unencrypted key. Copied into the data directory on every start (the server wants its key
+    0600 and its own), so a restart picks up a replaced certificate."""
+
+    certfile: Path
+    keyfile: Path
+
+
 class PostgresCluster:
     """A private PostgreSQL cluster with TimescaleDB: ``initdb`` into ``home/data``, served on
     127.0.0.1:``port`` only, with role and database ``migmeter`` (password in ``home/password``).
@@ -611,11 +753,13 @@ class PostgresCluster:
         *,
         user: str = settings.LOCAL_PG_USER,
         database: str = settings.LOCAL_PG_DATABASE,
+        tls: PostgresTls | None = None,
     ) -> None:
         self.home = Path(home)
         self.port = port
         self.user = user
         self.database = database
+        self.tls = tls
         self._proc: subprocess.Popen[bytes] | None = None
 
     def __repr__(self) -> str:
@@ -759,6 +903,7 @@ class PostgresCluster:
             "logging_collector": "off",
             "log_min_messages": "warning",
         }
+        conf.update(self._tls_conf(os_user))
         target = self.data_dir / "migmeter.conf"
         target.write_text("".join(f"{k} = {v}\n" for k, v in conf.items()))
         (self.data_dir / "pg_hba.conf").write_text(pg_hba(os_user))
@@ -767,6 +912,21 @@ class PostgresCluster:
             pw = pwd.getpwnam(os_user)
             for p in (target, self.data_dir / "pg_hba.conf", self.data_dir / "pg_ident.conf"):
                 os.chown(p, pw.pw_uid, pw.pw_gid)
+
+    def _tls_conf(self, os_user: str) -> dict[str, str]:
+        """``ssl = on`` with this start's certificate and key, copied in for the server user."""
+        if self.tls is None:
+            return {"ssl": "off"}
+        for src, name, mode in ((self.tls.certfile, "server.crt", 0o644), (self.tls.keyfile, "server.key", 0o600)):
+            dest = self.data_dir / name
+            dest.unlink(missing_ok=True)
+            fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+            with os.fdopen(fd, "wb") as f:
+                f.write(Path(src).read_bytes())
+            if _is_root():
+                pw = pwd.getpwnam(os_user)
+                os.chown(dest, pw.pw_uid, pw.pw_gid)
+        return {"ssl": "on", "ssl_cert_file": "'server.crt'", "ssl_key_file": "'server.key'"}
 
     def start(self, wait: bool = True, timeout_s: float = PG_START_TIMEOUT_S) -> None:
         """Init (first time), configure and start the cluster; create role, database and

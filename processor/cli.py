@@ -16,7 +16,7 @@ from types import FrameType
 from typing import Any
 
 from migmeter.kafka_security import describe_security, kafka_security
-from migmeter import settings
+from migmeter import preflight, settings
 from migmeter.errors import ConfigError
 from processor.consumer import DEFAULT_BATCH_MS, DEFAULT_BATCH_RECORDS, DEFAULT_GROUP, Processor, ProcessorConfig
 from processor.fold import DEFAULT_MAX_AGE_S, DEFAULT_MAX_BACKWARD_SKEW_S, DEFAULT_MAX_FUTURE_SKEW_S
@@ -114,6 +114,9 @@ def run(args: argparse.Namespace) -> int:
     )
     if security:
         log.info("kafka security: %s", describe_security(security))
+    # TLS that can never verify is a configuration error: one line, exit 2, nothing consumed.
+    preflight.kafka_tls(config.bootstrap, security)
+    preflight.database_tls(config.database_url)
     logging.getLogger("kafka").setLevel(max(logging.WARNING, logging.getLogger().getEffectiveLevel()))
     metrics = ProcessorMetrics()
     health = HealthState(stale_after_s=STALE_ROUNDS * args.health_interval)

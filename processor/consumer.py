@@ -28,6 +28,13 @@ from ``sink_offsets`` and sought to once the broker answers), and it retries wit
 capped backoff. Calls that are local bookkeeping in kafka-python (seek, pause, resume,
 highwater, assignment) are guarded the same way in case a client version does I/O there.
 
+Refusals: a batch the database refuses for a data reason (SQLSTATE class 22/23, 54000; see
+``processor.refusals``) is retried ``REFUSED_RETRIES`` times, then bisected: halves are re-folded
+from the same records and written one after the other, each on top of the one before, down to
+single records; a single refused record becomes a dead letter with the server's message and
+SQLSTATE, and metering goes on. A refusal for a system reason (privilege revoked, table missing,
+disk full) is retried with backoff for as long as it lasts and dead-letters nothing.
+
 Backpressure: while the database is down the loop consumes nothing (partitions paused, polls
 kept going so the group membership stays alive) and retries with exponential backoff,
 capped. Several processors in one consumer group share the partitions; a GPU's snapshots are
@@ -61,6 +68,7 @@ from processor.fold import (
 )
 from processor.layout import GpuState
 from processor.metrics import ProcessorMetrics
+from processor.refusals import REFUSED_RETRIES, DatabaseRefused, DataRefused
 from processor.sink import OffsetConflict, Sink
 
 __all__ = [
@@ -159,6 +167,9 @@ class Processor:
         self.reader = Sink(config.database_url, config.group)
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="migmeter-writer")
         self._inflight: tuple[Future[tuple[dict[str, int], float]], FoldedBatch, float] | None = None
+        self._inflight_records: list[Any] = []  # the records of the batch in flight, to bisect it
+        # Data refusals so far per (topic, partition, stored offset the refused batch started at).
+        self._refused: dict[tuple[str, int, int | None], int] = {}
         self.clock = clock
         self._stop = threading.Event()
         self._consumer: KafkaConsumer | None = None
@@ -309,6 +320,7 @@ class Processor:
         if not self._collect():
             return  # the batch before failed: this one was folded on top of it, drop it
         self._inflight = (self._writer.submit(self._write, batch), batch, started)
+        self._inflight_records = records
 
     def _write(self, batch: FoldedBatch) -> tuple[dict[str, int], float]:
         """Runs in the writer thread: one transaction (see processor.sink)."""
@@ -324,6 +336,9 @@ class Processor:
         self._inflight = None
         try:
             rows, write_s = future.result()
+        except DataRefused as exc:
+            self._data_refused(exc, batch, self._inflight_records)
+            return False
         except SinkError as exc:
             self._failed(exc, batch.records)
             return False
@@ -338,10 +353,87 @@ class Processor:
             return
         self.metrics.db_retries.inc()
         self.metrics.database_up.set(0)
-        log.warning("batch of %d records not written: %s; retrying in %.1f s", records, exc, self._backoff_s)
+        if isinstance(exc, DatabaseRefused):
+            self.metrics.db_refusals.labels(exc.sqlstate, exc.cause).inc()
+            log.warning("batch of %d records refused by the database for a lasting system reason, nothing "
+                        "dead-lettered: %s; retrying in %.1f s", records, exc, self._backoff_s)
+        else:
+            log.warning("batch of %d records not written: %s; retrying in %.1f s", records, exc, self._backoff_s)
         self._fail(backoff=True)
 
-    def _fold(self, records: list[Any]) -> FoldedBatch:
+    def _data_refused(self, exc: DataRefused, batch: FoldedBatch, records: list[Any]) -> None:
+        """A refusal tied to the records: retry a few times, then bisect (see module docstring)."""
+        self.metrics.db_refusals.labels(exc.sqlstate, exc.cause).inc()
+        keys = [(topic, partition, prog.expected) for (topic, partition), prog in batch.progress.items()]
+        tries = 1 + max((self._refused.get(k, 0) for k in keys), default=0)
+        self._refused.update(dict.fromkeys(keys, tries))
+        if tries <= REFUSED_RETRIES:
+            self.metrics.db_retries.inc()
+            log.warning("batch of %d records refused by the database for a data reason (%s); retry %d of %d "
+                        "in %.1f s, then bisect", batch.records, exc, tries, REFUSED_RETRIES, self._backoff_s)
+            self._fail(backoff=True)
+            return
+        log.warning("batch of %d records refused %d times for a data reason (%s): bisecting it to dead-letter "
+                    "only the records the database refuses", batch.records, tries, exc)
+        self._bisect(batch, records, exc)
+
+    def _bisect(self, batch: FoldedBatch, records: list[Any], first: DataRefused) -> None:
+        """Write ``records`` (a refused batch) in halves, recursively, dead-lettering single refused records.
+
+        Runs in the loop's thread while nothing else is in flight. Each part is folded on top
+        of the parts committed before it (their GPU states and offsets), so offsets stay
+        exact: records consumed = merged + duplicates + dead letters. Records polled after the
+        batch are dropped and re-consumed: the loop re-seeks to the stored offsets afterwards.
+        """
+        self._states.clear()  # the refused batch's states were applied optimistically
+        for (topic, partition), prog in batch.progress.items():
+            self._stored[TopicPartition(topic, partition)] = prog.expected
+        # Parts still to write, the next one last; a part's refusal, once known.
+        parts: list[tuple[list[Any], DataRefused | None]] = [(records, first)]
+        dead = 0
+        try:
+            while parts:
+                part, refused = parts.pop()
+                if refused is None:
+                    try:
+                        self._write_now(self._fold(part))
+                        continue
+                    except DataRefused as exc:
+                        self.metrics.db_refusals.labels(exc.sqlstate, exc.cause).inc()
+                        refused = exc
+                if len(part) > 1:
+                    half = len(part) // 2
+                    parts += [(part[half:], None), (part[:half], None)]  # the earlier half is written first
+                    continue
+                letter = self._fold(part, refused=f"database refused: {refused.reason}")
+                self._publish_dead_letters(letter.dead_letters)
+                self._write_now(letter)
+                dead += 1
+        except SinkError as exc:
+            self._failed(exc, len(records))
+            return
+        log.warning("bisection done: %d of %d records refused by the database and dead-lettered, the others "
+                    "written", dead, len(records))
+        self._fail(backoff=False)
+
+    def _write_now(self, batch: FoldedBatch) -> None:
+        """Write one batch through the writer thread and wait for it; account for it on success."""
+        started = time.monotonic()
+        rows, write_s = self._writer.submit(self._write, batch).result()
+        self._states.update(batch.states)
+        for (topic, partition), prog in batch.progress.items():
+            self._stored[TopicPartition(topic, partition)] = prog.next_offset
+        self._committed(batch, rows, started, write_s)
+
+    def _fold(self, records: list[Any], refused: str | None = None) -> FoldedBatch:
+        """Fold ``records`` on top of the cached states and offsets; with ``refused``, every
+        record is a dead letter with that reason instead (a record the database refused)."""
+        stored = {(tp.topic, tp.partition): off for tp, off in self._stored.items()}
+        if refused is not None:
+            fold = BatchFold(self._states, stored, clock=self.clock)
+            for rec in records:
+                fold.refuse(rec.topic, rec.partition, rec.offset, rec.key, rec.value, refused)
+            return fold.finish()
         decoded: list[Snapshot | BadSnapshot] = []
         for rec in records:
             try:
@@ -355,7 +447,6 @@ class Processor:
             loaded = self.reader.load_states(missing)
             for uuid in missing:
                 self._states[uuid] = loaded.get(uuid)
-        stored = {(tp.topic, tp.partition): off for tp, off in self._stored.items()}
         fold = BatchFold(self._states, stored, self.config.max_future_skew_s, self.config.max_backward_skew_s,
                          self.clock, self.config.max_age_s, self.config.max_gap_s)
         for rec, snap in zip(records, decoded):
@@ -367,6 +458,8 @@ class Processor:
         offsets = {TopicPartition(topic, partition): OffsetAndMetadata(prog.next_offset, "", -1)
                    for (topic, partition), prog in batch.progress.items()}
         self._backoff_s = RETRY_INITIAL_S
+        if self._refused:
+            self._refused = {k: v for k, v in self._refused.items() if k[:2] not in batch.progress}
         m = self.metrics
         m.database_up.set(1)
         m.batches.inc()

@@ -37,6 +37,9 @@ Ordering, clock and time rules (applied per GPU, in this order):
 8. A GPU whose snapshots come from a second feed (``source@host``) that overlaps the first
    (trimmed, or arriving sooner than its own interval) is reported in ``multi_fed`` so the
    processor can log it once with both names.
+9. A record the database refused for a data reason (found by bisecting a refused batch, see
+   ``processor.refusals``) is a dead letter ``db_refused`` with the server's message and
+   SQLSTATE: :meth:`BatchFold.refuse`.
 
 Every consumed record is counted exactly once, so per partition:
 records consumed = merged + trimmed + duplicates + dead letters.
@@ -102,7 +105,7 @@ class DeadLetter:
     key: bytes | None
     payload: bytes
     reason: str
-    kind: str  # decode | key_mismatch | clock_future | clock_past | clock_backward: a metric label
+    kind: str  # decode | key_mismatch | clock_future | clock_past | clock_backward | db_refused: a metric label
 
 
 @dataclass(slots=True)
@@ -186,11 +189,7 @@ class BatchFold:
     def add(self, topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None,
             snap: Snapshot | BadSnapshot) -> str:
         """Account for one record; returns MERGED, DUPLICATE or DEAD_LETTER."""
-        tp = (topic, partition)
-        prog = self._progress.get(tp)
-        if prog is None:
-            prog = self._progress[tp] = PartitionProgress(self.stored_offsets.get(tp), offset + 1)
-        prog.next_offset = offset + 1
+        prog = self._advance(topic, partition, offset)
         if isinstance(snap, BadSnapshot):
             return self._reject(prog, topic, partition, offset, key, value, snap.reason, "decode")
         if key != snap.key:
@@ -290,6 +289,20 @@ class BatchFold:
         if feed is None:
             feed = self._feeds[(source, host)] = f"{source}@{host}"
         return feed
+
+    def refuse(self, topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None,
+               reason: str) -> str:
+        """Account for a record the database refused (rule 9); returns DEAD_LETTER."""
+        return self._reject(self._advance(topic, partition, offset), topic, partition, offset, key, value, reason,
+                            "db_refused")
+
+    def _advance(self, topic: str, partition: int, offset: int) -> PartitionProgress:
+        tp = (topic, partition)
+        prog = self._progress.get(tp)
+        if prog is None:
+            prog = self._progress[tp] = PartitionProgress(self.stored_offsets.get(tp), offset + 1)
+        prog.next_offset = offset + 1
+        return prog
 
     def _reject(self, prog: PartitionProgress, topic: str, partition: int, offset: int, key: bytes | None,
                 value: bytes | None, reason: str, kind: str) -> str:

@@ -72,6 +72,10 @@ class ProcessorMetrics:
             "Dead letters recorded in the table but not published to the dead-letter topic", registry=r)
         self.db_retries = Counter(
             "migmeter_processor_db_retries", "Batches or reads retried after a database failure", registry=r)
+        self.db_refusals = Counter(
+            "migmeter_processor_db_refusals",
+            "Batch writes the database refused, by SQLSTATE and cause (data: bisected and dead-lettered; "
+            "system: retried, nothing dead-lettered)", ["sqlstate", "cause"], registry=r)
         self.offset_conflicts = Counter(
             "migmeter_processor_offset_conflicts",
             "Batches rolled back because another processor had advanced the stored offset", registry=r)

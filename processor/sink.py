@@ -52,6 +52,7 @@ from migmeter.errors import SinkError
 from processor.aggregate import GpuSums, InstanceKey, InstanceSums, TenantKey, TenantSums, GpuKey
 from processor.fold import FoldedBatch
 from processor.layout import GpuState
+from processor.refusals import is_data_refusal, refusal
 
 __all__ = ["Sink", "OffsetConflict", "StateConflict", "DatabaseUnavailable", "TableSpec", "USAGE_TABLES", "DEAD_LETTER_PAYLOAD_MAX"]
 
@@ -62,6 +63,9 @@ DEAD_LETTER_PAYLOAD_MAX = 4096
 # A stuck lock or a runaway statement must not hang the processor forever; the batch is
 # retried after a timeout like after any other failure.
 STATEMENT_TIMEOUT_MS = 120_000
+# SQLSTATE classes of a server that went away (connection exception, operator intervention such
+# as admin shutdown): the database is unavailable, not refusing.
+_UNAVAILABLE_CLASSES = ("08", "57")
 
 
 class OffsetConflict(SinkError):
@@ -261,16 +265,23 @@ class Sink:
     def _database_errors(self, unavailable: str, refused: str) -> Iterator[None]:
         """Map psycopg failures to the sink's errors; a broken connection is dropped either way.
 
-        Lost connection / server gone -> DatabaseUnavailable (retry after backoff); anything the
-        server refused -> SinkError. Our own errors (OffsetConflict) pass through untouched.
+        Lost connection / server gone (no SQLSTATE, class 08 or 57) -> DatabaseUnavailable (retry
+        after backoff); anything else the server refused -> DataRefused or SystemRefused by its
+        SQLSTATE (``processor.refusals``). Our own errors (OffsetConflict) pass through untouched.
         """
         try:
             yield
-        except psycopg.OperationalError as exc:
-            self._discard()
-            raise DatabaseUnavailable(f"{unavailable}: {_first_line(exc)}") from None
         except psycopg.Error as exc:
+            state = exc.sqlstate
+            if is_data_refusal(state):
+                # The transaction was rolled back and the connection is sound: keep it, since
+                # bisecting a batch may meet many refusals in a row.
+                raise refusal(refused, _first_line(exc), state or "") from None
             self._discard()
+            if isinstance(exc, psycopg.OperationalError) and (not state or state[:2] in _UNAVAILABLE_CLASSES):
+                raise DatabaseUnavailable(f"{unavailable}: {_first_line(exc)}") from None
+            if state:
+                raise refusal(refused, _first_line(exc), state) from None
             raise SinkError(f"{refused}: {_first_line(exc)}") from None
 
     # -- the batch transaction -------------------------------------------------------------
@@ -280,7 +291,7 @@ class Sink:
 
         Raises OffsetConflict (nothing written; re-read offsets and re-seek), DatabaseUnavailable
         (nothing written, or the commit outcome is unknown: re-read offsets before going on)
-        or SinkError (the database refused the batch).
+        or DataRefused / SystemRefused (the database refused the batch; ``processor.refusals``).
         """
         conn = self._connection()
         rows: dict[str, int] = {}
