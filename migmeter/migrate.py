@@ -88,7 +88,7 @@ def _connect(url: str) -> psycopg.Connection[tuple[object, ...]]:
     try:
         return psycopg.connect(url, connect_timeout=10)
     except psycopg.Error as exc:
-        raise MigrationError(f"cannot connect to {settings.redact_url(url)}: {exc}") from exc
+        raise MigrationError(f"cannot connect to {settings.redact_url(url)}: {settings.database_error(exc, url)}") from None
 
 
 def _applied(conn: psycopg.Connection[tuple[object, ...]]) -> dict[str, AppliedMigration]:

@@ -46,7 +46,10 @@ def run(args: argparse.Namespace) -> int:
         raise MigmeterError(f"this database role may not {args.action} prices; changing prices needs the "
                             "warehouse owner's login") from None
     except psycopg.OperationalError as exc:
-        raise MigmeterError(f"cannot reach {settings.redact_url(url)}: {str(exc).strip()[:200]}") from None
+        raise MigmeterError(f"cannot reach {settings.redact_url(url)}: {settings.database_error(exc, url)}") from None
+    except psycopg.Error as exc:  # e.g. a schema not migrated
+        raise MigmeterError(f"price {args.action} failed on {settings.redact_url(url)}: "
+                            f"{settings.database_error(exc, url)}") from None
 
 
 def _dispatch(conn: psycopg.Connection[object], args: argparse.Namespace) -> int:

@@ -72,7 +72,10 @@ def run(args: argparse.Namespace) -> int:
             conn.read_only = True
             return _dispatch(conn, args)
     except psycopg.OperationalError as exc:
-        raise MigmeterError(f"cannot query {settings.redact_url(url)}: {str(exc).strip()[:200]}") from None
+        raise MigmeterError(f"cannot query {settings.redact_url(url)}: {settings.database_error(exc, url)}") from None
+    except psycopg.Error as exc:  # e.g. a schema not migrated, a role without SELECT on the views
+        raise MigmeterError(f"the report failed on {settings.redact_url(url)}: "
+                            f"{settings.database_error(exc, url)}") from None
 
 
 def _dispatch(conn: psycopg.Connection[object], args: argparse.Namespace) -> int:
