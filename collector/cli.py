@@ -24,6 +24,7 @@ from typing import Any
 from collector.metrics import DEFAULT_METRICS_ADDR, DEFAULT_METRICS_PORT, CollectorMetrics, serve
 from collector.publish import DEFAULT_FLUSH_TIMEOUT_S, KafkaPublisher, Publisher, StdoutPublisher
 from collector.run import DEFAULT_LOG_EVERY_S, RunSummary, run_loop
+from collector.snapshot import TS_MAX, TS_MIN
 from collector.sources.base import Source
 from collector.spool import DEFAULT_MAX_BYTES, FULL_POLICIES, Spool
 from migmeter import settings
@@ -379,14 +380,21 @@ def parse_time(value: str, flag: str = "time") -> datetime:
     """ISO-8601 (a naive time is taken as UTC), 'now', or 'now-<N><s|m|h|d>'."""
     text = value.strip()
     m = _RELATIVE_TIME.match(text)
-    if m:
-        now = datetime.now(timezone.utc)
-        return now if m.group(1) is None else now - timedelta(seconds=float(m.group(1)) * _UNIT_S[m.group(2)])
     try:
-        ts = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        if m:
+            now = datetime.now(timezone.utc)
+            ts = now if m.group(1) is None else now - timedelta(seconds=float(m.group(1)) * _UNIT_S[m.group(2)])
+        else:
+            ts = datetime.fromisoformat(text.replace("Z", "+00:00"))
+            ts = ts.replace(tzinfo=timezone.utc) if ts.tzinfo is None else ts.astimezone(timezone.utc)
     except ValueError:
-        raise ConfigError(f"{flag} {value!r} is not ISO-8601, 'now' or 'now-6h'") from None
-    return ts.replace(tzinfo=timezone.utc) if ts.tzinfo is None else ts.astimezone(timezone.utc)
+        raise ConfigError(f"{flag} {value[:40]!r} is not ISO-8601, 'now' or 'now-6h'") from None
+    except OverflowError:  # now-99999999999d, 0001-01-01T00:00+14:00: before year 1
+        ts = None
+    if ts is None or not TS_MIN <= ts <= TS_MAX:
+        raise ConfigError(f"{flag} {value[:40]!r} is outside {TS_MIN:%Y-%m-%d}..{TS_MAX:%Y-%m-%d} (UTC), "
+                          "the times snapshots can carry")
+    return ts
 
 
 def _total_slices(pairs: list[str]) -> dict[str, int] | None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from datetime import date
 
 import psycopg
 
@@ -38,10 +39,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    price = _price(args) if args.action == "set" else None  # a bad value is a usage error, before connecting
+    day = prices.parse_day(args.effective_from) if args.action == "delete" else None
     url = settings.database_url(args.database_url)
     try:
         with psycopg.connect(url, connect_timeout=10) as conn:
-            return _dispatch(conn, args)
+            return _dispatch(conn, args, price, day)
     except psycopg.errors.InsufficientPrivilege:
         raise MigmeterError(f"this database role may not {args.action} prices; changing prices needs the "
                             "warehouse owner's login") from None
@@ -52,20 +55,23 @@ def run(args: argparse.Namespace) -> int:
                             f"{settings.database_error(exc, url)}") from None
 
 
-def _dispatch(conn: psycopg.Connection[object], args: argparse.Namespace) -> int:
-    if args.action == "set":
-        p = prices.Price(
-            gpu_model=args.model,
-            price_per_gpu_hour=prices.parse_price(args.price),
-            currency=prices.parse_currency(args.currency),
-            effective_from=prices.parse_day(args.effective_from),
-        )
+def _price(args: argparse.Namespace) -> prices.Price:
+    return prices.Price(
+        gpu_model=args.model,
+        price_per_gpu_hour=prices.parse_price(args.price),
+        currency=prices.parse_currency(args.currency),
+        effective_from=prices.parse_day(args.effective_from),
+    )
+
+
+def _dispatch(conn: psycopg.Connection[object], args: argparse.Namespace, p: prices.Price | None,
+              day: date | None) -> int:
+    if p is not None:
         prices.set_price(conn, p)
         conn.commit()
         print(f"{p.gpu_model}: {p.price_per_gpu_hour} {p.currency} per GPU-hour from {p.effective_from}")
         return 0
-    if args.action == "delete":
-        day = prices.parse_day(args.effective_from)
+    if day is not None:
         if prices.delete_price(conn, args.model, day):
             conn.commit()
             print(f"deleted the price of {args.model} from {day}")

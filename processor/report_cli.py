@@ -66,6 +66,8 @@ def _emit(report: Report, fmt: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if getattr(args, "plot", None):
+        plot.check_target(args.plot)
     url = settings.database_url(args.database_url)
     try:
         with psycopg.connect(url, connect_timeout=10) as conn:
