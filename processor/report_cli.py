@@ -12,6 +12,7 @@ import argparse
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import psycopg
 
@@ -66,13 +67,14 @@ def _emit(report: Report, fmt: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    when = _when(args)  # before connecting: a bad value is a usage error, whatever the database
     if getattr(args, "plot", None):
         plot.check_target(args.plot)
     url = settings.database_url(args.database_url)
     try:
         with psycopg.connect(url, connect_timeout=10) as conn:
             conn.read_only = True
-            return _dispatch(conn, args)
+            return _dispatch(conn, args, when)
     except psycopg.OperationalError as exc:
         raise MigmeterError(f"cannot query {settings.redact_url(url)}: {settings.database_error(exc, url)}") from None
     except psycopg.Error as exc:  # e.g. a schema not migrated, a role without SELECT on the views
@@ -80,9 +82,20 @@ def run(args: argparse.Namespace) -> int:
                             f"{settings.database_error(exc, url)}") from None
 
 
-def _dispatch(conn: psycopg.Connection[object], args: argparse.Namespace) -> int:
+def _when(args: argparse.Namespace) -> dict[str, Any]:
+    """The report's month or times, parsed: ``month``, ``start``/``end`` or ``at`` (None = not given)."""
+    if args.report in ("chargeback", "idle"):
+        return {"month": reports.parse_month(args.month)}
+    if args.report == "layout" and (args.start or args.end) and not (args.start and args.end):
+        raise ConfigError("--from and --to go together")
+    when: dict[str, Any] = {k: reports.parse_time(getattr(args, k)) if getattr(args, k, None) else None
+                            for k in ("start", "end", "at")}
+    return when
+
+
+def _dispatch(conn: psycopg.Connection[object], args: argparse.Namespace, when: dict[str, Any]) -> int:
     if args.report == "chargeback":
-        month = reports.parse_month(args.month)
+        month = when["month"]
         report = reports.chargeback(conn, month, by=args.by, cluster=args.cluster)
         _emit(report, args.format)
         if args.plot:
@@ -94,7 +107,7 @@ def _dispatch(conn: psycopg.Connection[object], args: argparse.Namespace) -> int
             print(f"plot written to {out}", file=sys.stderr)
         return 0
     if args.report == "utilization":
-        start, end = reports.parse_time(args.start), reports.parse_time(args.end)
+        start, end = when["start"], when["end"]
         report = reports.utilization(conn, start, end, by=args.by, gpu=args.gpu, host=args.host, cluster=args.cluster)
         _emit(report, args.format)
         if args.plot:
@@ -112,10 +125,8 @@ def _dispatch(conn: psycopg.Connection[object], args: argparse.Namespace) -> int
             print(f"plot written to {out}", file=sys.stderr)
         return 0
     if args.report == "layout":
-        if args.start or args.end:
-            if not (args.start and args.end):
-                raise ConfigError("--from and --to go together")
-            start, end = reports.parse_time(args.start), reports.parse_time(args.end)
+        if when["start"]:
+            start, end = when["start"], when["end"]
             before = reports.layout_at(conn, args.gpu, start)
             changes = reports.layout_changes(conn, args.gpu, start, end)
             if args.format == "json":  # one JSON document, not two concatenated
@@ -125,10 +136,10 @@ def _dispatch(conn: psycopg.Connection[object], args: argparse.Namespace) -> int
                 sys.stdout.write("\n")
                 _emit(changes, args.format)
             return 0
-        at = reports.parse_time(args.at) if args.at else datetime.now(timezone.utc)
+        at = when["at"] or datetime.now(timezone.utc)
         _emit(reports.layout_at(conn, args.gpu, at), args.format)
         return 0
     if args.report == "idle":
-        _emit(reports.idle_capacity(conn, reports.parse_month(args.month), cluster=args.cluster, top=args.top), args.format)
+        _emit(reports.idle_capacity(conn, when["month"], cluster=args.cluster, top=args.top), args.format)
         return 0
     raise ConfigError(f"unknown report {args.report!r}")
