@@ -118,10 +118,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(run(args))
     except ConfigError as exc:
-        logging.getLogger("migmeter").error("%s", exc)
+        # A message may quote a flag's value, and an operator may paste a URL into the wrong flag.
+        logging.getLogger("migmeter").error("%s", settings.redact_text(str(exc)))
         return EXIT_USAGE
     except MigmeterError as exc:
-        logging.getLogger("migmeter").error("%s", exc)
+        logging.getLogger("migmeter").error("%s", settings.redact_text(str(exc)))
         return EXIT_FAILED
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED

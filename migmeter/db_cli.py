@@ -10,10 +10,7 @@ import argparse
 from collections.abc import Callable
 from pathlib import Path
 
-import psycopg
-
 from migmeter import settings
-from migmeter.errors import MigrationError
 
 __all__ = ["configure", "run"]
 
@@ -37,16 +34,9 @@ def _configure_migrate(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_migrate(args: argparse.Namespace) -> int:
-    url = settings.database_url(args.database_url)
-    try:
-        return _migrate(url, args)
-    except psycopg.Error as exc:  # connected, then refused: a role without rights on the schema
-        raise MigrationError(f"migrate failed on {settings.redact_url(url)}: {settings.database_error(exc, url)}") from None
-
-
-def _migrate(url: str, args: argparse.Namespace) -> int:
     from migmeter.migrate import migrate, pending
 
+    url = settings.database_url(args.database_url)
     where = settings.redact_url(url)
     if args.dry_run:
         names = pending(url, args.sql_dir)

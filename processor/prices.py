@@ -68,11 +68,11 @@ def parse_price(text: str | Decimal | float) -> Decimal:
     except InvalidOperation:
         raise ConfigError(f"price {str(text)[:40]!r} is not a number") from None
     if not value.is_finite():
-        raise ConfigError(f"price {text!r} is not finite")
+        raise ConfigError(f"price {str(text)[:40]!r} is not finite")
     if value < 0:
-        raise ConfigError(f"price {text!r} is negative")
+        raise ConfigError(f"price {str(text)[:40]!r} is negative")
     if value > _MAX_PRICE:
-        raise ConfigError(f"price {text!r} is above {_MAX_PRICE} per GPU-hour")
+        raise ConfigError(f"price {str(text)[:40]!r} is above {_MAX_PRICE} per GPU-hour")
     stored = value.quantize(_PRICE_STEP)
     if stored != value:
         # Rounding silently (1e-30 stored as 0.000000) would bill something other than what was set.

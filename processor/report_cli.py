@@ -86,11 +86,10 @@ def _when(args: argparse.Namespace) -> dict[str, Any]:
     """The report's month or times, parsed: ``month``, ``start``/``end`` or ``at`` (None = not given)."""
     if args.report in ("chargeback", "idle"):
         return {"month": reports.parse_month(args.month)}
-    if args.report == "layout" and (args.start or args.end) and not (args.start and args.end):
+    given = {k: getattr(args, k, None) for k in ("start", "end", "at")}
+    if args.report == "layout" and (given["start"] is None) != (given["end"] is None):
         raise ConfigError("--from and --to go together")
-    when: dict[str, Any] = {k: reports.parse_time(getattr(args, k)) if getattr(args, k, None) else None
-                            for k in ("start", "end", "at")}
-    return when
+    return {k: None if v is None else reports.parse_time(v) for k, v in given.items()}
 
 
 def _dispatch(conn: psycopg.Connection[object], args: argparse.Namespace, when: dict[str, Any]) -> int:
@@ -125,7 +124,7 @@ def _dispatch(conn: psycopg.Connection[object], args: argparse.Namespace, when: 
             print(f"plot written to {out}", file=sys.stderr)
         return 0
     if args.report == "layout":
-        if when["start"]:
+        if when["start"] is not None:
             start, end = when["start"], when["end"]
             before = reports.layout_at(conn, args.gpu, start)
             changes = reports.layout_changes(conn, args.gpu, start, end)
@@ -136,7 +135,7 @@ def _dispatch(conn: psycopg.Connection[object], args: argparse.Namespace, when: 
                 sys.stdout.write("\n")
                 _emit(changes, args.format)
             return 0
-        at = when["at"] or datetime.now(timezone.utc)
+        at = datetime.now(timezone.utc) if when["at"] is None else when["at"]
         _emit(reports.layout_at(conn, args.gpu, at), args.format)
         return 0
     if args.report == "idle":
