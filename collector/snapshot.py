@@ -378,6 +378,10 @@ def _check_int32(name: str, value: int | None) -> None:
         raise BadSnapshot(f"{name}={_show(value)} outside the 32-bit range the warehouse stores")
 
 
+def _refuse_mib(gi_id: int, name: str, value: float) -> None:
+    raise BadSnapshot(f"gi {gi_id}: {name}={_show(value)} outside 0..{MAX_MIB:.0f} MiB")
+
+
 def _show(value: object) -> str:
     """A number for an error message: a 400-digit integer is not worth 400 characters of reason
     (and str() of one past 4300 digits raises ValueError)."""
@@ -403,8 +407,9 @@ def _check_text(s: Snapshot) -> None:
     the btree index; each made the processor's batch fail, or crash it, on every retry. One
     joined string keeps the common (clean, ASCII: bytes = characters) case cheap."""
     fields = _text_fields(s)
-    text = "".join(v for _, v in fields)
-    if "\x00" not in text and text.isascii() and all(len(v) <= MAX_TEXT_CHARS for _, v in fields):
+    values = [v for _, v in fields]
+    text = "".join(values)
+    if "\x00" not in text and text.isascii() and max(map(len, values)) <= MAX_TEXT_CHARS:
         return
     for name, value in fields:
         if "\x00" in value:
@@ -429,7 +434,8 @@ def _check_snapshot(s: Snapshot) -> None:
         raise BadSnapshot(f"unsupported wire version v={s.v!r}")
     if s.ts.tzinfo is None:
         raise BadSnapshot("ts must be timezone-aware UTC")
-    _check_ts(s.ts)
+    if not TS_MIN <= s.ts < TS_MAX:
+        _check_ts(s.ts)
     if not (0 < s.interval_s <= MAX_INTERVAL_S):
         raise BadSnapshot(f"interval_s={_show(s.interval_s)} outside (0, {MAX_INTERVAL_S}]")
     if not s.gpu_uuid:
@@ -460,10 +466,12 @@ def _check_snapshot(s: Snapshot) -> None:
             value = getattr(inst.metrics, name)
             if value is not None and not (0.0 <= value <= 1.0):
                 raise BadSnapshot(f"gi {inst.gi_id}: {name}={_show(value)} outside 0..1")
-        for name, value in zip(_MIB_FIELDS + ("mem_total_mib",),
-                               (inst.metrics.fb_used_mib, inst.metrics.fb_free_mib, inst.mem_total_mib)):
+        for name in _MIB_FIELDS:
+            value = getattr(inst.metrics, name)
             if value is not None and not (0 <= value <= MAX_MIB):
-                raise BadSnapshot(f"gi {inst.gi_id}: {name}={_show(value)} outside 0..{MAX_MIB:.0f} MiB")
+                _refuse_mib(inst.gi_id, name, value)
+        if inst.mem_total_mib is not None and not (0 <= inst.mem_total_mib <= MAX_MIB):
+            _refuse_mib(inst.gi_id, "mem_total_mib", inst.mem_total_mib)
     if used > s.total_slices:
         raise BadSnapshot(f"instances use {used} slices, more than the GPU's {s.total_slices}")
     if not s.mig_enabled:
