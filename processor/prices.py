@@ -46,7 +46,8 @@ DEFAULT_CURRENCY = "USD"
 # numeric(14, 6) in the table: sub-cent prices per GPU-hour exist (spot, internal rates),
 # and nobody prices a GPU-hour above 10^8.
 _MAX_PRICE = Decimal("99999999.999999")
-_PRICE_STEP = Decimal("0.000001")
+_PRICE_DECIMALS = 6  # the scale of numeric(14, 6)
+_PRICE_STEP = Decimal(1).scaleb(-_PRICE_DECIMALS)
 _CURRENCY_RE = re.compile(r"^[A-Z]{3}$")
 _MAX_MODEL_LEN = 256
 
@@ -76,7 +77,7 @@ def parse_price(text: str | Decimal | float) -> Decimal:
     stored = value.quantize(_PRICE_STEP)
     if stored != value:
         # Rounding silently (1e-30 stored as 0.000000) would bill something other than what was set.
-        raise ConfigError(f"price {str(text)[:40]!r} has more than {-_PRICE_STEP.as_tuple().exponent} decimal "
+        raise ConfigError(f"price {str(text)[:40]!r} has more than {_PRICE_DECIMALS} decimal "
                           f"places; the warehouse stores multiples of {_PRICE_STEP} (it would be {stored})")
     return stored
 
