@@ -89,9 +89,9 @@ def redact_url(url: str) -> str:
     and the last ``@`` is shown. Other URLs (the dcgm and Prometheus endpoints) never show their
     userinfo.
     """
-    if "://" in url and not url.startswith(_LIBPQ_SCHEMES):
+    if _SCHEME.match(url) and not url.startswith(_LIBPQ_SCHEMES):
         head, _, rest = url.partition("://")
-        return f"{head}://***@{rest.rpartition('@')[2]}" if "@" in rest else url
+        return redact_text(f"{head}://***@{rest.rpartition('@')[2]}" if "@" in rest else url)
     params = _libpq_params(url)
     if params is None or _misparsed(url, params):
         return _opaque(url)
@@ -111,8 +111,9 @@ def scrub(text: str, url: str) -> str:
 
     libpq quotes what it could not use: ``unexpected spaces found in "<password>"``, ``invalid
     percent-encoded token: "<password>"``, ``invalid integer value "<part of it>" for connection
-    option "port"``. Every string that may be (part of) the password is masked, and when ``url``
-    is one libpq cannot parse as written, so is every double-quoted token of the message.
+    option "port"``. Every string that may be (part of) the password is masked, and so is every
+    quoted token of the message that overlaps one, or, when libpq cannot parse ``url`` as
+    written, every quoted token but an option name.
     """
     text = text.replace(url, redact_url(url))
     secrets = _password_candidates(url)
@@ -140,6 +141,7 @@ def database_error(exc: BaseException, url: str, limit: int = 300) -> str:
     return scrub(line, url)[:limit]
 
 
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
 # libpq's URI prefixes (it compares them case-sensitively); anything else with "://" is not its.
 _LIBPQ_SCHEMES = ("postgresql://", "postgres://")
 # Shown from a parsed connection string besides user, host, port and database: nothing secret.
@@ -225,7 +227,8 @@ def _parsable(url: str) -> str:
     try:
         conninfo.conninfo_to_dict(url)
     except (ProgrammingError, UnicodeError, ValueError) as exc:
-        reason = database_error(exc, url, limit=200) if isinstance(exc, ProgrammingError) else "not valid UTF-8 text"
+        reason = (database_error(exc, url, limit=200) if isinstance(exc, ProgrammingError)
+                  else "not text libpq accepts (undecodable bytes or a NUL)")
         raise ConfigError(f"database URL {redact_url(url)} is not valid: {reason}") from None
     return url
 
