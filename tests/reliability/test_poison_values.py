@@ -111,7 +111,10 @@ def test_labels_at_the_byte_limit_are_stored(fresh_db: str) -> None:
         replace(inst, profile=label("1g"), tenant=Tenant(label("ns"), label("pod"), label("ctr"))),
         *snap.instances[1:]))
     decoded = from_json(big.to_json())  # the contract accepts it...
-    assert all(len(v.encode()) == MAX_TEXT_BYTES for v in (decoded.gpu_uuid, decoded.instances[0].tenant.pod))
+    # each within one four-byte character of the limit ("GPU-" + 127 x 4 bytes = 512 exactly)
+    assert all(MAX_TEXT_BYTES - 4 < len(v.encode()) <= MAX_TEXT_BYTES for v in (
+        decoded.gpu_uuid, decoded.instances[0].profile, decoded.instances[0].tenant.namespace,
+        decoded.instances[0].tenant.pod))
     rows = feed(fresh_db, [decoded])  # ... and the warehouse stores it
     # 1m/1h/1d each: one row per instance of the snapshot
     assert rows["instance_usage_1m"] == rows["instance_usage_1d"] == len(snap.instances), rows

@@ -11,6 +11,7 @@ marker inside it (a fragment of a password is a leak too).
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 import subprocess
@@ -26,6 +27,7 @@ from psycopg import sql
 
 from collector.sources.simulate import SimulatedFleet
 from migmeter import settings
+from processor.sink import Sink
 from tests.integration.proc_kit import produce
 
 pytestmark = pytest.mark.integration
@@ -36,6 +38,7 @@ RAW_OK = f"Hx#q?z:k-{MARKER}-a"
 # ... and this one only percent-encoded, or quoted in key=value form (space, ``/``, ``@``, quote).
 AWKWARD = f"sp ace/{MARKER}#?@'x-{MARKER}-b"
 _TIMEOUT_S = 120  # a guard against a hang, not a timing assertion
+_PROCESS_S = 60  # then SIGTERM: the start line is all this test reads
 
 
 def _run(*args: str, url: str, timeout: float = _TIMEOUT_S) -> tuple[int, str]:
@@ -129,16 +132,37 @@ def test_libpq_messages_are_scrubbed(fresh_db: str) -> None:
 
 
 def test_the_processor_logs_no_password_at_info(kafka_bootstrap: str, new_topic, fresh_db: str,  # type: ignore[no-untyped-def]
-                                                logins, tmp_path: Path) -> None:
+                                                logins, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """A healthy processor logs where it writes (``Sink(...)``, ``connected to ...``) on every start."""
     topic = new_topic(partitions=1)
     produce(kafka_bootstrap, topic, SimulatedFleet(seed=9, hosts=1, gpus_per_host=2).read())
     forms = _forms(fresh_db, logins)
     for name in ("raw #?: in a URL", "key=value, quoted"):
         url, _ = forms[name]
-        rc, out = _run("--log-level", "INFO", "process", "--bootstrap", kafka_bootstrap, "--topic", topic,
-                       "--dead-letter-topic", topic + ".dlq", "--group", f"pw-{uuid.uuid4().hex[:8]}",
-                       "--metrics-port", "0", "--batch-ms", "200", "--stop-when-idle", "2", url=url)
-        assert rc == 0, out
-        assert "connected to postgresql://" in out and ":***@" in out, out  # it did log where, masked
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MIGMETER_")}
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "migmeter.cli", "--log-level", "INFO", "process", "--bootstrap", kafka_bootstrap,
+             "--topic", topic, "--dead-letter-topic", topic + ".dlq", "--group", f"pw-{uuid.uuid4().hex[:8]}",
+             "--metrics-port", "0", "--batch-ms", "200", "--stop-when-idle", "2"],
+            env={**env, settings.ENV_DATABASE_URL: url}, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, text=True)
+        try:
+            out, _ = proc.communicate(timeout=_PROCESS_S)
+        except subprocess.TimeoutExpired:  # not idle yet (slow group join on a loaded machine): SIGTERM, exit 0
+            proc.terminate()
+            out, _ = proc.communicate(timeout=_TIMEOUT_S)
+        assert proc.returncode == 0, out
+        assert "into Sink('postgresql://" in out and ":***@" in out, out  # it did log where, masked
         _assert_secret_free(out, f"process with {name}")
+        # The sink's own INFO line on connecting, in-process (the subprocess only connects once
+        # partitions are assigned, which a loaded broker may take its time over).
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="migmeter.processor.sink"):
+            sink = Sink(url, "pw")
+            try:
+                sink.read_offsets(topic, [0])
+            finally:
+                sink.close()
+        lines = [r.getMessage() for r in caplog.records]
+        assert any(line.startswith("connected to postgresql://") and ":***@" in line for line in lines), lines
+        _assert_secret_free("\n".join(lines) + repr(sink), f"the sink with {name}")
