@@ -197,11 +197,9 @@ def _describe(params: dict[str, str]) -> str:
     """A parsed connection string as a URI without its password."""
     from urllib.parse import quote
 
-    auth = ""
-    if "user" in params:
-        auth = quote(params["user"], safe="")
+    auth = quote(params.get("user", ""), safe="")
     if "password" in params:
-        auth += ":***"
+        auth = f"{auth}:***" if auth else "***"
     hosts = (params.get("host") or params.get("hostaddr") or "").split(",")
     ports = (params.get("port") or "").split(",")
     netloc = []
