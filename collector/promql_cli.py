@@ -103,7 +103,11 @@ def run(args: argparse.Namespace) -> int:
         promtool = shutil.which("promtool")
         if promtool is None:
             raise ConfigError(PROMTOOL_HINT)
-        if not Path(args.file).is_file():  # not a FIFO or device promtool would wait on
+        try:
+            regular = Path(args.file).is_file()  # not a FIFO or device promtool would wait on
+        except OSError as exc:  # e.g. a name too long for the file system
+            raise ConfigError(f"rules file {args.file[:200]!r}: {exc.strerror or exc}") from None
+        if not regular:
             raise ConfigError(f"rules file {args.file[:200]!r} is not a regular file")
         try:
             proc = subprocess.run(

@@ -116,7 +116,8 @@ def scrub(text: str, url: str) -> str:
     quoted token of the message that overlaps one, or, when libpq cannot parse ``url`` as
     written, every quoted token but an option name.
     """
-    text = text.replace(url, redact_url(url))
+    if len(url.strip()) >= _WHOLE_WORD_BELOW:  # " " is a valid conninfo (all defaults): not a word to replace
+        text = text.replace(url, redact_url(url))
     secrets = _password_candidates(url)
     for secret in secrets:
         # A short one only as a whole word: "a" must not turn "after" into "***fter".

@@ -83,9 +83,12 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _when(args: argparse.Namespace) -> dict[str, Any]:
-    """The report's month or times, parsed: ``month``, ``start``/``end`` or ``at`` (None = not given)."""
+    """The report's month or times, parsed: ``month``, ``start``/``end`` or ``at`` (None = not given);
+    empty for a report that parses its own."""
     if args.report in ("chargeback", "idle"):
         return {"month": reports.parse_month(args.month)}
+    if args.report not in ("utilization", "layout"):
+        return {}
     given = {k: getattr(args, k, None) for k in ("start", "end", "at")}
     if args.report == "layout" and (given["start"] is None) != (given["end"] is None):
         raise ConfigError("--from and --to go together")

@@ -173,7 +173,8 @@ def _write(sink: Sink, conn: psycopg.Connection[Any], data: bytes) -> tuple[str,
     # The processor's clock is the snapshot's own time: no clock rule may hide a bad value.
     now = snap.ts.timestamp() if isinstance(snap, Snapshot) else 0.0
     fold = BatchFold(states=states, stored_offsets={(TOPIC, 0): 0}, clock=lambda: now, max_age_s=0)
-    verdict = fold.add(TOPIC, 0, 0, b"key", data, snap)
+    key = snap.key if isinstance(snap, Snapshot) else b"GPU-unknown"  # keyed by GPU UUID, as collectors do
+    verdict = fold.add(TOPIC, 0, 0, key, data, snap)
     capture = _CaptureConnection(conn)
     sink._conn = capture  # type: ignore[assignment]  # the one seam: the sink's connection
     sink.write(fold.finish())
