@@ -24,6 +24,7 @@ from typing import Any
 from collector.metrics import DEFAULT_METRICS_ADDR, DEFAULT_METRICS_PORT, CollectorMetrics, serve
 from collector.publish import DEFAULT_FLUSH_TIMEOUT_S, KafkaPublisher, Publisher, StdoutPublisher
 from collector.run import DEFAULT_LOG_EVERY_S, RunSummary, run_loop
+from collector.snapshot import MAX_TEXT_BYTES, MAX_TEXT_CHARS, TS_MAX, TS_MIN
 from collector.sources.base import Source
 from collector.sources.fetch import stoppable
 from collector.spool import DEFAULT_MAX_BYTES, FULL_POLICIES, Spool
@@ -54,6 +55,8 @@ DEFAULT_INTERVAL_S = 15.0
 # Failed reads in a row after which a Prometheus backfill gives up (with back-off between
 # them: 1+2+4+8 s, enough to ride out a Prometheus restart).
 _BACKFILL_MAX_ERRORS = 5
+# A simulated fleet lives in memory and is read every round; far beyond any real site.
+_MAX_SIMULATED_GPUS = 100_000
 _RELATIVE_TIME = re.compile(r"^now(?:-(\d+(?:\.\d+)?)([smhd]))?$")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -202,6 +205,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    _check_cluster(args.cluster)
     _quiet_kafka_client_logs()
     overrides = _total_slices(args.total_slices)
     stop = threading.Event()
@@ -273,6 +277,8 @@ def _make_source(args: argparse.Namespace, overrides: dict[str, int] | None,
     if args.url:
         raise ConfigError("--source simulate takes no --url")
     kw = {"start": parse_time(args.start, "--start")} if args.start is not None else {}
+    if args.hosts * args.gpus_per_host > _MAX_SIMULATED_GPUS:
+        raise ConfigError(f"--hosts x --gpus-per-host is over {_MAX_SIMULATED_GPUS:,} simulated GPUs")
     if args.models:
         kw["models"] = tuple(m.strip() for m in args.models.split(",") if m.strip())
     return module.SimulatedFleet(
@@ -409,14 +415,33 @@ def parse_time(value: str, flag: str = "time") -> datetime:
     """ISO-8601 (a naive time is taken as UTC), 'now', or 'now-<N><s|m|h|d>'."""
     text = value.strip()
     m = _RELATIVE_TIME.match(text)
-    if m:
-        now = datetime.now(timezone.utc)
-        return now if m.group(1) is None else now - timedelta(seconds=float(m.group(1)) * _UNIT_S[m.group(2)])
     try:
-        ts = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        if m:
+            now = datetime.now(timezone.utc)
+            ts = now if m.group(1) is None else now - timedelta(seconds=float(m.group(1)) * _UNIT_S[m.group(2)])
+        else:
+            ts = datetime.fromisoformat(text.replace("Z", "+00:00"))
+            ts = ts.replace(tzinfo=timezone.utc) if ts.tzinfo is None else ts.astimezone(timezone.utc)
     except ValueError:
-        raise ConfigError(f"{flag} {value!r} is not ISO-8601, 'now' or 'now-6h'") from None
-    return ts.replace(tzinfo=timezone.utc) if ts.tzinfo is None else ts.astimezone(timezone.utc)
+        raise ConfigError(f"{flag} {value[:40]!r} is not ISO-8601, 'now' or 'now-6h'") from None
+    except OverflowError:  # now-99999999999d, 0001-01-01T00:00+14:00: before year 1
+        ts = None
+    if ts is None or not TS_MIN <= ts <= TS_MAX:
+        raise ConfigError(f"{flag} {value[:40]!r} is outside {TS_MIN:%Y-%m-%d}..{TS_MAX:%Y-%m-%d} (UTC), "
+                          "the times snapshots can carry")
+    return ts
+
+
+def _check_cluster(cluster: str) -> None:
+    """The cluster goes into every snapshot: one the contract refuses would make the collector
+    read GPUs every round and publish none of them."""
+    try:
+        size = len(cluster.encode())
+    except UnicodeEncodeError:  # undecodable bytes in $MIGMETER_CLUSTER (argv is checked by main)
+        size = None
+    if size is None or not cluster or "\x00" in cluster or len(cluster) > MAX_TEXT_CHARS or size > MAX_TEXT_BYTES:
+        raise ConfigError(f"--cluster (or ${ENV_CLUSTER}) must be 1..{MAX_TEXT_CHARS} characters and at most "
+                          f"{MAX_TEXT_BYTES} bytes of UTF-8 text, without NUL")
 
 
 def _total_slices(pairs: list[str]) -> dict[str, int] | None:

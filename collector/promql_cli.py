@@ -10,9 +10,11 @@ import argparse
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 from collector.promql import BY_LABELS, PromqlOptionError, RuleOptions, rules_yaml
-from migmeter.errors import ConfigError
+from migmeter import settings
+from migmeter.errors import ConfigError, MigmeterError
 
 __all__ = ["configure", "run", "PROMTOOL_HINT"]
 
@@ -101,14 +103,24 @@ def run(args: argparse.Namespace) -> int:
         promtool = shutil.which("promtool")
         if promtool is None:
             raise ConfigError(PROMTOOL_HINT)
-        proc = subprocess.run(
-            [promtool, "check", "rules", args.file],
-            capture_output=True,
-            text=True,
-            timeout=_PROMTOOL_TIMEOUT_S,
-            check=False,
-        )
-        sys.stdout.write(proc.stdout)
-        sys.stderr.write(proc.stderr)
+        try:
+            regular = Path(args.file).is_file()  # not a FIFO or device promtool would wait on
+        except OSError as exc:  # e.g. a name too long for the file system
+            raise ConfigError(f"rules file {args.file[:200]!r}: {exc.strerror or exc}") from None
+        if not regular:
+            raise ConfigError(f"rules file {args.file[:200]!r} is not a regular file")
+        try:
+            proc = subprocess.run(
+                [promtool, "check", "rules", args.file],
+                capture_output=True,
+                text=True,
+                timeout=_PROMTOOL_TIMEOUT_S,
+                check=False,
+            )
+        except subprocess.TimeoutExpired:
+            raise MigmeterError(f"promtool did not finish within {_PROMTOOL_TIMEOUT_S} s") from None
+        # promtool quotes the path it was given: whatever was pasted there is masked like our own messages.
+        sys.stdout.write(settings.redact_text(proc.stdout))
+        sys.stderr.write(settings.redact_text(proc.stderr))
         return 0 if proc.returncode == 0 else 1
     raise ConfigError("usage: migmeter promql {rules,check} ... (see migmeter promql --help)")

@@ -26,6 +26,11 @@ __all__ = [
     "MAX_MESSAGE_BYTES",
     "MAX_INSTANCES",
     "FULL_GPU_GI_ID",
+    "MAX_TEXT_CHARS",
+    "MAX_TEXT_BYTES",
+    "MAX_MIB",
+    "TS_MIN",
+    "TS_MAX",
     "RATIO_FIELDS",
     "Metrics",
     "Tenant",
@@ -54,6 +59,21 @@ SHARE_SUM_TOLERANCE = 1e-9
 MAX_INTERVAL_S = 86_400.0
 # Integer fields land in PostgreSQL ``integer`` columns (gpu_index, gi_id, ...).
 _INT32_MIN, _INT32_MAX = -(2**31), 2**31 - 1
+# Text fields (names, labels, profiles) are bounded in characters AND in UTF-8 bytes: the
+# warehouse indexes gpu_uuid, profile, namespace and pod together (instance_usage_*_pkey), and
+# a btree entry must fit in a third of a page (2704 bytes). 256 four-byte characters in three
+# of them (3072 bytes) made every insert of the batch fail, and the processor retry it
+# forever; four fields of 512 bytes plus the other key columns stay under 2,100 bytes.
+MAX_TEXT_CHARS = 256
+MAX_TEXT_BYTES = 512
+# Framebuffer sizes land in double-precision columns: bound them far above any GPU (1 EiB)
+# and inside the integers a double holds exactly (2^53), so a hostile 400-digit integer is
+# refused here instead of failing inside the writer's binary COPY.
+MAX_MIB = float(2**40)
+# Every derived time (ts - interval_s, bucket starts, the end of its day or month) must stay
+# inside Python's datetime range (years 1..9999) and PostgreSQL's; no metering predates Unix.
+TS_MIN = datetime(1970, 1, 1, tzinfo=timezone.utc)
+TS_MAX = datetime(9999, 1, 1, tzinfo=timezone.utc)
 # The pseudo-instance of a GPU without MIG (DCGM has no GPU_I_ID for it).
 FULL_GPU_GI_ID = -1
 
@@ -203,7 +223,17 @@ def parse_ts(value: object) -> datetime:
         raise BadSnapshot(f"ts is not ISO-8601: {value[:40]!r}") from None
     if ts.tzinfo is None:
         raise BadSnapshot("ts has no timezone (must be UTC)")
-    return ts.astimezone(timezone.utc)
+    try:
+        ts = ts.astimezone(timezone.utc)
+    except OverflowError:  # 0001-01-01T00:00+14:00 is before year 1 in UTC
+        raise BadSnapshot(f"ts {value!r} is outside {format_ts(TS_MIN)}..{format_ts(TS_MAX)}") from None
+    _check_ts(ts)
+    return ts
+
+
+def _check_ts(ts: datetime) -> None:
+    if not TS_MIN <= ts < TS_MAX:
+        raise BadSnapshot(f"ts {ts.isoformat()} is outside {format_ts(TS_MIN)}..{format_ts(TS_MAX)}")
 
 
 def from_json(data: bytes | str) -> Snapshot:
@@ -258,8 +288,8 @@ def _req(obj: dict[str, Any], key: str, typ: type) -> Any:
     # bool is an int subclass; never accept one for the other.
     if not isinstance(value, typ) or (typ is not bool and isinstance(value, bool)):
         raise BadSnapshot(f"field {key!r} must be {typ.__name__}, got {type(value).__name__}")
-    if isinstance(value, str) and len(value) > 256:
-        raise BadSnapshot(f"field {key!r} is longer than 256 characters")
+    if isinstance(value, str) and len(value) > MAX_TEXT_CHARS:
+        raise BadSnapshot(f"field {key!r} is longer than {MAX_TEXT_CHARS} characters")
     return value
 
 
@@ -273,7 +303,10 @@ def _number(obj: dict[str, Any], key: str, optional: bool = False) -> Any:
             return None
         raise BadSnapshot(f"missing field {key!r}")
     value = obj[key]
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    # An int is always finite, and math.isfinite raises OverflowError on one past 1e308; its
+    # range is checked with the field's other bounds (_check_snapshot).
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (
+            isinstance(value, float) and not math.isfinite(value)):
         raise BadSnapshot(f"field {key!r} must be a finite number")
     return value
 
@@ -311,7 +344,7 @@ def _instance_fast(raw: dict[str, Any]) -> Instance | None:
     if "tenants" in raw:
         return None  # a shared instance: rare, decoded by the checked path
     gi_id, profile, slices = raw.get("gi_id"), raw.get("profile"), raw.get("slices")
-    if type(gi_id) is not int or type(slices) is not int or type(profile) is not str or len(profile) > 256:
+    if type(gi_id) is not int or type(slices) is not int or type(profile) is not str or len(profile) > MAX_TEXT_CHARS:
         return None
     m = raw.get("metrics") or {}
     t = raw.get("tenant") or {}
@@ -324,7 +357,7 @@ def _instance_fast(raw: dict[str, Any]) -> Instance | None:
     for v in (t.get("namespace"), t.get("pod"), t.get("container")):
         if v is None:
             names.append("")
-        elif type(v) is not str or len(v) > 256:
+        elif type(v) is not str or len(v) > MAX_TEXT_CHARS:
             return None
         else:
             names.append(v)
@@ -393,7 +426,21 @@ def _check_int32(name: str, value: int | None) -> None:
     """The warehouse stores these in 32-bit columns: a larger value would make the database
     refuse the whole batch, and the processor retry it forever (one message stalling metering)."""
     if value is not None and not (_INT32_MIN <= value <= _INT32_MAX):
-        raise BadSnapshot(f"{name}={value} outside the 32-bit range the warehouse stores")
+        raise BadSnapshot(f"{name}={_show(value)} outside the 32-bit range the warehouse stores")
+
+
+def _refuse_mib(gi_id: int, name: str, value: float) -> None:
+    raise BadSnapshot(f"gi {gi_id}: {name}={_show(value)} outside 0..{MAX_MIB:.0f} MiB")
+
+
+def _show(value: object) -> str:
+    """A number for an error message: a 400-digit integer is not worth 400 characters of reason
+    (and str() of one past 4300 digits raises ValueError)."""
+    try:
+        text = repr(value)
+    except ValueError:
+        return "<an integer of over 4300 digits>"
+    return text if len(text) <= 24 else f"{text[:12]}...({len(text)} characters)"
 
 
 def _text_fields(s: Snapshot) -> list[tuple[str, str]]:
@@ -407,18 +454,23 @@ def _text_fields(s: Snapshot) -> list[tuple[str, str]]:
 
 
 def _check_text(s: Snapshot) -> None:
-    """Strings the warehouse can store: PostgreSQL text holds no NUL, and a lone surrogate (legal
-    in a JSON \\u escape) cannot be encoded as UTF-8; either made the processor's batch fail, or
-    crash it, on every retry. One joined string keeps the common (clean, ASCII) case cheap."""
+    """Strings the warehouse can store: PostgreSQL text holds no NUL, a lone surrogate (legal
+    in a JSON \\u escape) cannot be encoded as UTF-8, and a field over MAX_TEXT_BYTES overflows
+    the btree index; each made the processor's batch fail, or crash it, on every retry. One
+    joined string keeps the common (clean, ASCII: bytes = characters) case cheap."""
     fields = _text_fields(s)
-    text = "".join(v for _, v in fields)
-    if "\x00" not in text and (text.isascii() or _encodable(text)):
+    values = [v for _, v in fields]
+    text = "".join(values)
+    if "\x00" not in text and text.isascii() and max(map(len, values)) <= MAX_TEXT_CHARS:
         return
     for name, value in fields:
         if "\x00" in value:
             raise BadSnapshot(f"field {name!r} contains a NUL character, which the warehouse cannot store")
         if not _encodable(value):
             raise BadSnapshot(f"field {name!r} contains a lone surrogate (not encodable as UTF-8)")
+        if len(value) > MAX_TEXT_CHARS or len(value.encode()) > MAX_TEXT_BYTES:
+            raise BadSnapshot(f"field {name!r} is over {MAX_TEXT_CHARS} characters or {MAX_TEXT_BYTES} bytes "
+                              f"of UTF-8 ({len(value)} characters, {len(value.encode())} bytes)")
 
 
 def _encodable(text: str) -> bool:
@@ -462,12 +514,14 @@ def _check_snapshot(s: Snapshot) -> None:
         raise BadSnapshot(f"unsupported wire version v={s.v!r}")
     if s.ts.tzinfo is None:
         raise BadSnapshot("ts must be timezone-aware UTC")
+    if not TS_MIN <= s.ts < TS_MAX:
+        _check_ts(s.ts)
     if not (0 < s.interval_s <= MAX_INTERVAL_S):
-        raise BadSnapshot(f"interval_s={s.interval_s} outside (0, {MAX_INTERVAL_S}]")
+        raise BadSnapshot(f"interval_s={_show(s.interval_s)} outside (0, {MAX_INTERVAL_S}]")
     if not s.gpu_uuid:
         raise BadSnapshot("gpu_uuid is empty")
     if not (1 <= s.total_slices <= 8):
-        raise BadSnapshot(f"total_slices={s.total_slices} outside 1..8")
+        raise BadSnapshot(f"total_slices={_show(s.total_slices)} outside 1..8")
     if len(s.instances) > MAX_INSTANCES:
         raise BadSnapshot(f"{len(s.instances)} instances, over the limit of {MAX_INSTANCES}")
     _check_int32("gpu_index", s.gpu_index)
@@ -486,16 +540,18 @@ def _check_snapshot(s: Snapshot) -> None:
             raise BadSnapshot(f"duplicate gi_id {inst.gi_id}")
         seen.add(inst.gi_id)
         if not (1 <= inst.slices <= s.total_slices):
-            raise BadSnapshot(f"gi {inst.gi_id}: slices={inst.slices} outside 1..{s.total_slices}")
+            raise BadSnapshot(f"gi {inst.gi_id}: slices={_show(inst.slices)} outside 1..{s.total_slices}")
         used += inst.slices
         for name in RATIO_FIELDS:
             value = getattr(inst.metrics, name)
             if value is not None and not (0.0 <= value <= 1.0):
-                raise BadSnapshot(f"gi {inst.gi_id}: {name}={value} outside 0..1")
+                raise BadSnapshot(f"gi {inst.gi_id}: {name}={_show(value)} outside 0..1")
         for name in _MIB_FIELDS:
             value = getattr(inst.metrics, name)
-            if value is not None and value < 0:
-                raise BadSnapshot(f"gi {inst.gi_id}: {name}={value} is negative")
+            if value is not None and not (0 <= value <= MAX_MIB):
+                _refuse_mib(inst.gi_id, name, value)
+        if inst.mem_total_mib is not None and not (0 <= inst.mem_total_mib <= MAX_MIB):
+            _refuse_mib(inst.gi_id, "mem_total_mib", inst.mem_total_mib)
         if inst.tenants:
             _check_shares(inst)
     if used > s.total_slices:

@@ -78,6 +78,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _is_text(arg: str) -> bool:
+    try:
+        arg.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _load(module_name: str) -> _Command | None:
     try:
         return importlib.import_module(module_name)
@@ -90,6 +98,13 @@ def _load(module_name: str) -> _Command | None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    undecodable = [i for i, arg in enumerate(argv, 1) if not _is_text(arg)]
+    if undecodable:
+        # Bytes that are not UTF-8 reach Python as lone surrogates (surrogateescape): they can be
+        # neither sent to PostgreSQL nor printed, so every later use of the value would crash.
+        # The value itself is not echoed (it may be anything, a secret included).
+        parser.error(f"argument {undecodable[0]} is not valid UTF-8 text")
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=getattr(logging, args.log_level),
@@ -103,10 +118,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(run(args))
     except ConfigError as exc:
-        logging.getLogger("migmeter").error("%s", exc)
+        # A message may quote a flag's value, and an operator may paste a URL into the wrong flag.
+        logging.getLogger("migmeter").error("%s", settings.redact_text(str(exc)))
         return EXIT_USAGE
     except MigmeterError as exc:
-        logging.getLogger("migmeter").error("%s", exc)
+        logging.getLogger("migmeter").error("%s", settings.redact_text(str(exc)))
         return EXIT_FAILED
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED

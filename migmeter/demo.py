@@ -179,7 +179,7 @@ def _processed(url: str, group: str, topic: str) -> tuple[int, int]:
                 "FROM sink_offsets WHERE consumer_group = %s AND topic = %s", (group, topic)).fetchone()
     except psycopg.OperationalError as exc:
         raise StackError(f"database {settings.redact_url(url)} went away during the demo: "
-                         f"{str(exc).strip().splitlines()[0][:200]}") from None
+                         f"{settings.database_error(exc, url, limit=200)}") from None
     assert row is not None
     return int(row[0]), int(row[1])
 

@@ -12,9 +12,11 @@ CONCURRENTLY``, ``VACUUM``) do not belong in a migration file.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -84,11 +86,19 @@ def discover(sql_dir: Path = settings.SQL_DIR) -> list[Migration]:
     return found
 
 
-def _connect(url: str) -> psycopg.Connection[tuple[object, ...]]:
+@contextlib.contextmanager
+def _connect(url: str) -> Iterator[psycopg.Connection[tuple[object, ...]]]:
+    """A connection; any psycopg error (cannot connect, or connected and refused: a role without
+    rights on the schema) becomes one MigrationError line without the password."""
     try:
-        return psycopg.connect(url, connect_timeout=10)
+        conn = psycopg.connect(url, connect_timeout=10)
     except psycopg.Error as exc:
-        raise MigrationError(f"cannot connect to {settings.redact_url(url)}: {exc}") from exc
+        raise MigrationError(f"cannot connect to {settings.redact_url(url)}: {settings.database_error(exc, url)}") from None
+    try:
+        with conn:
+            yield conn
+    except psycopg.Error as exc:
+        raise MigrationError(f"migrating {settings.redact_url(url)} failed: {settings.database_error(exc, url)}") from None
 
 
 def _applied(conn: psycopg.Connection[tuple[object, ...]]) -> dict[str, AppliedMigration]:

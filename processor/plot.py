@@ -15,9 +15,9 @@ from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
-from migmeter.errors import ConfigError
+from migmeter.errors import ConfigError, MigmeterError
 
-__all__ = ["INSTALL_HINT", "plot_chargeback", "plot_utilization", "plot_trend"]
+__all__ = ["INSTALL_HINT", "check_target", "plot_chargeback", "plot_utilization", "plot_trend"]
 
 INSTALL_HINT = "plotting needs matplotlib: pip install 'migmeter[plot]'"
 # Stacked bars stay readable up to about this many tenants; the rest are summed as "(other)".
@@ -38,13 +38,35 @@ def _pyplot() -> Any:
     return plt
 
 
-def _save(fig: Any, plt: Any, out: Path) -> Path:
+def check_target(out: Path) -> Path:
+    """``out`` if a plot can be written there (its folder made if missing), else ConfigError:
+    checked before the report runs, so a typo in ``--plot`` costs no query and no traceback."""
     out = Path(out)
-    if out.parent and not out.parent.exists():
+    if out.is_dir():
+        raise ConfigError(f"--plot {str(out)!r} is a directory, not a file name")
+    existed = out.exists()
+    try:
         out.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
+        with open(out, "ab"):  # the one true test (root passes every access() check; /proc does not take files)
+            pass
+    except OSError as exc:
+        raise ConfigError(f"--plot: cannot write {str(out)!r}: {exc.strerror or exc}") from None
+    if not existed:
+        out.unlink(missing_ok=True)
+    return out
+
+
+def _save(fig: Any, plt: Any, out: Path) -> Path:
+    out = check_target(out)
+    try:
+        fig.tight_layout()
+        fig.savefig(out, dpi=110)
+    except ValueError as exc:  # matplotlib: an extension it has no writer for
+        raise ConfigError(f"--plot {str(out)!r}: {exc}") from None
+    except OSError as exc:
+        raise MigmeterError(f"cannot write the plot to {str(out)!r}: {exc.strerror or exc}") from None
+    finally:
+        plt.close(fig)
     return out
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import sys
+from datetime import date
+from decimal import Decimal
 
 import psycopg
 
@@ -45,47 +47,59 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # Bad values are usage errors, found before connecting.
+    price = _price(args) if args.action == "set" and not args.profile else None
+    profile_price = _profile_price(args) if args.action == "set" and args.profile else None
+    day = prices.parse_day(args.effective_from) if args.action in ("delete", "rule") else None
     url = settings.database_url(args.database_url)
     try:
         with psycopg.connect(url, connect_timeout=10) as conn:
-            return _dispatch(conn, args)
+            return _dispatch(conn, args, price, profile_price, day)
     except psycopg.errors.InsufficientPrivilege:
         raise MigmeterError(f"this database role may not {args.action} prices; changing prices needs the "
                             "warehouse owner's login") from None
     except psycopg.errors.UndefinedTable as exc:
-        raise MigmeterError(f"the warehouse is not migrated ({str(exc).splitlines()[0][:120]}): run `migmeter db migrate`")\
-            from None
+        raise MigmeterError(f"the warehouse is not migrated ({settings.database_error(exc, url)}): "
+                            "run `migmeter db migrate`") from None
     except psycopg.OperationalError as exc:
-        raise MigmeterError(f"cannot reach {settings.redact_url(url)}: {str(exc).strip()[:200]}") from None
+        raise MigmeterError(f"cannot reach {settings.redact_url(url)}: {settings.database_error(exc, url)}") from None
+    except psycopg.Error as exc:
+        raise MigmeterError(f"price {args.action} failed on {settings.redact_url(url)}: "
+                            f"{settings.database_error(exc, url)}") from None
 
 
-def _dispatch(conn: psycopg.Connection[object], args: argparse.Namespace) -> int:
-    if args.action == "set" and args.profile:
-        amount, currency = prices.parse_price(args.price), prices.parse_currency(args.currency)
-        day = prices.parse_day(args.effective_from)
-        profile_pricing.set_profile_price(conn, args.model, args.profile, amount, currency, day)
+def _price(args: argparse.Namespace) -> prices.Price:
+    return prices.Price(
+        gpu_model=args.model,
+        price_per_gpu_hour=prices.parse_price(args.price),
+        currency=prices.parse_currency(args.currency),
+        effective_from=prices.parse_day(args.effective_from),
+    )
+
+
+def _profile_price(args: argparse.Namespace) -> tuple[Decimal, str, date]:
+    return prices.parse_price(args.price), prices.parse_currency(args.currency), prices.parse_day(args.effective_from)
+
+
+def _dispatch(conn: psycopg.Connection[object], args: argparse.Namespace, p: prices.Price | None,
+              profile_price: tuple[Decimal, str, date] | None, day: date | None) -> int:
+    if profile_price is not None:
+        amount, currency, since = profile_price
+        profile_pricing.set_profile_price(conn, args.model, args.profile, amount, currency, since)
         conn.commit()
-        print(f"{args.model} {args.profile}: {amount} {currency} per instance-hour from {day}")
+        print(f"{args.model} {args.profile}: {amount} {currency} per instance-hour from {since}")
         return 0
-    if args.action == "rule":
-        day = prices.parse_day(args.effective_from)
+    if args.action == "rule" and day is not None:
         profile_pricing.set_share_rule(conn, args.model, args.rule, day)
         conn.commit()
         print(f"{args.model}: instances share the GPU's price by {args.rule} slices from {day}")
         return 0
-    if args.action == "set":
-        p = prices.Price(
-            gpu_model=args.model,
-            price_per_gpu_hour=prices.parse_price(args.price),
-            currency=prices.parse_currency(args.currency),
-            effective_from=prices.parse_day(args.effective_from),
-        )
+    if p is not None:
         prices.set_price(conn, p)
         conn.commit()
         print(f"{p.gpu_model}: {p.price_per_gpu_hour} {p.currency} per GPU-hour from {p.effective_from}")
         return 0
-    if args.action == "delete":
-        day = prices.parse_day(args.effective_from)
+    if args.action == "delete" and day is not None:
         if prices.delete_price(conn, args.model, day):
             conn.commit()
             print(f"deleted the price of {args.model} from {day}")

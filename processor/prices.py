@@ -46,6 +46,8 @@ DEFAULT_CURRENCY = "USD"
 # numeric(14, 6) in the table: sub-cent prices per GPU-hour exist (spot, internal rates),
 # and nobody prices a GPU-hour above 10^8.
 _MAX_PRICE = Decimal("99999999.999999")
+_PRICE_DECIMALS = 6  # the scale of numeric(14, 6)
+_PRICE_STEP = Decimal(1).scaleb(-_PRICE_DECIMALS)
 _CURRENCY_RE = re.compile(r"^[A-Z]{3}$")
 _MAX_MODEL_LEN = 256
 
@@ -67,12 +69,17 @@ def parse_price(text: str | Decimal | float) -> Decimal:
     except InvalidOperation:
         raise ConfigError(f"price {str(text)[:40]!r} is not a number") from None
     if not value.is_finite():
-        raise ConfigError(f"price {text!r} is not finite")
+        raise ConfigError(f"price {str(text)[:40]!r} is not finite")
     if value < 0:
-        raise ConfigError(f"price {text!r} is negative")
+        raise ConfigError(f"price {str(text)[:40]!r} is negative")
     if value > _MAX_PRICE:
-        raise ConfigError(f"price {text!r} is above {_MAX_PRICE} per GPU-hour")
-    return value.quantize(Decimal("0.000001"))
+        raise ConfigError(f"price {str(text)[:40]!r} is above {_MAX_PRICE} per GPU-hour")
+    stored = value.quantize(_PRICE_STEP)
+    if stored != value:
+        # Rounding silently (1e-30 stored as 0.000000) would bill something other than what was set.
+        raise ConfigError(f"price {str(text)[:40]!r} has more than {_PRICE_DECIMALS} decimal "
+                          f"places; the warehouse stores multiples of {_PRICE_STEP} (it would be {stored})")
+    return stored
 
 
 def parse_currency(text: str) -> str:

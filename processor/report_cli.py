@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-from datetime import datetime, timezone
+from datetime import date, datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import psycopg
 
@@ -110,18 +111,39 @@ def _emit(report: Report, fmt: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    when = _when(args)  # before connecting: a bad value is a usage error, whatever the database
+    if getattr(args, "plot", None):
+        plot.check_target(args.plot)
     url = settings.database_url(args.database_url)
     try:
         with psycopg.connect(url, connect_timeout=10) as conn:
             conn.read_only = True
-            return _dispatch(conn, args)
+            return _dispatch(conn, args, when)
     except psycopg.OperationalError as exc:
-        raise MigmeterError(f"cannot query {settings.redact_url(url)}: {str(exc).strip()[:200]}") from None
+        raise MigmeterError(f"cannot query {settings.redact_url(url)}: {settings.database_error(exc, url)}") from None
+    except psycopg.Error as exc:  # e.g. a schema not migrated, a role without SELECT on the views
+        raise MigmeterError(f"the report failed on {settings.redact_url(url)}: "
+                            f"{settings.database_error(exc, url)}") from None
 
 
-def _dispatch(conn: psycopg.Connection[object], args: argparse.Namespace) -> int:
+def _when(args: argparse.Namespace) -> dict[str, Any]:
+    """The report's month or times, parsed: ``month``, ``start``/``end`` or ``at`` (None = not given);
+    empty for a report that parses its own."""
+    if args.report in ("chargeback", "idle", "focus", "rightsize", "stranded"):
+        return {"month": reports.parse_month(args.month)}
+    if args.report == "trend":
+        return {"start": reports.parse_month(args.start), "end": reports.parse_month(args.end)}
+    if args.report not in ("utilization", "layout"):
+        return {}
+    given = {k: getattr(args, k, None) for k in ("start", "end", "at")}
+    if args.report == "layout" and (given["start"] is None) != (given["end"] is None):
+        raise ConfigError("--from and --to go together")
+    return {k: None if v is None else reports.parse_time(v) for k, v in given.items()}
+
+
+def _dispatch(conn: psycopg.Connection[object], args: argparse.Namespace, when: dict[str, Any]) -> int:
     if args.report == "chargeback":
-        month = reports.parse_month(args.month)
+        month = when["month"]
         if args.format == "html":
             if args.pricing != "gpu" or args.by != "namespace":
                 raise ConfigError("--format html is the statement by namespace at GPU prices (no --by pod/--pricing)")
@@ -146,7 +168,7 @@ def _dispatch(conn: psycopg.Connection[object], args: argparse.Namespace) -> int
             print(f"plot written to {out}", file=sys.stderr)
         return 0
     if args.report == "utilization":
-        start, end = reports.parse_time(args.start), reports.parse_time(args.end)
+        start, end = when["start"], when["end"]
         report = reports.utilization(conn, start, end, by=args.by, gpu=args.gpu, host=args.host, cluster=args.cluster)
         _emit(report, args.format)
         if args.plot:
@@ -164,10 +186,8 @@ def _dispatch(conn: psycopg.Connection[object], args: argparse.Namespace) -> int
             print(f"plot written to {out}", file=sys.stderr)
         return 0
     if args.report == "layout":
-        if args.start or args.end:
-            if not (args.start and args.end):
-                raise ConfigError("--from and --to go together")
-            start, end = reports.parse_time(args.start), reports.parse_time(args.end)
+        if when["start"] is not None:
+            start, end = when["start"], when["end"]
             before = reports.layout_at(conn, args.gpu, start)
             changes = reports.layout_changes(conn, args.gpu, start, end)
             if args.format == "json":  # one JSON document, not two concatenated
@@ -177,21 +197,21 @@ def _dispatch(conn: psycopg.Connection[object], args: argparse.Namespace) -> int
                 sys.stdout.write("\n")
                 _emit(changes, args.format)
             return 0
-        at = reports.parse_time(args.at) if args.at else datetime.now(timezone.utc)
+        at = datetime.now(timezone.utc) if when["at"] is None else when["at"]
         _emit(reports.layout_at(conn, args.gpu, at), args.format)
         return 0
     if args.report == "focus":
-        return _focus(conn, args)
+        return _focus(conn, args, when["month"])
     if args.report == "rightsize":
-        month = reports.parse_month(args.month)
+        month = when["month"]
         _emit(rightsize.rightsize(conn, month, cluster=args.cluster, headroom=args.headroom), args.format)
         return 0
     if args.report == "stranded":
-        _emit(stranded.stranded(conn, reports.parse_month(args.month), cluster=args.cluster), args.format)
+        _emit(stranded.stranded(conn, when["month"], cluster=args.cluster), args.format)
         return 0
     if args.report == "trend":
         group = "model" if args.by_model else "namespace" if args.by_namespace else "fleet"
-        report = trend.trend(conn, reports.parse_month(args.start), reports.parse_month(args.end), unit=args.by,
+        report = trend.trend(conn, when["start"], when["end"], unit=args.by,
                              group=group, cluster=args.cluster, forecast_periods=args.forecast)
         _emit(report, args.format)
         if args.plot:
@@ -199,19 +219,19 @@ def _dispatch(conn: psycopg.Connection[object], args: argparse.Namespace) -> int
             print(f"plot written to {out}", file=sys.stderr)
         return 0
     if args.report == "idle":
-        _emit(reports.idle_capacity(conn, reports.parse_month(args.month), cluster=args.cluster, top=args.top), args.format)
+        _emit(reports.idle_capacity(conn, when["month"], cluster=args.cluster, top=args.top), args.format)
         return 0
     raise ConfigError(f"unknown report {args.report!r}")
 
 
-def _focus(conn: psycopg.Connection[object], args: argparse.Namespace) -> int:
+def _focus(conn: psycopg.Connection[object], args: argparse.Namespace, month: date) -> int:
     if args.format == "parquet" and args.output is None:
         raise ConfigError("--format parquet needs --output FILE.parquet")
     identity = focus.FocusIdentity(
         provider_name=args.provider_name, publisher_name=args.provider_name, invoice_issuer_name=args.provider_name,
         billing_account_id=args.billing_account_id, billing_account_name=args.billing_account_name,
     )
-    dataset = focus.export(conn, reports.parse_month(args.month), identity, cluster=args.cluster)
+    dataset = focus.export(conn, month, identity, cluster=args.cluster)
     if args.format == "parquet":
         focus.write_parquet(dataset, args.output)
     elif args.output is not None:

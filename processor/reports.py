@@ -21,6 +21,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from collector.snapshot import TS_MAX, TS_MIN
 from migmeter import settings
 from migmeter.errors import ConfigError
 from processor.render import Column, Report
@@ -115,21 +116,36 @@ def load_query(name: str, directory: Path = REPORTS_DIR) -> str:
 
 
 def parse_month(text: str) -> date:
-    """``YYYY-MM`` -> the first day of that month."""
+    """``YYYY-MM`` -> the first day of that month, for a month a snapshot can fall in (its end,
+    the next month's first day, must exist too: 9999-12 has none in Python's calendar)."""
     m = re.fullmatch(r"\s*(\d{4})-(\d{2})\s*", text)
     if not m or not (1 <= int(m.group(2)) <= 12):
         raise ConfigError(f"month {text[:20]!r} is not YYYY-MM (e.g. 2026-11)")
-    return date(int(m.group(1)), int(m.group(2)), 1)
+    year = int(m.group(1))
+    if not TS_MIN.year <= year < TS_MAX.year:
+        raise ConfigError(f"month {text.strip()!r} is outside {TS_MIN.year}-01..{TS_MAX.year - 1}-12, "
+                          "the times snapshots can carry")
+    return date(year, int(m.group(2)), 1)
 
 
 def parse_time(text: str) -> datetime:
-    """A date (midnight UTC) or an ISO-8601 time; no zone means UTC (the warehouse's zone)."""
+    """A date (midnight UTC) or an ISO-8601 time; no zone means UTC (the warehouse's zone).
+    Only times snapshots can carry (``collector.snapshot.TS_MIN`` .. ``TS_MAX``) are reports' times."""
     raw = text.strip()
     try:
         ts = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+        ts = ts.replace(tzinfo=timezone.utc) if ts.tzinfo is None else ts.astimezone(timezone.utc)
     except ValueError:
         raise ConfigError(f"{raw[:40]!r} is not a date or ISO-8601 time (e.g. 2026-11-03 or 2026-11-03T12:00Z)") from None
-    return ts.replace(tzinfo=timezone.utc) if ts.tzinfo is None else ts.astimezone(timezone.utc)
+    except OverflowError:  # 0001-01-01T00:00+14:00 is before year 1 in UTC
+        raise ConfigError(_outside(raw)) from None
+    if not TS_MIN <= ts <= TS_MAX:
+        raise ConfigError(_outside(raw))
+    return ts
+
+
+def _outside(raw: str) -> str:
+    return f"{raw[:40]!r} is outside {TS_MIN:%Y-%m-%d}..{TS_MAX:%Y-%m-%d} (UTC), the times snapshots can carry"
 
 
 def month_range(month: date) -> tuple[datetime, datetime]:

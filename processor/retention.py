@@ -157,7 +157,10 @@ def run_cli(args: argparse.Namespace) -> int:
     except psycopg.errors.InsufficientPrivilege:
         raise MigmeterError("drop_chunks needs the hypertables' owner; use the login that ran `migmeter db migrate`") from None
     except psycopg.OperationalError as exc:
-        raise MigmeterError(f"cannot reach {settings.redact_url(url)}: {str(exc).strip()[:200]}") from None
+        raise MigmeterError(f"cannot reach {settings.redact_url(url)}: {settings.database_error(exc, url)}") from None
+    except psycopg.Error as exc:  # e.g. a schema not migrated
+        raise MigmeterError(f"retention failed on {settings.redact_url(url)}: "
+                            f"{settings.database_error(exc, url)}") from None
     verb = "would drop" if args.dry_run else "dropped"
     for c in chunks:
         start, end = c.range_start.astimezone(timezone.utc), c.range_end.astimezone(timezone.utc)

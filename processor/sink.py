@@ -211,7 +211,7 @@ class Sink:
                 conn.close()
             if isinstance(exc, psycopg.OperationalError):
                 raise DatabaseUnavailable(
-                    f"cannot connect to {settings.redact_url(self.url)}: {_first_line(exc)}") from None
+                    f"cannot connect to {settings.redact_url(self.url)}: {settings.database_error(exc, self.url)}") from None
             raise SinkError(f"preparing the connection failed: {_first_line(exc)}") from None
         log.info("connected to %s", settings.redact_url(self.url))
         self._conn = conn

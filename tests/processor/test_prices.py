@@ -56,8 +56,16 @@ def test_bad_prices_are_refused(bad: str) -> None:
 
 
 def test_price_is_quantized_to_micro_units() -> None:
-    assert parse_price("1.2345678") == Decimal("1.234568")
+    assert parse_price("1.234568") == Decimal("1.234568")
     assert parse_price(" 2 ") == Decimal("2.000000")
+    assert parse_price("2.50000000000") == Decimal("2.500000")  # trailing zeros lose nothing
+
+
+@pytest.mark.parametrize("text", ["1e-30", "0.0000001", "1.2345678"])
+def test_a_price_the_column_cannot_hold_is_refused_not_rounded(text: str) -> None:
+    """numeric(14,6): 1e-30 was stored as 0.000000 (issue 18); any rounding bills something else."""
+    with pytest.raises(ConfigError, match="more than 6 decimal places"):
+        parse_price(text)
 
 
 @pytest.mark.parametrize(("text", "expected"), [("usd", "USD"), (" EUR ", "EUR")])
