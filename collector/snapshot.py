@@ -29,6 +29,8 @@ __all__ = [
     "MAX_TEXT_CHARS",
     "MAX_TEXT_BYTES",
     "MAX_MIB",
+    "MIN_INTERVAL_S",
+    "MAX_INTERVAL_S",
     "TS_MIN",
     "TS_MAX",
     "RATIO_FIELDS",
@@ -57,6 +59,9 @@ MAX_TENANTS = 256
 SHARE_SUM_TOLERANCE = 1e-9
 # A scrape interval beyond a day would make one sample cover days of chargeback.
 MAX_INTERVAL_S = 86_400.0
+# The processor keeps billed time in whole microseconds: an interval under a millisecond would
+# bill (almost) nothing and read as a duplicate of itself.
+MIN_INTERVAL_S = 0.001
 # Integer fields land in PostgreSQL ``integer`` columns (gpu_index, gi_id, ...).
 _INT32_MIN, _INT32_MAX = -(2**31), 2**31 - 1
 # Text fields (names, labels, profiles) are bounded in characters AND in UTF-8 bytes: the
@@ -516,8 +521,8 @@ def _check_snapshot(s: Snapshot) -> None:
         raise BadSnapshot("ts must be timezone-aware UTC")
     if not TS_MIN <= s.ts < TS_MAX:
         _check_ts(s.ts)
-    if not (0 < s.interval_s <= MAX_INTERVAL_S):
-        raise BadSnapshot(f"interval_s={_show(s.interval_s)} outside (0, {MAX_INTERVAL_S}]")
+    if not (MIN_INTERVAL_S <= s.interval_s <= MAX_INTERVAL_S):
+        raise BadSnapshot(f"interval_s={_show(s.interval_s)} outside [{MIN_INTERVAL_S}, {MAX_INTERVAL_S}]")
     if not s.gpu_uuid:
         raise BadSnapshot("gpu_uuid is empty")
     if not (1 <= s.total_slices <= 8):

@@ -64,6 +64,11 @@ class _CaptureCursor:
         self._buffer.write(self._render.mogrify(query, params).encode())
         self.rowcount = 1
 
+    def fetchall(self) -> list[tuple[Any, ...]]:
+        # The only read in ``Sink.write`` is the per-GPU state fence (step 1): every GPU here is
+        # new (the fold starts from no stored state), so no state row exists to lock.
+        return []
+
     def executemany(self, query: Any, seq: Any) -> None:
         for params in seq:
             self.execute(query, params)
