@@ -87,19 +87,20 @@ def _assigned(procs: Sequence[Proc]) -> set[int]:
 # --------------------------------------------------------------------- layout oracle
 
 Inst = tuple[str, int, str, str]  # profile, slices, namespace, pod
+Event = tuple[str, datetime, str, int | None]  # gpu, ts, event, gi_id
+Row = tuple[str, int, str, str, str, datetime, datetime | None]  # gpu, gi_id, profile, ns, pod, from, to
 
 
 def _layout(s: Snapshot) -> dict[int, Inst]:
     return {i.gi_id: (i.profile, i.slices, i.tenant.namespace, i.tenant.pod) for i in s.instances}
 
 
-def layout_oracle(snaps: Sequence[Snapshot]) -> tuple[Counter[tuple[str, datetime, str, int | None]],
-                                                        list[tuple[str, int, str, str, str, datetime, datetime | None]]]:
+def layout_oracle(snaps: Sequence[Snapshot]) -> tuple[Counter[Event], list[Row]]:
     """Events and intervals from consecutive snapshots of each GPU, written out from the rules in
     sql/006_layout.sql (no processor code): returns (events as a multiset of (gpu, ts, event,
     gi_id), intervals as sorted (gpu, gi_id, profile, namespace, pod, valid_from, valid_to))."""
-    events: Counter[tuple[str, datetime, str, int | None]] = Counter()
-    closed: list[tuple[str, int, str, str, str, datetime, datetime | None]] = []
+    events: Counter[Event] = Counter()
+    rows: list[Row] = []
     last: dict[str, Snapshot] = {}
     opened: dict[tuple[str, int], tuple[Inst, datetime]] = {}
     for s in snaps:
@@ -128,29 +129,28 @@ def layout_oracle(snaps: Sequence[Snapshot]) -> tuple[Counter[tuple[str, datetim
                     events[(s.gpu_uuid, s.ts, "profile_changed", gi)] += 1
                 if b[2:] != a[2:]:
                     events[(s.gpu_uuid, s.ts, "tenant_changed", gi)] += 1
-            inst, since = opened.pop((s.gpu_uuid, gi)) if b is not None else (None, None)
-            if inst is not None and since is not None:
-                closed.append((s.gpu_uuid, gi, inst[0], inst[2], inst[3], since, s.ts))
+            if b is not None:
+                since = opened.pop((s.gpu_uuid, gi))[1]
+                rows.append((s.gpu_uuid, gi, b[0], b[2], b[3], since, s.ts))
             if a is not None:
                 opened[(s.gpu_uuid, gi)] = (a, s.ts)
-    still = [(g, gi, inst[0], inst[2], inst[3], since, None) for (g, gi), (inst, since) in opened.items()]
-    return events, sorted(closed + still, key=lambda r: (r[0], r[1], r[5]))
+    rows.extend((g, gi, inst[0], inst[2], inst[3], since, None) for (g, gi), (inst, since) in opened.items())
+    return events, sorted(rows, key=lambda r: (r[0], r[1], r[5]))
 
 
-def layout_in(url: str) -> tuple[Counter[tuple[str, datetime, str, int | None]],
-                                 list[tuple[str, int, str, str, str, datetime, datetime | None]]]:
+def layout_in(url: str) -> tuple[Counter[Event], list[Row]]:
     with psycopg.connect(url) as conn:
         events = Counter(conn.execute("SELECT gpu_uuid, ts, event, gi_id FROM layout_events").fetchall())
         intervals = conn.execute("SELECT gpu_uuid, gi_id, profile, namespace, pod, valid_from, valid_to "
                                  "FROM instance_intervals ORDER BY gpu_uuid, gi_id, valid_from").fetchall()
-    return events, intervals  # type: ignore[return-value]
+    return events, intervals
 
 
 # --------------------------------------------------------------------- the test
 
 
-def test_topic_grows_from_4_to_8_partitions_while_running(kafka_bootstrap: str, new_topic, fresh_db: str,
-                                                           tmp_path: Path, record_property) -> None:  # type: ignore[no-untyped-def]
+def test_topic_grows_from_4_to_8_partitions_while_running(  # type: ignore[no-untyped-def]
+        kafka_bootstrap: str, new_topic, fresh_db: str, tmp_path: Path) -> None:
     topic = new_topic(partitions=BEFORE)
     group = f"grow-{uuid.uuid4().hex[:8]}"
     stale = KafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all", linger_ms=5)
@@ -229,10 +229,10 @@ def test_topic_grows_from_4_to_8_partitions_while_running(kafka_bootstrap: str, 
         books = {int(r[0]): tuple(int(x) for x in r[1:]) for r in conn.execute(
             "SELECT partition, next_offset, snapshots, trimmed, duplicates, dead_letters FROM sink_offsets "
             "WHERE consumer_group = %s AND topic = %s", (group, topic))}
-    assert sorted(books) == [p for p in range(AFTER) if ends[p] > 0]
-    for p, (nxt, merged, trimmed, dups, dead) in books.items():
-        assert nxt == ends[p], f"partition {p}"
-        assert merged + trimmed + dups + dead == nxt, f"partition {p}: {books[p]}"
+    assert sorted(books) == [part for part in range(AFTER) if ends[part] > 0]
+    for part, (nxt, merged, trimmed, dups, dead) in books.items():
+        assert nxt == ends[part], f"partition {part}"
+        assert merged + trimmed + dups + dead == nxt, f"partition {part}: {books[part]}"
     assert sum(b[1] for b in books.values()) == expected.snapshots
     assert sum(b[2] for b in books.values()) == 0  # copies are identical: nothing billed in part
     assert sum(b[3] for b in books.values()) == expected.duplicates
