@@ -67,7 +67,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         "restarted processor gets its partitions back without waiting for a rebalance")
     parser.add_argument("--metadata-max-age", type=_metadata_max_age, default=DEFAULT_METADATA_MAX_AGE_MS / 1000,
                         metavar="SECONDS", help="refresh the topic's metadata this often: partitions added to the "
-                        "topic are consumed at most this long after (plus a rebalance) (default %(default)g)")
+                        "topic are consumed at most this long after, plus a rebalance (default %(default)g)")
     parser.add_argument("--batch-records", type=_positive_int, default=DEFAULT_BATCH_RECORDS,
                         help="commit a batch at this many records (default %(default)s)")
     parser.add_argument("--batch-ms", type=_positive_int, default=DEFAULT_BATCH_MS,
