@@ -18,13 +18,22 @@ from typing import Any
 from migmeter.kafka_security import describe_security, kafka_security
 from migmeter import preflight, settings
 from migmeter.errors import ConfigError
-from processor.consumer import DEFAULT_BATCH_MS, DEFAULT_BATCH_RECORDS, DEFAULT_GROUP, Processor, ProcessorConfig
+from processor.consumer import (
+    DEFAULT_BATCH_MS,
+    DEFAULT_BATCH_RECORDS,
+    DEFAULT_GROUP,
+    DEFAULT_METADATA_MAX_AGE_MS,
+    Processor,
+    ProcessorConfig,
+)
 from processor.fold import DEFAULT_MAX_AGE_S, DEFAULT_MAX_BACKWARD_SKEW_S, DEFAULT_MAX_FUTURE_SKEW_S
 from processor.health import DEFAULT_INTERVAL_S, STALE_ROUNDS, HealthState, Prober, probe_database, probe_kafka
 from processor.metrics import DEFAULT_METRICS_ADDR, DEFAULT_METRICS_PORT, ProcessorMetrics, serve
 
 # --max-gap from the environment (seconds; 0 = 3 x each snapshot's interval_s).
 ENV_MAX_GAP = "MIGMETER_MAX_GAP"
+# --metadata-max-age above a day would leave added partitions unread for days: surely a typo.
+MAX_METADATA_MAX_AGE_S = 86_400
 
 __all__ = ["configure", "run"]
 
@@ -56,6 +65,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                              "(default %(default)s; the broker allows 6000 and up by default)")
     parser.add_argument("--instance-id", help="static group membership (e.g. a StatefulSet pod name): a "
                         "restarted processor gets its partitions back without waiting for a rebalance")
+    parser.add_argument("--metadata-max-age", type=_metadata_max_age, default=DEFAULT_METADATA_MAX_AGE_MS / 1000,
+                        metavar="SECONDS", help="refresh the topic's metadata this often: partitions added to the "
+                        "topic are consumed at most this long after, plus a rebalance (default %(default)g)")
     parser.add_argument("--batch-records", type=_positive_int, default=DEFAULT_BATCH_RECORDS,
                         help="commit a batch at this many records (default %(default)s)")
     parser.add_argument("--batch-ms", type=_positive_int, default=DEFAULT_BATCH_MS,
@@ -110,6 +122,7 @@ def run(args: argparse.Namespace) -> int:
         stop_when_idle_s=args.stop_when_idle,
         session_timeout_ms=args.session_timeout_ms,
         instance_id=args.instance_id,
+        metadata_max_age_ms=max(1, round(args.metadata_max_age * 1000)),
         kafka_options=tuple(sorted(security.items())),
     )
     if security:
@@ -181,6 +194,13 @@ def _non_negative_float(text: str) -> float:
     value = float(text)
     if not value >= 0:
         raise argparse.ArgumentTypeError(f"{text} is not a number >= 0")
+    return value
+
+
+def _metadata_max_age(text: str) -> float:
+    value = _positive_float(text)
+    if value > MAX_METADATA_MAX_AGE_S:
+        raise argparse.ArgumentTypeError(f"{text} is more than {MAX_METADATA_MAX_AGE_S} seconds")
     return value
 
 

@@ -35,6 +35,14 @@ single records; a single refused record becomes a dead letter with the server's 
 SQLSTATE, and metering goes on. A refusal for a system reason (privilege revoked, table missing,
 disk full) is retried with backoff for as long as it lasts and dead-letters nothing.
 
+Partitions that grow: the loop subscribes to the topic, so the group picks up partitions added
+later by itself, but only once a client refreshes the topic's metadata, every
+``metadata_max_age_ms`` (kafka-python's default is 5 minutes; ours 30 s). A new partition has
+no ``sink_offsets`` row, so it is read from its beginning: records produced to it before it
+was assigned are not skipped. A GPU whose key now hashes to another partition may briefly
+have records in two partitions held by two processors; the sink's per-GPU fence (step 1 of
+``processor.sink``) still bills each of its seconds once.
+
 Backpressure: while the database is down the loop consumes nothing (partitions paused, polls
 kept going so the group membership stays alive) and retries with exponential backoff,
 capped. Several processors in one consumer group share the partitions; a GPU's snapshots are
@@ -75,6 +83,7 @@ __all__ = [
     "DEFAULT_GROUP",
     "DEFAULT_BATCH_RECORDS",
     "DEFAULT_BATCH_MS",
+    "DEFAULT_METADATA_MAX_AGE_MS",
     "ProcessorConfig",
     "Processor",
 ]
@@ -119,6 +128,10 @@ DLQ_PAYLOAD_MAX = 64 * 1024
 # Fetch sizes: snapshots are ~2 KiB; the client's 1 MiB per partition would cap a poll at a
 # few hundred records per partition.
 MAX_PARTITION_FETCH_BYTES = 8 * 1024 * 1024
+# How often the consumer refreshes topic metadata, i.e. how soon partitions added to the topic
+# are noticed and assigned (kafka-python's default, 5 minutes, leaves them unread that long).
+# One small metadata request per interval.
+DEFAULT_METADATA_MAX_AGE_MS = 30_000
 
 
 @dataclass(frozen=True)
@@ -140,6 +153,7 @@ class ProcessorConfig:
     client_id: str = "migmeter-process"
     session_timeout_ms: int = 10_000  # how soon a dead processor's partitions move to the others
     instance_id: str | None = None  # static membership: a restart reclaims its partitions at once
+    metadata_max_age_ms: int = DEFAULT_METADATA_MAX_AGE_MS  # how soon added partitions are consumed
     kafka_options: tuple[tuple[str, Any], ...] = ()  # TLS/SASL pass-through for consumer and producer
 
 
@@ -207,7 +221,8 @@ class Processor:
                 enable_auto_commit=False, auto_offset_reset="earliest",
                 max_partition_fetch_bytes=MAX_PARTITION_FETCH_BYTES, session_timeout_ms=cfg.session_timeout_ms,
                 heartbeat_interval_ms=max(1000, cfg.session_timeout_ms // 3), group_instance_id=cfg.instance_id,
-                reconnect_backoff_max_ms=KAFKA_RECONNECT_BACKOFF_MAX_MS, **opts)
+                reconnect_backoff_max_ms=KAFKA_RECONNECT_BACKOFF_MAX_MS,
+                metadata_max_age_ms=cfg.metadata_max_age_ms, **opts)
         except KafkaError as exc:
             # kafka-python raises once its bootstrap timeout passes: one clear line and exit 1
             # (the supervisor restarts us), not an uncaught traceback.

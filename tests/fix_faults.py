@@ -26,6 +26,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -306,17 +307,22 @@ class Feeder(threading.Thread):
     """
 
     def __init__(self, bootstrap: str, topic: str, rounds: int, *, pause_s: float = 0.05, seed: int = 8,
-                 hosts: int = 2, gpus_per_host: int = 4,
-                 mutate: Callable[[int, list[Snapshot]], list[Snapshot]] | None = None) -> None:
+                 hosts: int = 2, gpus_per_host: int = 4, reconfigure_every_s: float = 1800.0,
+                 mutate: Callable[[int, list[Snapshot]], list[Snapshot]] | None = None,
+                 producer_options: dict[str, Any] | None = None) -> None:
         super().__init__(daemon=True, name="feeder")
         self.bootstrap, self.topic, self.rounds, self.pause_s = bootstrap, topic, rounds, pause_s
-        self.fleet = SimulatedFleet(seed=seed, hosts=hosts, gpus_per_host=gpus_per_host, reconfigure_every_s=1800.0)
+        self.fleet = SimulatedFleet(seed=seed, hosts=hosts, gpus_per_host=gpus_per_host,
+                                    reconfigure_every_s=reconfigure_every_s)
         self.mutate = mutate
+        self.producer_options = producer_options or {}
+        self.producer: KafkaProducer | None = None  # set while running (mutate may ask it for metadata)
         self.sent: list[Snapshot] = []
         self.error: BaseException | None = None
 
     def run(self) -> None:
-        producer = KafkaProducer(bootstrap_servers=self.bootstrap, acks="all", linger_ms=5)
+        producer = self.producer = KafkaProducer(bootstrap_servers=self.bootstrap, acks="all", linger_ms=5,
+                                                 **self.producer_options)
         try:
             for n in range(self.rounds):
                 snaps = self.fleet.read()

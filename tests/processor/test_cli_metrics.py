@@ -21,6 +21,7 @@ def test_defaults_are_the_documented_ones():
     assert (args.max_future_skew, args.max_backward_skew) == (300.0, 3600.0)
     assert (args.metrics_addr, args.metrics_port) == ("127.0.0.1", 9402)
     assert args.topic == "migmeter.snapshots.v1" and args.dead_letter_topic == "migmeter.snapshots.dlq.v1"
+    assert args.metadata_max_age == 30.0  # added partitions are read within 30 s (+ a rebalance)
 
 
 def test_max_gap_comes_from_the_flag_then_the_environment(monkeypatch):  # type: ignore[no-untyped-def]
@@ -37,7 +38,9 @@ def test_max_gap_comes_from_the_flag_then_the_environment(monkeypatch):  # type:
 
 
 @pytest.mark.parametrize("argv", [["--batch-records", "0"], ["--batch-ms", "-5"], ["--max-future-skew", "0"],
-                                  ["--batch-records", "many"], ["--max-gap", "-1"]])
+                                  ["--batch-records", "many"], ["--max-gap", "-1"],
+                                  ["--metadata-max-age", "0"], ["--metadata-max-age", "86401"],
+                                  ["--metadata-max-age", "inf"]])
 def test_bad_values_are_usage_errors(argv, capsys):  # type: ignore[no-untyped-def]
     with pytest.raises(SystemExit) as exc:
         _parse(*argv)
