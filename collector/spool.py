@@ -76,6 +76,8 @@ DEFAULT_RESERVE_BYTES = 1024 * 1024
 # the database file, whose freed pages are reused, and the WAL stays small and is recycled,
 # so a full disk is not also holding a WAL-sized second copy of the spool.
 _WAL_AUTOCHECKPOINT_PAGES = 64
+# PRAGMAs take no bound parameters: the statement is a constant, spelled out once.
+_WAL_AUTOCHECKPOINT = f"PRAGMA wal_autocheckpoint={_WAL_AUTOCHECKPOINT_PAGES:d}"
 # Records per transaction when deleting on a full disk (see Spool._delete_in_steps).
 _DELETE_STEP = 16
 _DB_NAME = "spool.sqlite3"
@@ -144,7 +146,7 @@ class Spool:
             self._db = sqlite3.connect(self.directory / _DB_NAME, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.execute(f"PRAGMA wal_autocheckpoint={_WAL_AUTOCHECKPOINT_PAGES}")
+            self._db.execute(_WAL_AUTOCHECKPOINT)
             self._db.execute(
                 "CREATE TABLE IF NOT EXISTS spool ("
                 " seq INTEGER PRIMARY KEY AUTOINCREMENT, key BLOB NOT NULL, value BLOB NOT NULL)"

@@ -9,10 +9,11 @@ Rules:
    ``--from`` holds only its days inside the range (the notes say so).
 2. Measures are ratios of summed hours per period (weighted utilization = used / allocated
    with a reading; allocation = allocated / GPU-hours), never averages of percentages.
-   Coverage = metered GPU-hours / 24 h per GPU-day that reported: the share of those days
-   that was metered (gaps inside days). Cost is the chargeback's: every line, each day at
-   its own price (fleet and per-model rows: the GPUs' hours × price; per-namespace rows: the
-   namespace's allocated hours × price). A period with unpriced days or two currencies has no
+   Coverage = metered GPU-hours / capacity (DESIGN.md "Time model": a GPU exists from its
+   first covered second to its last snapshot; time inside that no snapshot covers is
+   unmetered). Cost is the chargeback's: every line, each day at its own price (fleet and
+   per-model rows: the GPUs' capacity × price, the (unmetered) line included; per-namespace
+   rows: the namespace's allocated hours × price). A period with unpriced days or two currencies has no
    cost (``-``).
 3. Forecast: an ordinary least-squares line through each group's allocated GPU-hours and cost
    per COMPLETE period (a period still running at ``now`` is left out of the fit), extended

@@ -17,8 +17,10 @@ def test_extend_months_copies_each_day_into_the_following_months(fresh_db: str) 
     # One GPU-hour on Jan 10 and one on Jan 31 2025, copied into 3 more months: Jan 10 -> Feb 10,
     # Mar 10, Apr 10; Jan 31 -> Feb 28, Mar 31, Apr 30 (PostgreSQL clamps to the month's last day;
     # had Jan 28 had a row too, its Feb 28 copy would win and Jan 31's be dropped by the key).
+    # Two GPUs, one hour each: one GPU metered on both days would exist (unmetered) on every day
+    # between them, which the time model records as daily rows of their own.
     feed(fresh_db, [mig(datetime(2025, 1, d, 1, tzinfo=timezone.utc), [inst(1, "7g.40gb", 0.5, "t", "p")],
-                        gpu="GPU-B", interval_s=3600) for d in (10, 31)])
+                        gpu=f"GPU-B{d}", interval_s=3600) for d in (10, 31)])
     counts = extend_months(fresh_db, 4)
     assert counts == {"tenant_usage_1d": 8, "gpu_usage_1d": 8}  # 2 days x 4 months, no collision
     with psycopg.connect(fresh_db) as conn:

@@ -1,10 +1,12 @@
 """Long-horizon trend on hand-built months through the processor's fold and sink.
 
-One A100 ('A100-SXM4-40GB', 7 slices) holding one 3g.20gb instance (team-a, 50 % busy) on the
-10th of Jan, Feb, Mar and Apr 2025 for 1, 2, 3 and 6 hours (hourly snapshots from 01:00),
-price 2.00 USD/GPU-hour. Per month with k hours: GPU-hours k, allocated 3k/7, used 3k/14,
-weighted utilization 50 %, allocation 3/7 = 42.857 %, coverage k/24 of its one GPU-day,
-cost (every line: the GPU's hours) 2k.
+One A100 ('A100-SXM4-40GB', 7 slices) per month holding one 3g.20gb instance (team-a, 50 % busy)
+on the 10th of Jan, Feb, Mar and Apr 2025 for 1, 2, 3 and 6 hours (hourly snapshots from 01:00),
+price 2.00 USD/GPU-hour. A GPU exists from its first covered second to its last snapshot, so
+each month's GPU lives exactly its k metered hours (one GPU for all four months would also
+exist, unmetered, on every day between). Per month with k hours: GPU-hours k, capacity k,
+allocated 3k/7, used 3k/14, weighted utilization 50 %, allocation 3/7 = 42.857 %, coverage
+100 %, cost (every line: the GPU's capacity) 2k.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ HOURS = {1: 1, 2: 2, 3: 3, 4: 6}
 @pytest.fixture
 def months_db(fresh_db: str) -> str:
     snaps = [mig(datetime(2025, m, 10, h, tzinfo=timezone.utc), [inst(1, "3g.20gb", 0.5, "team-a", "a")],
-                 gpu="GPU-T", model=A100, interval_s=3600) for m, k in HOURS.items() for h in range(1, k + 1)]
+                 gpu=f"GPU-T{m}", model=A100, interval_s=3600) for m, k in HOURS.items() for h in range(1, k + 1)]
     return feed_priced(fresh_db, snaps, [(A100, "2.00", date(2025, 1, 1))])
 
 
@@ -47,7 +49,7 @@ def test_monthly_rows_are_ratios_of_summed_hours(months_db: str) -> None:
         assert (r["kind"], r["scope"], r["gpu_days"]) == ("actual", "all", 1)
         assert r["gpu_hours"] == pytest.approx(k) and r["alloc_gpu_hours"] == pytest.approx(3 * k / 7)
         assert r["used_gpu_hours"] == pytest.approx(3 * k / 14) and r["weighted_util_pct"] == pytest.approx(50.0)
-        assert r["allocation_pct"] == pytest.approx(300 / 7) and r["coverage_pct"] == pytest.approx(100 * k / 24)
+        assert r["allocation_pct"] == pytest.approx(300 / 7) and r["coverage_pct"] == pytest.approx(100.0)
         assert r["cost"] == pytest.approx(Decimal(2 * k)) and r["currency"] == "USD"
 
 
@@ -92,3 +94,18 @@ def test_cli_with_plot_and_bad_input(months_db: str, tmp_path: Path) -> None:
     assert (tmp_path / "trend.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     bad = subprocess.run(cmd[:7] + ["2024-12"] + cmd[8:], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "--to" in bad.stderr
+
+
+def test_coverage_and_cost_follow_capacity(fresh_db: str) -> None:
+    # One A100 metered 00:00-01:00 and 04:00-05:00 on Jan 10 (hourly snapshots at 01:00 and 05:00;
+    # the 4 h silence exceeds the 3 x 3600 s gap limit, so 05:00 covers 04:00-05:00 only).
+    # Life 00:00-05:00 = capacity 5 h, metered 2 h, unmetered 3 h -> coverage 40 %;
+    # cost = capacity x 2.00 = 10.00 (the chargeback bills the unmetered line too).
+    snaps = [mig(datetime(2025, 1, 10, h, tzinfo=timezone.utc), [inst(1, "3g.20gb", 0.5, "team-a", "a")],
+                 gpu="GPU-G", model=A100, interval_s=3600) for h in (1, 5)]
+    url = feed_priced(fresh_db, snaps, [(A100, "2.00", date(2025, 1, 1))])
+    with psycopg.connect(url) as conn:
+        (jan,) = [r for r in trend.trend(conn, date(2025, 1, 1), date(2025, 1, 1), forecast_periods=0).as_dicts()
+                  if r["kind"] == "actual"]
+    assert jan["gpu_hours"] == pytest.approx(2.0) and jan["coverage_pct"] == pytest.approx(40.0)
+    assert jan["cost"] == pytest.approx(Decimal("10.00"))
