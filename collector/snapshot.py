@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import math
-import dataclasses
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -245,6 +244,10 @@ def from_dict(obj: dict[str, Any]) -> Snapshot:
     raw_instances = _req(obj, "instances", list)
     if len(raw_instances) > MAX_INSTANCES:
         raise BadSnapshot(f"{len(raw_instances)} instances, over the limit of {MAX_INSTANCES}")
+    # The fast path never raises; if any instance needs the checked path, all take it (inside
+    # the constructor call, so the header's errors still come first) and every check runs.
+    fast = [_instance_fast(i) if type(i) is dict else None for i in raw_instances]
+    values_checked = all(i is not None for i in fast)  # not `None in fast`: that calls __eq__ per item
     snap = Snapshot(
         ts=parse_ts(obj.get("ts")),
         interval_s=_number(obj, "interval_s"),
@@ -256,14 +259,9 @@ def from_dict(obj: dict[str, Any]) -> Snapshot:
         gpu_model=_req(obj, "gpu_model", str),
         mig_enabled=_req(obj, "mig_enabled", bool),
         total_slices=_int(obj, "total_slices"),
-        instances=tuple(_instance_fast(i) if type(i) is dict else None for i in raw_instances),
+        instances=tuple(fast) if values_checked else tuple(_instance(i) for i in raw_instances),
     )
-    if None in snap.instances:
-        # Some instance needs the checked path: decode them all that way, check everything.
-        snap = dataclasses.replace(snap, instances=tuple(_instance(i) for i in raw_instances))
-        _check_snapshot(snap)
-    else:
-        _check_snapshot(snap, values_checked=True)
+    _check_snapshot(snap, values_checked)
     return snap
 
 
