@@ -90,6 +90,11 @@ class GpuKey(NamedTuple):
     gpu_uuid: str
 
 
+# Makes a key (any of the NamedTuples above) from a plain tuple of its fields without the
+# NamedTuple's Python-level __new__: the fold makes two or three keys per instance sample.
+_new_key = tuple.__new__
+
+
 def _min(a: float | None, b: float | None) -> float | None:
     if a is None:
         return b
@@ -394,17 +399,19 @@ def fold_snapshot(snap: Snapshot, agg: Aggregates, parts: Sequence[tuple[int, fl
         fb = metrics.fb_used_mib
         tenant = inst.tenant
         ns, pod = tenant.namespace, tenant.pod
+        # Several pods on one instance: each is billed its share of the instance's time.
+        owners = ((tenant, 1.0),) if not inst.tenants else inst.shares()
         for b, dt, n in counted:
-            ikey = InstanceKey(b, gpu, inst.gi_id, inst.profile, ns, pod)
+            # Keys through tuple.__new__: a NamedTuple's own __new__ is a Python call per key.
+            ikey = _new_key(InstanceKey, (b, gpu, inst.gi_id, inst.profile, ns, pod))
             isum = instances_d.get(ikey)
             if isum is None:
                 isum = instances_d[ikey] = InstanceSums(cluster, model, inst.slices, total, tenant.container)
             else:
                 isum.container = tenant.container
             isum.add(dt, w, u, fb, n)
-            # Several pods on one instance: each is billed its share of the instance's time.
-            for owner, share in inst.shares():
-                tkey = TenantKey(b, gpu, owner.namespace, owner.pod)
+            for owner, share in owners:
+                tkey = _new_key(TenantKey, (b, gpu, owner.namespace, owner.pod))
                 tsum = tenants_d.get(tkey)
                 if tsum is None:
                     tsum = tenants_d[tkey] = TenantSums(cluster, model)
@@ -429,7 +436,7 @@ def add_unmetered(snap: Snapshot, agg: Aggregates, parts: Sequence[tuple[int, fl
 
 
 def _gpu_row(gpus_d: dict[GpuKey, GpuSums], b: int, snap: Snapshot) -> GpuSums:
-    gkey = GpuKey(b, snap.gpu_uuid)
+    gkey = _new_key(GpuKey, (b, snap.gpu_uuid))
     gsum = gpus_d.get(gkey)
     if gsum is None:
         gsum = gpus_d[gkey] = GpuSums(snap.cluster, snap.host, snap.gpu_model, snap.total_slices)
@@ -454,7 +461,7 @@ def rollup(src: Aggregates, width_s: int) -> Aggregates:
 def _roll(items: Iterable[tuple[Any, Any]], dst: dict[Any, Any], width_s: int) -> None:
     for key, sums in items:
         # tuple.__new__ on the key's own class: NamedTuple._replace is several times slower.
-        coarse = tuple.__new__(key.__class__, (key[0] // width_s * width_s, *key[1:]))
+        coarse = _new_key(key.__class__, (key[0] // width_s * width_s, *key[1:]))
         have = dst.get(coarse)
         if have is None:
             dst[coarse] = sums.copy()
