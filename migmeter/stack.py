@@ -103,6 +103,9 @@ _TIMESCALEDB_SOURCE_PACKAGE = "timescaledb"
 
 # How long a service may take to become ready. A cold JVM on a 2-core machine needs ~10 s.
 KAFKA_START_TIMEOUT_S = 90.0
+# A JVM that dies at once on start gets one more try (see KafkaNode.start), after a short pause.
+KAFKA_START_RETRIES = 1
+KAFKA_RESTART_PAUSE_S = 2.0
 PG_START_TIMEOUT_S = 60.0
 # SIGTERM, then this long, then SIGKILL: Kafka's controlled shutdown takes a few seconds.
 STOP_TIMEOUT_S = 30.0
@@ -530,6 +533,25 @@ class KafkaNode:
             "-cp", f"{self.jars_dir}/*", "kafka.Kafka", str(self.config_path),
         ]
         _rotate(self.log_path)
+        for attempt in range(1 + KAFKA_START_RETRIES):
+            self._spawn(cmd)
+            if not wait:
+                return
+            try:
+                self.wait_ready(timeout_s)
+                return
+            except StackError:
+                # A JVM that exits at once, writing nothing, right after the previous one on the
+                # same home stopped (seen on loaded machines when a test restarts a private node):
+                # one more try; a lasting cause (a bad config) fails the same way again.
+                if attempt == KAFKA_START_RETRIES or self.is_running():
+                    raise
+                log.warning("Kafka on %s exited during start (exit code %s); starting it once more",
+                            self.bootstrap, self._proc.poll() if self._proc is not None else "?")
+                self.pid_file.unlink(missing_ok=True)
+                time.sleep(KAFKA_RESTART_PAUSE_S)
+
+    def _spawn(self, cmd: list[str]) -> None:
         with open(self.log_path, "ab") as logf:
             logf.write(f"\n=== migmeter: starting Kafka {self.version} at {time.ctime()} ===\n".encode())
             logf.flush()
@@ -539,8 +561,6 @@ class KafkaNode:
             )
         self.pid_file.write_text(f"{self._proc.pid}\n")
         _progress(f"Kafka {self.version} starting on {self.bootstrap} (pid {self._proc.pid}, log {self.log_path})")
-        if wait:
-            self.wait_ready(timeout_s)
 
     def wait_ready(self, timeout_s: float = KAFKA_START_TIMEOUT_S) -> None:
         """Wait until a metadata request answers; fail fast with the log tail if the JVM dies."""
