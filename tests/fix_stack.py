@@ -21,7 +21,7 @@ from kafka.errors import KafkaError
 
 from migmeter import settings
 
-__all__ = ["kafka_bootstrap", "new_topic", "admin_url", "fresh_db", "unavailable"]
+__all__ = ["kafka_bootstrap", "new_topic", "admin_url", "fresh_db", "unavailable", "missing_tool"]
 
 _IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
@@ -31,6 +31,13 @@ def unavailable(what: str) -> None:
     message = f"{what} is not reachable; start it with `migmeter stack up`"
     if _IN_CI:
         pytest.fail(message + " (CI=true: a missing service is a failure)", pytrace=False)
+    pytest.skip(message)
+
+
+def missing_tool(message: str) -> None:
+    """Skip (developer machine) or fail (CI) a test whose external tool is not installed."""
+    if _IN_CI:
+        pytest.fail(message + " (CI=true: a missing tool is a failure)", pytrace=False)
     pytest.skip(message)
 
 

@@ -7,7 +7,6 @@ unallocated 4/7 h @2 = 1.14).
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
@@ -18,6 +17,8 @@ from pathlib import Path
 
 import psycopg
 import pytest
+
+from tests.fix_stack import missing_tool
 
 from processor import statement
 from processor.render import Column, Report
@@ -38,10 +39,7 @@ def month_db(fresh_db: str) -> str:
 def _chromium() -> str:
     path = shutil.which("chromium") or shutil.which("chromium-browser")
     if path is None:
-        message = "chromium is not installed (apt-get install chromium; .ci/run installs it)"
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            pytest.fail(message + " (CI=true: a missing browser is a failure)", pytrace=False)
-        pytest.skip(message)
+        missing_tool("chromium is not installed (apt-get install chromium; .ci/run installs it)")
     return path
 
 
