@@ -37,7 +37,7 @@ from psycopg import sql
 
 from bench.common import DENSE_MODEL, DenseFleet, fresh_database, load_average, median
 from collector.snapshot import Snapshot
-from processor import reports
+from warehouse import reports
 from processor.fold import BatchFold
 from processor.sink import USAGE_TABLES, Sink
 

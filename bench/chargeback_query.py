@@ -23,7 +23,7 @@ Measured on ONE generated database, before and after issue #7's rewrite, in the 
   EXPLAIN ANALYZE execution time (no fetch), median of ``--explain-repeats`` runs;
 - that old and new return the same lines (keys and currency equal, numbers within 1e-6;
   measured: < 1e-9, float summation order only);
-- the whole ``migmeter report chargeback`` (``processor.reports.chargeback``: main query,
+- the whole ``migmeter report chargeback`` (``warehouse.reports.chargeback``: main query,
   reconciliation, Python), by namespace and by pod, new path only;
 - the BI view ``chargeback_namespace_monthly`` filtered on the month, 011's definition
   (``OLD_BI_NAMESPACE_MONTHLY_SQL``) vs 012's;
@@ -52,7 +52,7 @@ from psycopg import sql
 
 from bench.common import fresh_database, load_average, median
 from collector.sources.simulate import DEFAULT_MODELS, SimulatedFleet
-from processor import prices, reports
+from warehouse import prices, reports
 from processor.aggregate import Aggregates
 from processor.fold import BatchFold
 from processor.layout import GpuState

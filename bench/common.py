@@ -35,7 +35,7 @@ from collector.snapshot import Snapshot
 from collector.sources import simulate
 from collector.sources.simulate import SimulatedFleet
 from migmeter import settings
-from migmeter.migrate import migrate
+from warehouse.migrate import migrate
 
 __all__ = [
     "DENSE_MODEL",

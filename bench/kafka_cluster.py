@@ -280,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cycles", type=int, default=3, help="rounds of faults (a)-(d) (default 3)")
     p.add_argument("--hold", type=float, default=20.0, help="seconds each fault lasts (default 20)")
     args = p.parse_args(argv)
-    from migmeter.migrate import migrate
+    from warehouse.migrate import migrate
 
     admin_url = settings.database_url()
     db = f"migmeter_bench_{uuid.uuid4().hex[:8]}"

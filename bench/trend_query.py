@@ -12,7 +12,7 @@ so the trend reads ``gpus x ~30 x months`` daily GPU rows and the matching tenan
 size of a real two-year warehouse, without simulating two years.
 
 Measured, each as the first run and the median of ``--repeats`` warm-cache runs, wall time of
-``processor.trend.trend`` (query, fetch, forecast): per month and per week over the whole
+``warehouse.trend.trend`` (query, fetch, forecast): per month and per week over the whole
 range, per GPU model per month, per namespace per month; and the load average (the machine
 is shared). Run: ``python -m bench.trend_query [--hosts 125 --gpus-per-host 8 --months 24]``;
 small here: ``--hosts 4 --gpus-per-host 8 --copies 4 --months 24`` (128 GPUs), or the fleet and
@@ -34,7 +34,7 @@ from psycopg import sql
 
 from bench.chargeback_query import _COPY_COLUMNS, _scalar, _timed, generate, replicate
 from bench.common import fresh_database, load_average
-from processor import reports, trend
+from warehouse import reports, trend
 
 __all__ = ["extend_months", "measure", "main"]
 

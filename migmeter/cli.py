@@ -30,8 +30,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "db": ("migmeter.db_cli", "warehouse schema: migrate, retention"),
     "collect": ("collector.cli", "read GPUs (dcgm, nvml, prometheus, simulate) and publish snapshots"),
     "process": ("processor.cli", "consume snapshots, write exactly-once aggregates to TimescaleDB"),
-    "report": ("processor.report_cli", "chargeback, utilization and layout reports"),
-    "price": ("processor.price_cli", "GPU-hour prices used by chargeback"),
+    "report": ("warehouse.report_cli", "chargeback, utilization and layout reports"),
+    "price": ("warehouse.price_cli", "GPU-hour prices used by chargeback"),
     "promql": ("collector.promql_cli", "MIG-weighted Prometheus recording and alert rules"),
     "demo": ("migmeter.demo", "simulated fleet end to end on the local stack, then reports"),
 }

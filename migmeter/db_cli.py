@@ -34,7 +34,7 @@ def _configure_migrate(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_migrate(args: argparse.Namespace) -> int:
-    from migmeter.migrate import migrate, pending
+    from warehouse.migrate import migrate, pending
 
     url = settings.database_url(args.database_url)
     where = settings.redact_url(url)
@@ -51,17 +51,17 @@ def _run_migrate(args: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------------------- retention
-# Lives in processor/retention.py (it knows the hypertables); imported lazily.
+# Lives in warehouse/retention.py (it knows the hypertables); imported lazily.
 
 
 def _configure_retention(parser: argparse.ArgumentParser) -> None:
-    from processor.retention import configure_cli
+    from warehouse.retention import configure_cli
 
     configure_cli(parser)
 
 
 def _run_retention(args: argparse.Namespace) -> int:
-    from processor.retention import run_cli
+    from warehouse.retention import run_cli
 
     return run_cli(args)
 

@@ -153,7 +153,7 @@ def _delete_topic(bootstrap: str, topic: str) -> None:
 
 
 def _set_demo_prices(url: str, models: tuple[str, ...], start: datetime, echo: Callable[[str], None]) -> None:
-    from processor import prices
+    from warehouse import prices
 
     with psycopg.connect(url) as conn:
         priced = {p.gpu_model for p in prices.list_prices(conn)}
@@ -197,7 +197,7 @@ def run_demo(cfg: DemoConfig, echo: Callable[[str], None] = print) -> DemoResult
     from collector.publish import KafkaPublisher
     from collector.run import run_loop
     from collector.sources.simulate import DEFAULT_MODELS, SimulatedFleet
-    from migmeter.migrate import migrate
+    from warehouse.migrate import migrate
     from processor.consumer import Processor, ProcessorConfig
 
     began = time.monotonic()
@@ -286,8 +286,8 @@ def run_demo(cfg: DemoConfig, echo: Callable[[str], None] = print) -> DemoResult
 
 
 def _report(url: str, cfg: DemoConfig, result: DemoResult, echo: Callable[[str], None]) -> None:
-    from processor import plot, reports
-    from processor.render import render
+    from warehouse import plot, reports
+    from warehouse.render import render
 
     out = cfg.out_dir
     out.mkdir(parents=True, exist_ok=True)
@@ -337,8 +337,8 @@ def _report(url: str, cfg: DemoConfig, result: DemoResult, echo: Callable[[str],
 def _finops(url: str, cfg: DemoConfig, result: DemoResult, echo: Callable[[str], None]) -> None:
     """FinOps outputs (issue 14): per month FOCUS (written, first charge shown), right-sizing, stranded capacity,
     the HTML statement (written); then the weekly trend."""
-    from processor import focus, rightsize, statement, stranded, trend
-    from processor.render import Report, render
+    from warehouse import focus, rightsize, statement, stranded, trend
+    from warehouse.render import Report, render
 
     with psycopg.connect(url) as conn:
         conn.read_only = True

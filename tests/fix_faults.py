@@ -286,7 +286,7 @@ def private_kafka(kafka_bootstrap: str, private_home: Path) -> Iterator[stack.Ka
 @pytest.fixture
 def private_pg(admin_url: str, private_home: Path) -> Iterator[tuple[stack.PostgresCluster, str]]:
     """A PostgreSQL + TimescaleDB cluster of this test's own, migrated; yields (cluster, owner URL)."""
-    from migmeter.migrate import migrate
+    from warehouse.migrate import migrate
 
     cluster = stack.PostgresCluster(private_home / "pg", port=free_port())
     try:

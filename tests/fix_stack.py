@@ -94,7 +94,7 @@ def _with_database(url: str, dbname: str) -> str:
 @pytest.fixture
 def fresh_db(admin_url: str) -> Iterator[str]:
     """A new, fully migrated database for one test; dropped afterwards. Yields its URL."""
-    from migmeter.migrate import migrate
+    from warehouse.migrate import migrate
 
     name = f"migmeter_test_{uuid.uuid4().hex[:10]}"
     with psycopg.connect(admin_url, autocommit=True) as conn:

@@ -1,6 +1,6 @@
 -- Chargeback for a bucket range (a UTC month): one line per tenant key and currency, plus
 -- the unassigned, unallocated and unmetered lines. {keys} is `namespace` or `namespace, pod`,
--- chosen from a whitelist and quoted as identifiers by processor/reports.py.
+-- chosen from a whitelist and quoted as identifiers by warehouse/reports.py.
 -- The lines come from chargeback_lines_daily (sql/014), the one place that lists them, so
 -- every chargeback view and report shows the same lines. Aggregate first, price after: the
 -- period's daily lines are summed per (day, GPU model, line, key) (the `bucket` and cluster

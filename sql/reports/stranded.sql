@@ -1,6 +1,6 @@
 -- Unallocated slice-hours per GPU and hour over a bucket range, with the GPU instances present
 -- in that hour (their profiles and compute slices, largest first) and the day's GPU-hour price:
--- the input of the stranded-capacity split (processor/stranded.py). Reader views only
+-- the input of the stranded-capacity split (warehouse/stranded.py). Reader views only
 -- (gpu_usage_hours_1h and instance_utilization_1h of 007/011, gpu_prices of 010), each
 -- filtered on `bucket` so TimescaleDB skips other chunks. GPUs without MIG (gi_id -1) have no
 -- unallocated slices and are left out by the first filter.

@@ -2,7 +2,7 @@
 -- rows (gpu_usage_hours_1d). Coverage is metered / capacity and the cost is the capacity's
 -- (what the chargeback bills in all, its (unmetered) line included): aggregate per day and GPU model first, join the day's price to
 -- that small set, then sum per period: one series ('all') or one per GPU model (by_model).
--- %(unit)s is 'week' (ISO, Monday) or 'month', checked by processor/trend.py.
+-- %(unit)s is 'week' (ISO, Monday) or 'month', checked by warehouse/trend.py.
 -- Params: start, end (timestamptz), cluster (text or NULL), unit (text), by_model (boolean).
 WITH daily AS (
     SELECT bucket, gpu_model, CASE WHEN %(by_model)s THEN gpu_model ELSE 'all' END AS grp,

@@ -1,6 +1,6 @@
 -- Utilization per bucket over the selected GPUs, plus a total row (bucket NULL): ratios of
 -- summed hours, never averages of percentages. {usage} is gpu_usage_hours_1h or _1d,
--- chosen from a whitelist and quoted as an identifier by processor/reports.py.
+-- chosen from a whitelist and quoted as an identifier by warehouse/reports.py.
 -- Allocated hours without a utilization value are out of every utilization's numerator and
 -- denominator (whole: gpu_hours - (alloc - util_known)); all unmeasured -> NULL, never 0 percent.
 -- coverage_pct = metered / capacity over the rows whose coverage is known (written after

@@ -16,7 +16,7 @@ from bench.baseline import _START, RAW_CHARGEBACK, RAW_DDL, _raw_rows
 from bench.common import DENSE_MODEL, DenseFleet, percentile
 from bench.run import render, targets
 from bench.writepath import values_upsert_sql
-from processor import reports
+from warehouse import reports
 from processor.fold import BatchFold
 from processor.sink import USAGE_TABLES, Sink
 

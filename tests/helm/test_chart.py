@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from migmeter.cli import build_parser
-from processor.retention import parse_keep
+from warehouse.retention import parse_keep
 from tests.helm.chart_kit import (
     CHART,
     KUBE_VERSIONS,

@@ -13,7 +13,7 @@ from decimal import Decimal
 import psycopg
 
 from collector.snapshot import Snapshot
-from processor import prices
+from warehouse import prices
 from processor.fold import BatchFold
 from processor.sink import Sink
 

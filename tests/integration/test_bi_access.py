@@ -11,7 +11,7 @@ import psycopg
 import pytest
 
 from migmeter import settings
-from processor import focus, prices, profile_pricing, reports, rightsize, statement, stranded, trend
+from warehouse import focus, prices, profile_pricing, reports, rightsize, statement, stranded, trend
 
 pytestmark = pytest.mark.integration
 

@@ -14,8 +14,8 @@ import pytest
 from psycopg.types.json import Jsonb
 
 from migmeter import settings
-from migmeter.migrate import migrate
-from processor import reports
+from warehouse.migrate import migrate
+from warehouse import reports
 from tests.integration.feed import feed
 from tests.integration.test_migrate import empty_db  # noqa: F401 - fixture
 from tests.processor.build import T0, at, inst, mig

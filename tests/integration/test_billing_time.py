@@ -10,7 +10,7 @@ import psycopg
 import pytest
 
 from collector.snapshot import Snapshot
-from processor import reports
+from warehouse import reports
 from processor.fold import BatchFold
 from processor.sink import Sink, StateConflict
 from tests.integration.proc_kit import config, produce, produce_raw, run_until_idle, start_in_thread

@@ -23,7 +23,7 @@ from decimal import Decimal
 import psycopg
 import pytest
 
-from processor import prices, reports
+from warehouse import prices, reports
 from tests.integration.feed import feed
 from tests.processor.build import inst, mig, whole
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from processor import reports
+from warehouse import reports
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

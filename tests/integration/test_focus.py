@@ -27,7 +27,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from processor import focus, reports
+from warehouse import focus, reports
 from tests.integration.feed import feed_priced
 from tests.processor.build import inst, mig, whole
 

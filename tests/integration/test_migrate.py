@@ -15,7 +15,7 @@ from psycopg import sql
 
 from migmeter import settings
 from migmeter.errors import MigrationError
-from migmeter.migrate import applied, discover, migrate, pending
+from warehouse.migrate import applied, discover, migrate, pending
 
 pytestmark = pytest.mark.integration
 

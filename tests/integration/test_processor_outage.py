@@ -11,7 +11,7 @@ import pytest
 from psycopg import sql
 
 from collector.sources.simulate import SimulatedFleet
-from migmeter.migrate import migrate
+from warehouse.migrate import migrate
 from tests.integration.proc_kit import Oracle, config, db_totals, produce, start_in_thread, stored_offsets_total
 
 pytestmark = pytest.mark.integration

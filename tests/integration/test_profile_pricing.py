@@ -17,7 +17,7 @@ from decimal import Decimal
 import psycopg
 import pytest
 
-from processor import profile_pricing, reports
+from warehouse import profile_pricing, reports
 from tests.integration.feed import feed_priced
 from tests.processor.build import inst, mig
 

@@ -9,7 +9,7 @@ from datetime import datetime, timedelta, timezone
 import psycopg
 import pytest
 
-from processor import retention
+from warehouse import retention
 from tests.integration.feed import feed
 from tests.processor.build import inst, mig
 

@@ -20,8 +20,8 @@ import pytest
 
 from tests.fix_stack import missing_tool
 
-from processor import statement
-from processor.render import Column, Report
+from warehouse import statement
+from warehouse.render import Column, Report
 from tests.integration.feed import feed_priced
 from tests.integration.test_focus import PRICES, _fleet
 

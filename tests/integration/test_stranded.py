@@ -18,7 +18,7 @@ from decimal import Decimal
 import psycopg
 import pytest
 
-from processor import stranded
+from warehouse import stranded
 from tests.integration.feed import feed_priced
 from tests.processor.build import inst, mig
 

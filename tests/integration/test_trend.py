@@ -20,7 +20,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from processor import trend
+from warehouse import trend
 from tests.integration.feed import feed_priced
 from tests.processor.build import inst, mig
 

@@ -148,7 +148,7 @@ def _argv(draw: st.DrawFn, path: tuple[str, ...]) -> list[str]:
 @pytest.fixture(scope="module")
 def secret_urls(admin_url: str) -> Iterator[list[str]]:
     """A fresh database and a login (reader + writer) whose password is SECRET; the URLs to try."""
-    from migmeter.migrate import migrate
+    from warehouse.migrate import migrate
 
     name, role = f"migmeter_fuzz_{uuid.uuid4().hex[:8]}", f"migmeter_fuzz_{secrets.token_hex(4)}"
     with psycopg.connect(admin_url, autocommit=True) as conn:

@@ -127,7 +127,7 @@ def test_no_sql_built_by_string_formatting_in_the_package() -> None:
 
 def test_report_query_slots_are_identifiers_only() -> None:
     """Report .sql files are formatted with psycopg.sql, and only these slots exist, each filled
-    with sql.Identifier by processor.reports; a new slot must be reviewed (and added here)."""
+    with sql.Identifier by warehouse.reports; a new slot must be reviewed (and added here)."""
     slots = {path.name: set(re.findall(r"\{(\w*)\}", path.read_text()))
              for path in sorted((settings.PROJECT_ROOT / "sql" / "reports").glob("*.sql"))}
     assert {name: s for name, s in slots.items() if s} == {"chargeback.sql": {"keys"}, "utilization.sql": {"usage"}}

@@ -24,7 +24,7 @@ from kafka.admin import NewTopic
 
 from collector.sources.simulate import SimulatedFleet
 from migmeter import stack
-from migmeter.migrate import migrate
+from warehouse.migrate import migrate
 from tests.fix_faults import assert_same_totals, free_port, oracle, spawn
 from tests.security.certs import Authority, Issued
 

@@ -11,7 +11,7 @@ from decimal import Decimal
 
 import pytest
 
-from processor import focus
+from warehouse import focus
 
 NOV = date(2025, 11, 1)
 IDENTITY = focus.FocusIdentity()

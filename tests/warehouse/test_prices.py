@@ -8,7 +8,7 @@ from decimal import Decimal
 import pytest
 
 from migmeter.errors import ConfigError
-from processor.prices import Price, parse_currency, parse_day, parse_price, price_at, slice_cost
+from warehouse.prices import Price, parse_currency, parse_day, parse_price, price_at, slice_cost
 
 A100 = "NVIDIA A100-SXM4-80GB"
 PRICES = [

@@ -6,7 +6,7 @@ from datetime import date
 
 import pytest
 
-from processor import trend
+from warehouse import trend
 
 
 def test_least_squares_known_line() -> None:

@@ -11,7 +11,7 @@ workload (namespace, pod, GPU model, profile) of a UTC month (``sql/reports/righ
    saturated 1g reads 1.0); the memory it needs is its framebuffer high-water mark, when the
    source reports one (else compute only, and the reason says so).
 4. Candidates are the plain ``Ng.XXgb`` profiles the GPU model offers (the profile table,
-   :mod:`processor.profiles`; never a profile the model lacks; a model not in the table gets
+   :mod:`warehouse.profiles`; never a profile the model lacks; a model not in the table gets
    no recommendation). The smallest (compute slices, then memory) that holds the need × (1 +
    headroom) wins, ``headroom_ok`` = true. If none does, the smallest that holds the bare need
    wins with ``headroom_ok`` = false; if none holds even that, no recommendation.
@@ -32,8 +32,8 @@ import psycopg
 from psycopg.rows import class_row
 
 from migmeter.errors import ConfigError
-from processor import profiles, reports
-from processor.render import Column, Report
+from warehouse import profiles, reports
+from warehouse.render import Column, Report
 
 __all__ = ["MIN_UTIL_MINUTES", "DEFAULT_HEADROOM", "Workload", "Recommendation", "recommend", "rightsize"]
 

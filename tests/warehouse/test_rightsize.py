@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from processor import rightsize
+from warehouse import rightsize
 
 
 def _w(model: str = "NVIDIA H100 80GB HBM3", profile: str = "7g.80gb", slices: int = 7, p95: float | None = 20.0,

@@ -8,9 +8,9 @@ import re
 from pathlib import Path
 
 from collector.promql import GPU_TOTAL_SLICES_METRIC, INSTANCE_SLICES_METRIC, record_names
-from tests.promql.test_promql_rules import _run, promtool  # noqa: F401  (fixture)
+from tests.collector.promql.test_promql_rules import _run, promtool  # noqa: F401  (fixture)
 
-DASHBOARD = Path(__file__).parents[2] / "compose" / "grafana" / "migmeter-prometheus.json"
+DASHBOARD = Path(__file__).parents[3] / "compose" / "grafana" / "migmeter-prometheus.json"
 
 
 def _exprs(d: dict) -> list[str]:

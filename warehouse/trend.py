@@ -36,8 +36,8 @@ import psycopg
 from psycopg.rows import class_row
 
 from migmeter.errors import ConfigError
-from processor import reports
-from processor.render import Column, Report
+from warehouse import reports
+from warehouse.render import Column, Report
 
 __all__ = ["UNITS", "GROUPS", "DEFAULT_FORECAST", "MIN_FIT_PERIODS", "TrendRow", "least_squares", "forecast",
            "period_end", "trend"]

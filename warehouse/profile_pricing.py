@@ -9,7 +9,7 @@ view ``focus_usage_daily``, each UTC day at the prices in force that day):
 2. A profile price for (model, profile) wins: charge = instance-hours × that price.
 3. Otherwise the model's share rule (``gpu_share_rules``; none = ``compute``) prices it:
    charge = instance-hours × share × the GPU-hour price, share = compute slices/total,
-   memory slices/8 (4 on 4-slice GPUs, :mod:`processor.profiles`) or the larger of the two.
+   memory slices/8 (4 on 4-slice GPUs, :mod:`warehouse.profiles`) or the larger of the two.
    A profile whose memory share is unknown (model not in the profile table) falls back to
    compute and is counted in the notes.
 4. The GPU's own cost is unchanged: Σ GPU-hours × GPU-hour price over every line, unallocated
@@ -33,9 +33,9 @@ import psycopg
 from psycopg.rows import class_row
 
 from migmeter.errors import ConfigError, MigmeterError
-from processor import profiles, reports
-from processor.focus import DailyLine
-from processor.render import Column, Report
+from warehouse import profiles, reports
+from warehouse.focus import DailyLine
+from warehouse.render import Column, Report
 
 __all__ = ["SHARE_RULES", "NOT_COVERED", "ProfilePrice", "ShareRule", "share", "price_lines", "chargeback",
            "set_profile_price", "set_share_rule"]

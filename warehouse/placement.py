@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from processor import profiles
+from warehouse import profiles
 
 __all__ = ["memory_slots", "allowed_starts", "pack", "fits", "best_fit"]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from processor import stranded
+from warehouse import stranded
 
 H100 = "NVIDIA H100 80GB HBM3"
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from collector.promql import RuleOptions, rules_yaml
 
-SHIPPED = Path(__file__).resolve().parents[2] / "compose" / "prometheus" / "migmeter.rules.yml"
+SHIPPED = Path(__file__).resolve().parents[3] / "compose" / "prometheus" / "migmeter.rules.yml"
 
 
 def test_shipped_rules_match_the_generator() -> None:

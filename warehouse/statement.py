@@ -24,8 +24,8 @@ from typing import Any
 
 import psycopg
 
-from processor import reports, rightsize
-from processor.render import Column, Report, format_cell
+from warehouse import reports, rightsize
+from warehouse.render import Column, Report, format_cell
 
 __all__ = ["MAX_SERIES", "TOP", "statement", "render_html", "svg_stacked_bars", "svg_bars"]
 

@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 
 
-from processor import placement
+from warehouse import placement
 
 # a copy of shared/reference/nvidia-smi/04-H100-NVL-94GB-mig-lgipp.txt (its .source.txt says where it is from)
 LGIPP = Path(__file__).parent / "nvidia_smi_reference" / "04-H100-NVL-94GB-mig-lgipp.txt"

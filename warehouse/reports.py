@@ -24,7 +24,7 @@ from psycopg import sql
 from collector.snapshot import TS_MAX, TS_MIN
 from migmeter import settings
 from migmeter.errors import ConfigError
-from processor.render import Column, Report
+from warehouse.render import Column, Report
 
 __all__ = [
     "REPORTS_DIR",

@@ -1,7 +1,7 @@
 """``migmeter report``: chargeback, utilization, layout and idle-capacity reports, and the FinOps
 outputs (FOCUS export, profile pricing, right-sizing, stranded capacity, trend, HTML statement).
 
-Only parses arguments and calls :mod:`processor.reports` (and the FinOps modules: focus,
+Only parses arguments and calls :mod:`warehouse.reports` (and the FinOps modules: focus,
 profile_pricing, rightsize, stranded, trend, statement); ``--by`` and ``--format`` are
 argparse choices (a hostile value is refused before any SQL exists), filters are passed to
 the database as parameters. The reports read only the BI views, so a read-only login
@@ -20,8 +20,8 @@ import psycopg
 
 from migmeter import settings
 from migmeter.errors import ConfigError, MigmeterError
-from processor import focus, plot, profile_pricing, reports, rightsize, statement, stranded, trend
-from processor.render import FORMATS, Report, render
+from warehouse import focus, plot, profile_pricing, reports, rightsize, statement, stranded, trend
+from warehouse.render import FORMATS, Report, render
 
 __all__ = ["configure", "run"]
 

@@ -8,8 +8,8 @@ from fractions import Fraction
 
 import pytest
 
-from processor import profile_pricing, profiles
-from processor.focus import DailyLine
+from warehouse import profile_pricing, profiles
+from warehouse.focus import DailyLine
 
 H100 = "NVIDIA H100 80GB HBM3"
 

@@ -13,8 +13,8 @@ import pytest
 
 from migmeter.cli import build_parser
 from migmeter.errors import ConfigError
-from processor import plot, reports
-from processor.render import Column, Report, render
+from warehouse import plot, reports
+from warehouse.render import Column, Report, render
 
 REPORT = Report(
     "Chargeback",

@@ -16,8 +16,8 @@ import psycopg
 
 from migmeter import settings
 from migmeter.errors import MigmeterError
-from processor import prices, profile_pricing
-from processor.render import FORMATS, Column, Report, render
+from warehouse import prices, profile_pricing
+from warehouse.render import FORMATS, Column, Report, render
 
 __all__ = ["configure", "run"]
 

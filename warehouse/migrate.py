@@ -28,7 +28,7 @@ from migmeter.errors import MigrationError
 
 __all__ = ["Migration", "AppliedMigration", "discover", "applied", "pending", "migrate", "MIGRATION_FILE"]
 
-log = logging.getLogger("migmeter.migrate")
+log = logging.getLogger("warehouse.migrate")
 
 # NNN_name.sql: a three-digit number fixes the order; the name says what it does.
 MIGRATION_FILE = re.compile(r"^(\d{3})_[A-Za-z0-9_]+\.sql$")

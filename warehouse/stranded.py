@@ -7,7 +7,7 @@ hosts only a profile that may start there. Rules, per GPU model and cluster over
    cluster in the month (``sql/reports/profile_demand.sql``).
 2. Per GPU and hour (``sql/reports/stranded.sql``), as many instances of the most requested
    profile are placed in the free slices as fit at its allowed starts, beside the instances
-   present that hour placed as well as MIG allows (:func:`processor.placement.best_fit`: the
+   present that hour placed as well as MIG allows (:func:`warehouse.placement.best_fit`: the
    warehouse does not store ``placement_start``, so the split is an ESTIMATE, best case, and
    the report says so).
 3. Of the hour's unallocated slice-hours, the share those instances would fill (their compute
@@ -28,8 +28,8 @@ from typing import Any
 import psycopg
 from psycopg.rows import class_row
 
-from processor import placement, reports
-from processor.render import Column, Report
+from warehouse import placement, reports
+from warehouse.render import Column, Report
 
 __all__ = ["ESTIMATE_NOTE", "FreeHour", "split_hour", "stranded"]
 

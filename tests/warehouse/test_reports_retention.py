@@ -7,7 +7,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from migmeter.errors import ConfigError
-from processor import retention
+from warehouse import retention
 
 
 @pytest.mark.parametrize(("text", "expected"), [("30d", timedelta(days=30)), ("2y", timedelta(days=730)),

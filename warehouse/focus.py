@@ -7,12 +7,12 @@ so it is built from, and checked against, that report's lines:
 1. The per-instance daily lines come from the reader view ``focus_usage_daily``
    (``sql/030_focus_views.sql``, query ``sql/reports/focus.sql``): tenant, unassigned and
    unallocated hours per day, GPU instance, profile and tenant, each day at its own price.
-2. The chargeback report of the month (:func:`processor.reports.chargeback`) gives the lines
+2. The chargeback report of the month (:func:`warehouse.reports.chargeback`) gives the lines
    and totals the export must reproduce. A chargeback line kind the per-instance view does
    not break down (e.g. ``unmetered`` capacity) becomes FOCUS rows of its own, one per line,
    namespace and currency for the whole month (``x_Line`` says which), so it is never lost.
 3. Every line kind's GPU-hours must equal the chargeback's (to
-   :data:`processor.reports.RECONCILE_TOLERANCE_GPU_HOURS`) and the sum of ``BilledCost`` per
+   :data:`warehouse.reports.RECONCILE_TOLERANCE_GPU_HOURS`) and the sum of ``BilledCost`` per
    currency must equal the chargeback's total to the cent; otherwise the export is refused
    (:class:`FocusExportError`), never written half right.
 4. FOCUS forbids a null ``BilledCost``: usage on a GPU model without a price that day is
@@ -42,7 +42,7 @@ import psycopg
 from psycopg.rows import class_row
 
 from migmeter.errors import ConfigError, MigmeterError
-from processor import reports
+from warehouse import reports
 
 __all__ = [
     "FOCUS_VERSION",
