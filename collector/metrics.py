@@ -25,11 +25,12 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 
 from collector.publish import PublishStats
 from collector.snapshot import FULL_GPU_GI_ID, Snapshot
+from migmeter.cli_support import serve_metrics
 from migmeter.errors import ConfigError
 
 __all__ = [
@@ -220,19 +221,4 @@ class CollectorMetrics:
 
 def serve(metrics: CollectorMetrics, port: int, addr: str = DEFAULT_METRICS_ADDR) -> Callable[[], None] | None:
     """Serve /metrics on ``addr:port`` in a daemon thread; port 0 disables. Returns a stop function."""
-    if port == 0:
-        return None
-    try:
-        server, thread = start_http_server(port, addr=addr, registry=metrics.registry)
-    except OSError as exc:
-        raise ConfigError(
-            f"cannot serve /metrics on {addr}:{port}: {exc.strerror or exc}; "
-            f"pick another --metrics-port, or 0 to disable"
-        ) from None
-
-    def stop() -> None:
-        server.shutdown()
-        server.server_close()
-        thread.join(5.0)
-
-    return stop
+    return serve_metrics(metrics.registry, port, addr)

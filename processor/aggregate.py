@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, NamedTuple, TypeVar
 
 from collector.snapshot import Snapshot
+from processor.grains import GRAINS
 from processor.timeline import split, to_us
 
 __all__ = [
@@ -59,10 +60,6 @@ __all__ = [
     "add_unmetered",
     "rollup",
 ]
-
-# Grain name -> bucket width in seconds. 1m is what the processor folds; 1h and 1d are rollups.
-GRAINS: dict[str, int] = {"1m": 60, "1h": 3600, "1d": 86400}
-
 
 def bucket_start(epoch_s: float, width_s: int) -> int:
     """Start (epoch seconds, UTC) of the ``width_s`` bucket containing ``epoch_s``: [start, start+width)."""

@@ -32,9 +32,6 @@ def _pyplot() -> Any:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    # matplotlib logs an INFO line per categorical axis; reports print to the same terminal.
-    logging.getLogger("matplotlib").setLevel(logging.WARNING)
-
     return plt
 
 
