@@ -18,7 +18,14 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from collector.metrics import DEFAULT_METRICS_ADDR, DEFAULT_METRICS_PORT, CollectorMetrics, serve
+from collector.metrics import (
+    DEFAULT_METRICS_ADDR,
+    DEFAULT_METRICS_PORT,
+    GPU_TOTAL_SLICES_METRIC,
+    INSTANCE_SLICES_METRIC,
+    CollectorMetrics,
+    serve,
+)
 from collector.publish import DEFAULT_FLUSH_TIMEOUT_S, KafkaPublisher, Publisher, StdoutPublisher
 from collector.run import DEFAULT_LOG_EVERY_S, RunSummary, run_loop
 from collector.snapshot import MAX_TEXT_BYTES, MAX_TEXT_CHARS, TS_MAX, TS_MIN
@@ -63,7 +70,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "Read GPUs from one source every --interval seconds and publish one snapshot per GPU\n"
         "to Kafka (key = GPU UUID). When Kafka is down, snapshots wait in an on-disk spool and\n"
         "are sent in order when it is back. Serves its own /metrics (health, and the MIG\n"
-        "weights migmeter_instance_slices / migmeter_gpu_total_slices for PromQL)."
+        f"weights {INSTANCE_SLICES_METRIC} / {GPU_TOTAL_SLICES_METRIC} for PromQL)."
     )
     parser.epilog = (
         "examples:\n"

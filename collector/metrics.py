@@ -36,6 +36,8 @@ from migmeter.errors import ConfigError
 __all__ = [
     "DEFAULT_METRICS_ADDR",
     "DEFAULT_METRICS_PORT",
+    "INSTANCE_SLICES_METRIC",
+    "GPU_TOTAL_SLICES_METRIC",
     "INSTANCE_LABELS",
     "GPU_LABELS",
     "CollectorMetrics",
@@ -45,6 +47,9 @@ __all__ = [
 # Loopback by default: /metrics shows host names and GPU UUIDs, which a site may not want on
 # every interface. Set --metrics-addr 0.0.0.0 for Prometheus to scrape it from elsewhere.
 DEFAULT_METRICS_ADDR = "127.0.0.1"
+# The MIG weights PromQL joins DCGM series with (collector.promql writes the rules using them).
+INSTANCE_SLICES_METRIC = "migmeter_instance_slices"
+GPU_TOTAL_SLICES_METRIC = "migmeter_gpu_total_slices"
 # Next to dcgm-exporter's 9400, so the firewall rule a GPU node already has for DCGM is one
 # port away; 9464 (the usual pick) is the OpenTelemetry SDK exporter's default.
 DEFAULT_METRICS_PORT = 9401
@@ -110,13 +115,13 @@ class _LayoutCollector:
     def collect(self) -> Iterable[Metric]:
         self.expire()
         inst = GaugeMetricFamily(
-            "migmeter_instance_slices",
+            INSTANCE_SLICES_METRIC,
             "Compute slices of each MIG instance (GPU without MIG: one series, empty GPU_I_ID, value = total "
-            "slices). Weight = this / migmeter_gpu_total_slices; join DCGM series on(UUID, GPU_I_ID).",
+            f"slices). Weight = this / {GPU_TOTAL_SLICES_METRIC}; join DCGM series on(UUID, GPU_I_ID).",
             labels=INSTANCE_LABELS,
         )
         total = GaugeMetricFamily(
-            "migmeter_gpu_total_slices",
+            GPU_TOTAL_SLICES_METRIC,
             "Compute slices of the whole GPU (7 on A100/H100/H200/B200, 4 on A30).",
             labels=GPU_LABELS,
         )

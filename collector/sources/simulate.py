@@ -254,6 +254,7 @@ class SimulatedFleet:
     """
 
     name = "simulate"
+    exhausted = False  # a live source never runs out (Source protocol)
 
     def __init__(
         self,
