@@ -31,7 +31,6 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from collector.publish import PublishStats
 from collector.snapshot import FULL_GPU_GI_ID, Snapshot
 from migmeter.cli_support import serve_metrics
-from migmeter.errors import ConfigError
 
 __all__ = [
     "DEFAULT_METRICS_ADDR",

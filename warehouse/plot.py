@@ -8,7 +8,6 @@ The Agg backend is forced so plots work on headless servers and in CI.
 
 from __future__ import annotations
 
-import logging
 from collections import defaultdict
 from collections.abc import Sequence
 from datetime import date, datetime

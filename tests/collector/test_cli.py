@@ -9,7 +9,6 @@ import pytest
 from collector.snapshot import from_json
 from collector.spool import Spool
 from migmeter.cli import main
-from migmeter.errors import ConfigError
 
 _DCGM_SCRAPE = Path(__file__).parent / "sources" / "dcgm_reference" / "01-a100-40gb-gpu-plus-gi-nvidia-docs.prom"
 # Nothing listens on port 1: a broker that is down.
