@@ -30,7 +30,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 
 from collector.publish import PublishStats
 from collector.snapshot import FULL_GPU_GI_ID, Snapshot
-from migmeter.cli_support import serve_metrics
+from migmeter.cli_support import DEFAULT_METRICS_ADDR, serve_metrics
 
 __all__ = [
     "DEFAULT_METRICS_ADDR",
@@ -43,9 +43,6 @@ __all__ = [
     "serve",
 ]
 
-# Loopback by default: /metrics shows host names and GPU UUIDs, which a site may not want on
-# every interface. Set --metrics-addr 0.0.0.0 for Prometheus to scrape it from elsewhere.
-DEFAULT_METRICS_ADDR = "127.0.0.1"
 # The MIG weights PromQL joins DCGM series with (collector.promql writes the rules using them).
 INSTANCE_SLICES_METRIC = "migmeter_instance_slices"
 GPU_TOTAL_SLICES_METRIC = "migmeter_gpu_total_slices"

@@ -52,6 +52,7 @@ __all__ = [
     "TIME_FORMS",
     "stop_on_signals",
     "serve_metrics",
+    "DEFAULT_METRICS_ADDR",
     "Route",
     "quiet_loggers",
     "configure_logging",
@@ -60,6 +61,9 @@ __all__ = [
 
 log = logging.getLogger("migmeter")
 
+# Loopback by default: /metrics shows host names, GPU UUIDs, topics and partitions, which a site
+# may not want on every interface; --metrics-addr 0.0.0.0 lets a remote Prometheus scrape it.
+DEFAULT_METRICS_ADDR = "127.0.0.1"
 TIME_FORMS = "ISO-8601 (no zone = UTC), a date, 'now' or 'now-6h' (s, m, h, d)"
 _RELATIVE_TIME = re.compile(r"^now(?:-(\d+(?:\.\d+)?)([smhd]))?$")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}

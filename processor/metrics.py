@@ -12,13 +12,10 @@ from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from migmeter.cli_support import serve_metrics
+from migmeter.cli_support import DEFAULT_METRICS_ADDR, serve_metrics
 
 __all__ = ["DEFAULT_METRICS_ADDR", "DEFAULT_METRICS_PORT", "HealthView", "ProcessorMetrics", "serve"]
 
-# Loopback by default: /metrics names topics and partitions, and nothing outside the host
-# needs it unless the operator says so (--metrics-addr 0.0.0.0).
-DEFAULT_METRICS_ADDR = "127.0.0.1"
 # The collector serves on 9401 (next to dcgm-exporter's 9400); the processor takes the next one.
 DEFAULT_METRICS_PORT = 9402
 
