@@ -101,11 +101,15 @@ def non_negative_float(text: str) -> float:
     return value
 
 
-def positive_int(text: str) -> int:
+def _integer(text: str, what: str) -> int:
     try:
-        value = int(text)
+        return int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text[:40]!r} is not an integer") from None
+        raise argparse.ArgumentTypeError(f"{text[:40]!r} is not {what}") from None
+
+
+def positive_int(text: str) -> int:
+    value = _integer(text, "an integer")
     if value < 1:
         raise argparse.ArgumentTypeError(f"{text[:40]!r} must be at least 1")
     return value
@@ -113,10 +117,7 @@ def positive_int(text: str) -> int:
 
 def port(text: str) -> int:
     """A TCP port, 0..65535 (0 = disabled, for ``--metrics-port``)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text[:40]!r} is not a port number") from None
+    value = _integer(text, "a port number")
     if not 0 <= value <= 65535:
         raise argparse.ArgumentTypeError(f"port {value} outside 0..65535")
     return value
