@@ -12,23 +12,28 @@ import importlib
 import logging
 import os
 import re
-import signal
 import threading
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
-from datetime import datetime, timedelta, timezone
+from contextlib import ExitStack
+from datetime import datetime
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
-from collector.metrics import DEFAULT_METRICS_ADDR, DEFAULT_METRICS_PORT, CollectorMetrics, serve
+from collector.metrics import (
+    DEFAULT_METRICS_ADDR,
+    DEFAULT_METRICS_PORT,
+    GPU_TOTAL_SLICES_METRIC,
+    INSTANCE_SLICES_METRIC,
+    CollectorMetrics,
+    serve,
+)
 from collector.publish import DEFAULT_FLUSH_TIMEOUT_S, KafkaPublisher, Publisher, StdoutPublisher
 from collector.run import DEFAULT_LOG_EVERY_S, RunSummary, run_loop
 from collector.snapshot import MAX_TEXT_BYTES, MAX_TEXT_CHARS, TS_MAX, TS_MIN
 from collector.sources.base import Source
 from collector.sources.fetch import stoppable
 from collector.spool import DEFAULT_MAX_BYTES, FULL_POLICIES, Spool
-from migmeter import preflight, settings
+from migmeter import cli_support, preflight, settings
+from migmeter.cli_support import non_negative_float, port, positive_float, positive_int, stop_on_signals
 from migmeter.errors import ConfigError
 from migmeter.kafka_security import (
     ENV_SASL_MECHANISM,
@@ -41,7 +46,7 @@ from migmeter.kafka_security import (
     kafka_security,
 )
 
-__all__ = ["configure", "run", "ENV_CLUSTER", "ENV_SPOOL_DIR", "SOURCES", "parse_time", "default_spool_dir"]
+__all__ = ["configure", "run", "ENV_CLUSTER", "ENV_SPOOL_DIR", "SOURCES", "default_spool_dir"]
 
 log = logging.getLogger("migmeter.collector")
 
@@ -57,8 +62,6 @@ DEFAULT_INTERVAL_S = 15.0
 _BACKFILL_MAX_ERRORS = 5
 # A simulated fleet lives in memory and is read every round; far beyond any real site.
 _MAX_SIMULATED_GPUS = 100_000
-_RELATIVE_TIME = re.compile(r"^now(?:-(\d+(?:\.\d+)?)([smhd]))?$")
-_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -67,7 +70,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "Read GPUs from one source every --interval seconds and publish one snapshot per GPU\n"
         "to Kafka (key = GPU UUID). When Kafka is down, snapshots wait in an on-disk spool and\n"
         "are sent in order when it is back. Serves its own /metrics (health, and the MIG\n"
-        "weights migmeter_instance_slices / migmeter_gpu_total_slices for PromQL)."
+        f"weights {INSTANCE_SLICES_METRIC} / {GPU_TOTAL_SLICES_METRIC} for PromQL)."
     )
     parser.epilog = (
         "examples:\n"
@@ -77,6 +80,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "exit codes: 0 ok, 1 failed (nothing could be read, or snapshots were lost without a\n"
         "spool), 2 usage or configuration error."
     )
+    cli_support.quiet_loggers(parser, "kafka")  # its INFO lines (connects, closes) are noise here
     g = parser.add_argument_group("source")
     g.add_argument("--source", required=True, choices=SOURCES, help="where GPU data comes from (required)")
     g.add_argument(
@@ -89,7 +93,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help=f"site name written into every snapshot (env {ENV_CLUSTER}; default 'default')",
     )
     g.add_argument(
-        "--interval", type=_positive_float, default=DEFAULT_INTERVAL_S, metavar="S",
+        "--interval", type=positive_float, default=DEFAULT_INTERVAL_S, metavar="S",
         help=f"seconds between rounds, and the interval each snapshot stands for (default {DEFAULT_INTERVAL_S:g})",
     )
     g.add_argument(
@@ -104,16 +108,16 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "series carry the target labels (kube-prometheus): those are recognised without it",
     )
     g.add_argument(
-        "--scrape-timeout", type=_positive_float, default=None, metavar="S",
+        "--scrape-timeout", type=positive_float, default=None, metavar="S",
         help="overall deadline of one dcgm endpoint per round, connect to last byte (default 5), "
         "or HTTP timeout of one Prometheus query (default 30)",
     )
 
     g = parser.add_argument_group("run")
     g.add_argument("--once", action="store_true", help="run one round, then exit (no /metrics server)")
-    g.add_argument("--rounds", type=_positive_int, default=None, metavar="N", help="run N rounds, then exit")
+    g.add_argument("--rounds", type=positive_int, default=None, metavar="N", help="run N rounds, then exit")
     g.add_argument(
-        "--log-every", type=_positive_float, default=DEFAULT_LOG_EVERY_S, metavar="S",
+        "--log-every", type=positive_float, default=DEFAULT_LOG_EVERY_S, metavar="S",
         help=f"seconds between progress lines on stderr (default {DEFAULT_LOG_EVERY_S:g}); a summary is logged at exit",
     )
 
@@ -128,7 +132,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--topic", default=settings.SNAPSHOT_TOPIC, help=f"Kafka topic (default {settings.SNAPSHOT_TOPIC})")
     g.add_argument(
-        "--flush-timeout", type=_positive_float, default=DEFAULT_FLUSH_TIMEOUT_S, metavar="S",
+        "--flush-timeout", type=positive_float, default=DEFAULT_FLUSH_TIMEOUT_S, metavar="S",
         help="seconds a round waits for Kafka acknowledgements before spooling its snapshots "
         f"(default {DEFAULT_FLUSH_TIMEOUT_S:g})",
     )
@@ -159,7 +163,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--no-spool", action="store_true", help="no spool: snapshots Kafka cannot take are dropped and counted")
     g.add_argument(
-        "--spool-max-mb", type=_positive_float, default=DEFAULT_MAX_BYTES / 2**20, metavar="MB",
+        "--spool-max-mb", type=positive_float, default=DEFAULT_MAX_BYTES / 2**20, metavar="MB",
         help=f"bound on the spool's contents in MiB (default {DEFAULT_MAX_BYTES // 2**20})",
     )
     g.add_argument(
@@ -174,7 +178,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help=f"address to serve /metrics on (default {DEFAULT_METRICS_ADDR}; 0.0.0.0 for remote Prometheus)",
     )
     g.add_argument(
-        "--metrics-port", type=_port, default=DEFAULT_METRICS_PORT,
+        "--metrics-port", type=port, default=DEFAULT_METRICS_PORT,
         help=f"port to serve /metrics on (default {DEFAULT_METRICS_PORT}, next to dcgm-exporter's 9400; 0 disables)",
     )
 
@@ -182,31 +186,30 @@ def configure(parser: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--start", default=None, metavar="TIME",
         help="prometheus: first step (required); simulate: simulated start (default 2025-01-06T00:00Z). "
-        "ISO-8601 UTC, 'now' or 'now-6h' (s, m, h, d)",
+        f"{cli_support.TIME_FORMS}",
     )
     g.add_argument("--end", default="now", metavar="TIME", help="prometheus: last step (default now)")
     g.add_argument(
-        "--step", type=_positive_float, default=None, metavar="S",
+        "--step", type=positive_float, default=None, metavar="S",
         help="prometheus: seconds between evaluation steps (default --interval)",
     )
 
     g = parser.add_argument_group("simulate source (a deterministic fleet, no GPU needed)")
     g.add_argument("--seed", type=int, default=1, help="fleet seed: same seed, same fleet and readings (default 1)")
-    g.add_argument("--hosts", type=_positive_int, default=2, help="simulated hosts (default 2)")
-    g.add_argument("--gpus-per-host", type=_positive_int, default=4, help="GPUs per simulated host (default 4)")
+    g.add_argument("--hosts", type=positive_int, default=2, help="simulated hosts (default 2)")
+    g.add_argument("--gpus-per-host", type=positive_int, default=4, help="GPUs per simulated host (default 4)")
     g.add_argument(
         "--models", default=None, metavar="M1,M2",
         help="comma-separated GPU models, assigned round-robin (default A100-SXM4-80GB,H100-80GB-HBM3,A30)",
     )
     g.add_argument(
-        "--speed", type=_non_negative_float, default=1.0,
+        "--speed", type=non_negative_float, default=1.0,
         help="simulated seconds per wall second: rounds come every interval/speed (default 1; 0 = no waiting)",
     )
 
 
 def run(args: argparse.Namespace) -> int:
     _check_cluster(args.cluster)
-    _quiet_kafka_client_logs()
     overrides = _total_slices(args.total_slices)
     stop = threading.Event()
     metrics = CollectorMetrics()
@@ -220,7 +223,7 @@ def run(args: argparse.Namespace) -> int:
                 cleanup.callback(stop_server)
                 log.info("serving /metrics on http://%s:%d/metrics", args.metrics_addr, args.metrics_port)
         publisher = _make_publisher(args, stop, metrics)
-        with _stop_on_signals(stop):
+        with stop_on_signals(stop.set, "finishing the round, flushing, then exiting"):
             # run_loop closes the publisher and the source itself (source.close is idempotent).
             summary = run_loop(
                 source, publisher,
@@ -270,13 +273,13 @@ def _make_source(args: argparse.Namespace, overrides: dict[str, int] | None,
             raise ConfigError("--source prometheus needs --start (e.g. --start now-1d)")
         kw = {"timeout_s": args.scrape_timeout} if args.scrape_timeout else {}
         source = module.PrometheusSource(
-            args.url[0], start=parse_time(args.start, "--start"), end=parse_time(args.end, "--end"),
+            args.url[0], start=_time(args.start, "--start"), end=_time(args.end, "--end"),
             step_s=args.step or args.interval, **common, **kw,
         )
         return source, 0.0  # a backfill of the past: read chunk after chunk without waiting
     if args.url:
         raise ConfigError("--source simulate takes no --url")
-    kw = {"start": parse_time(args.start, "--start")} if args.start is not None else {}
+    kw = {"start": _time(args.start, "--start")} if args.start is not None else {}
     if args.hosts * args.gpus_per_host > _MAX_SIMULATED_GPUS:
         raise ConfigError(f"--hosts x --gpus-per-host is over {_MAX_SIMULATED_GPUS:,} simulated GPUs")
     if args.models:
@@ -354,82 +357,11 @@ def _exit_code(summary: RunSummary, *, spooled: bool) -> int:
     return 0
 
 
-class _OncePerMinute(logging.Filter):
-    """Lets each kafka-python message template through once a minute.
-
-    During a broker outage kafka-python logs every reconnect attempt at ERROR; our own
-    warning already says the broker is down and that snapshots are spooled. Auth or TLS
-    errors still get through (once a minute), so they are not hidden.
-    """
-
-    def __init__(self, every_s: float = 60.0) -> None:
-        super().__init__()
-        self._every_s = every_s
-        self._last: dict[tuple[str, object], float] = {}
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if not record.name.startswith("kafka"):
-            return True
-        key = (record.name, record.msg)
-        now = record.created
-        if now - self._last.get(key, float("-inf")) < self._every_s:
-            return False
-        self._last[key] = now
-        return True
-
-
-def _quiet_kafka_client_logs() -> None:
-    kafka_log = logging.getLogger("kafka")
-    if kafka_log.getEffectiveLevel() < logging.WARNING and not log.isEnabledFor(logging.DEBUG):
-        kafka_log.setLevel(logging.WARNING)  # its INFO lines (connects, closes) are noise here
-    for handler in logging.getLogger().handlers:
-        if not any(isinstance(f, _OncePerMinute) for f in handler.filters):
-            handler.addFilter(_OncePerMinute())
-
-
-@contextmanager
-def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
-    """SIGTERM/SIGINT set ``stop`` (the loop flushes and exits); a second SIGINT interrupts."""
-
-    def handler(signum: int, frame: FrameType | None) -> None:
-        if stop.is_set() and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        log.info("received %s: finishing the round, flushing, then exiting", signal.Signals(signum).name)
-        stop.set()
-
-    if threading.current_thread() is not threading.main_thread():
-        yield  # signals can only be handled on the main thread; an embedding caller sets stop itself
-        return
-    previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        yield
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
-
-
 # ---------------------------------------------------------------------------- parsing
 
 
-def parse_time(value: str, flag: str = "time") -> datetime:
-    """ISO-8601 (a naive time is taken as UTC), 'now', or 'now-<N><s|m|h|d>'."""
-    text = value.strip()
-    m = _RELATIVE_TIME.match(text)
-    try:
-        if m:
-            now = datetime.now(timezone.utc)
-            ts = now if m.group(1) is None else now - timedelta(seconds=float(m.group(1)) * _UNIT_S[m.group(2)])
-        else:
-            ts = datetime.fromisoformat(text.replace("Z", "+00:00"))
-            ts = ts.replace(tzinfo=timezone.utc) if ts.tzinfo is None else ts.astimezone(timezone.utc)
-    except ValueError:
-        raise ConfigError(f"{flag} {value[:40]!r} is not ISO-8601, 'now' or 'now-6h'") from None
-    except OverflowError:  # now-99999999999d, 0001-01-01T00:00+14:00: before year 1
-        ts = None
-    if ts is None or not TS_MIN <= ts <= TS_MAX:
-        raise ConfigError(f"{flag} {value[:40]!r} is outside {TS_MIN:%Y-%m-%d}..{TS_MAX:%Y-%m-%d} (UTC), "
-                          "the times snapshots can carry")
-    return ts
+def _time(value: str, flag: str) -> datetime:
+    return cli_support.parse_time(value, flag, (TS_MIN, TS_MAX))  # the times snapshots can carry
 
 
 def _check_cluster(cluster: str) -> None:
@@ -452,39 +384,3 @@ def _total_slices(pairs: list[str]) -> dict[str, int] | None:
             raise ConfigError(f"--total-slices {pair!r}: expected MODEL=N with N in 1..8")
         out[model.strip()] = int(n)
     return out or None
-
-
-def _positive_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not v > 0 or v != v or v == float("inf"):
-        raise argparse.ArgumentTypeError(f"{text!r} must be a positive number")
-    return v
-
-
-def _non_negative_float(text: str) -> float:
-    if text.strip() in ("0", "0.0"):
-        return 0.0
-    return _positive_float(text)
-
-
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
-    return v
-
-
-def _port(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
-    if not 0 <= v <= 65535:
-        raise argparse.ArgumentTypeError(f"port {v} outside 0..65535")
-    return v

@@ -25,25 +25,27 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 
 from collector.publish import PublishStats
 from collector.snapshot import FULL_GPU_GI_ID, Snapshot
-from migmeter.errors import ConfigError
+from migmeter.cli_support import DEFAULT_METRICS_ADDR, serve_metrics
 
 __all__ = [
     "DEFAULT_METRICS_ADDR",
     "DEFAULT_METRICS_PORT",
+    "INSTANCE_SLICES_METRIC",
+    "GPU_TOTAL_SLICES_METRIC",
     "INSTANCE_LABELS",
     "GPU_LABELS",
     "CollectorMetrics",
     "serve",
 ]
 
-# Loopback by default: /metrics shows host names and GPU UUIDs, which a site may not want on
-# every interface. Set --metrics-addr 0.0.0.0 for Prometheus to scrape it from elsewhere.
-DEFAULT_METRICS_ADDR = "127.0.0.1"
+# The MIG weights PromQL joins DCGM series with (collector.promql writes the rules using them).
+INSTANCE_SLICES_METRIC = "migmeter_instance_slices"
+GPU_TOTAL_SLICES_METRIC = "migmeter_gpu_total_slices"
 # Next to dcgm-exporter's 9400, so the firewall rule a GPU node already has for DCGM is one
 # port away; 9464 (the usual pick) is the OpenTelemetry SDK exporter's default.
 DEFAULT_METRICS_PORT = 9401
@@ -109,13 +111,13 @@ class _LayoutCollector:
     def collect(self) -> Iterable[Metric]:
         self.expire()
         inst = GaugeMetricFamily(
-            "migmeter_instance_slices",
+            INSTANCE_SLICES_METRIC,
             "Compute slices of each MIG instance (GPU without MIG: one series, empty GPU_I_ID, value = total "
-            "slices). Weight = this / migmeter_gpu_total_slices; join DCGM series on(UUID, GPU_I_ID).",
+            f"slices). Weight = this / {GPU_TOTAL_SLICES_METRIC}; join DCGM series on(UUID, GPU_I_ID).",
             labels=INSTANCE_LABELS,
         )
         total = GaugeMetricFamily(
-            "migmeter_gpu_total_slices",
+            GPU_TOTAL_SLICES_METRIC,
             "Compute slices of the whole GPU (7 on A100/H100/H200/B200, 4 on A30).",
             labels=GPU_LABELS,
         )
@@ -220,19 +222,4 @@ class CollectorMetrics:
 
 def serve(metrics: CollectorMetrics, port: int, addr: str = DEFAULT_METRICS_ADDR) -> Callable[[], None] | None:
     """Serve /metrics on ``addr:port`` in a daemon thread; port 0 disables. Returns a stop function."""
-    if port == 0:
-        return None
-    try:
-        server, thread = start_http_server(port, addr=addr, registry=metrics.registry)
-    except OSError as exc:
-        raise ConfigError(
-            f"cannot serve /metrics on {addr}:{port}: {exc.strerror or exc}; "
-            f"pick another --metrics-port, or 0 to disable"
-        ) from None
-
-    def stop() -> None:
-        server.shutdown()
-        server.server_close()
-        thread.join(5.0)
-
-    return stop
+    return serve_metrics(metrics.registry, port, addr)

@@ -38,6 +38,9 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from collector.metrics import GPU_TOTAL_SLICES_METRIC, INSTANCE_SLICES_METRIC
+from migmeter.errors import ConfigError
+
 __all__ = [
     "BY_LABELS",
     "UTIL_METRIC",
@@ -54,8 +57,6 @@ __all__ = [
 ]
 
 UTIL_METRIC = "DCGM_FI_PROF_GR_ENGINE_ACTIVE"
-INSTANCE_SLICES_METRIC = "migmeter_instance_slices"
-GPU_TOTAL_SLICES_METRIC = "migmeter_gpu_total_slices"
 
 # --by value -> the labels a tenant is identified by. A pod name is unique only inside its
 # namespace, so "pod" groups by both. Label spellings vary by dcgm-exporter version.
@@ -81,7 +82,7 @@ _DURATION_RE = re.compile(r"(?:\d+(?:ms|s|m|h|d|w|y))+")
 _GROUP_NAME = "migmeter-mig-weighted"
 
 
-class PromqlOptionError(ValueError):
+class PromqlOptionError(ConfigError):
     """An option would produce an invalid or unsafe rules file (the CLI exits 2)."""
 
 

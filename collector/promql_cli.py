@@ -12,7 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from collector.promql import BY_LABELS, PromqlOptionError, RuleOptions, rules_yaml
+from collector.promql import BY_LABELS, RuleOptions, rules_yaml
 from migmeter import settings
 from migmeter.errors import ConfigError, MigmeterError
 
@@ -82,21 +82,19 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     action = getattr(args, "promql_command", None)
     if action == "rules":
-        try:
-            text = rules_yaml(
-                RuleOptions(
-                    selector=args.selector,
-                    weights_selector=args.weights_selector,
-                    by=tuple(args.by) if args.by else ("namespace",),
-                    util_threshold=args.util_threshold,
-                    util_for=args.util_for,
-                    idle_threshold=args.idle_threshold,
-                    idle_for=args.idle_for,
-                    layout_window=args.layout_window,
-                )
+        # A bad option raises PromqlOptionError, a ConfigError: exit 2.
+        text = rules_yaml(
+            RuleOptions(
+                selector=args.selector,
+                weights_selector=args.weights_selector,
+                by=tuple(args.by) if args.by else ("namespace",),
+                util_threshold=args.util_threshold,
+                util_for=args.util_for,
+                idle_threshold=args.idle_threshold,
+                idle_for=args.idle_for,
+                layout_window=args.layout_window,
             )
-        except PromqlOptionError as exc:
-            raise ConfigError(str(exc)) from exc
+        )
         sys.stdout.write(text)
         return 0
     if action == "check":

@@ -130,7 +130,7 @@ def run_loop(
             if max_rounds is not None and summary.rounds >= max_rounds:
                 summary.stopped_by = f"{max_rounds} round(s) done"
                 break
-            if getattr(source, "exhausted", False):
+            if source.exhausted:
                 summary.stopped_by = "source exhausted"
                 break
             now = clock()

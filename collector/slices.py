@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
-__all__ = ["DEFAULT_TOTAL_SLICES", "profile_slices", "total_slices_for_model", "weight"]
+__all__ = ["DEFAULT_TOTAL_SLICES", "profile_slices", "total_slices_for_model"]
 
 DEFAULT_TOTAL_SLICES = 7
 # Substrings of a model name (upper-cased, spaces/dashes ignored) whose GPUs have 4 compute slices.
@@ -43,8 +43,3 @@ def total_slices_for_model(model: str, overrides: Mapping[str, int] | None = Non
     if any(k in squashed for k in _FOUR_SLICE_MODELS):
         return 4
     return DEFAULT_TOTAL_SLICES
-
-
-def weight(slices: int, total_slices: int) -> float:
-    """Share of the physical GPU an instance holds: the w_i of every weighted figure."""
-    return slices / total_slices

@@ -8,13 +8,18 @@ Exit codes: 0 ok, 1 the work failed, 2 bad usage or configuration, 130 interrupt
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import sys
 from collections.abc import Sequence
-from typing import NoReturn, Protocol
+from types import ModuleType
+from typing import NoReturn
 
-from migmeter import __version__, settings
+import collector.cli
+import collector.promql_cli
+import processor.cli
+import warehouse.price_cli
+import warehouse.report_cli
+from migmeter import __version__, cli_support, db_cli, demo, settings, stack_cli
 from migmeter.errors import ConfigError, MigmeterError
 
 __all__ = ["main", "build_parser", "COMMANDS"]
@@ -24,16 +29,17 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
-# name -> (module implementing it, one-line help)
-COMMANDS: dict[str, tuple[str, str]] = {
-    "stack": ("migmeter.stack_cli", "run the local Kafka + TimescaleDB stack (up, down, status, env)"),
-    "db": ("migmeter.db_cli", "warehouse schema: migrate, retention"),
-    "collect": ("collector.cli", "read GPUs (dcgm, nvml, prometheus, simulate) and publish snapshots"),
-    "process": ("processor.cli", "consume snapshots, write exactly-once aggregates to TimescaleDB"),
-    "report": ("warehouse.report_cli", "chargeback, utilization and layout reports"),
-    "price": ("warehouse.price_cli", "GPU-hour prices used by chargeback"),
-    "promql": ("collector.promql_cli", "MIG-weighted Prometheus recording and alert rules"),
-    "demo": ("migmeter.demo", "simulated fleet end to end on the local stack, then reports"),
+# name -> (module implementing it, one-line help). Plain imports above, so static tools (and
+# tests/migmeter/test_layers.py) see that the shell is the only room importing every other.
+COMMANDS: dict[str, tuple[ModuleType, str]] = {
+    "stack": (stack_cli, "run the local Kafka + TimescaleDB stack (up, down, status, env)"),
+    "db": (db_cli, "warehouse schema: migrate, retention"),
+    "collect": (collector.cli, "read GPUs (dcgm, nvml, prometheus, simulate) and publish snapshots"),
+    "process": (processor.cli, "consume snapshots, write exactly-once aggregates to TimescaleDB"),
+    "report": (warehouse.report_cli, "chargeback, utilization and layout reports"),
+    "price": (warehouse.price_cli, "GPU-hour prices used by chargeback"),
+    "promql": (collector.promql_cli, "MIG-weighted Prometheus recording and alert rules"),
+    "demo": (demo, "simulated fleet end to end on the local stack, then reports"),
 }
 
 
@@ -44,12 +50,6 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         super().error(settings.redact_text(message))
-
-
-class _Command(Protocol):
-    def configure(self, parser: argparse.ArgumentParser) -> None: ...
-
-    def run(self, args: argparse.Namespace) -> int: ...
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -68,10 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="log verbosity (default INFO); logs go to stderr",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, (module_name, help_text) in COMMANDS.items():
-        module = _load(module_name)
-        if module is None:
-            continue
+    for name, (module, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         module.configure(p)
         p.set_defaults(_run=module.run)
@@ -86,16 +83,6 @@ def _is_text(arg: str) -> bool:
     return True
 
 
-def _load(module_name: str) -> _Command | None:
-    try:
-        return importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        # Only a command whose module is absent is left out; a broken import elsewhere raises.
-        if exc.name == module_name:
-            return None
-        raise
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -106,11 +93,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         # The value itself is not echoed (it may be anything, a secret included).
         parser.error(f"argument {undecodable[0]} is not valid UTF-8 text")
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=getattr(logging, args.log_level),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    # The one place logging is configured; commands only name their noisy loggers.
+    cli_support.configure_logging(args.log_level, getattr(args, "_quiet_loggers", ()))
     run = getattr(args, "_run", None)
     if run is None:
         parser.print_help()

@@ -10,32 +10,24 @@ import argparse
 from collections.abc import Callable
 from pathlib import Path
 
-from migmeter import settings
+from migmeter import cli_support, settings
+from warehouse import retention
+from warehouse.migrate import migrate, pending
 
 __all__ = ["configure", "run"]
-
-
-def _add_database_url(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--database-url",
-        default=None,
-        help=f"PostgreSQL URL (default ${settings.ENV_DATABASE_URL}, else the local stack's)",
-    )
 
 
 # ----------------------------------------------------------------------------- migrate
 
 
 def _configure_migrate(parser: argparse.ArgumentParser) -> None:
-    _add_database_url(parser)
+    cli_support.add_database_url(parser)
     parser.add_argument("--sql-dir", type=Path, default=settings.SQL_DIR,
                         help="folder of NNN_name.sql migrations (default: the checkout's sql/)")
     parser.add_argument("--dry-run", action="store_true", help="list pending migrations, apply nothing")
 
 
 def _run_migrate(args: argparse.Namespace) -> int:
-    from warehouse.migrate import migrate, pending
-
     url = settings.database_url(args.database_url)
     where = settings.redact_url(url)
     if args.dry_run:
@@ -51,19 +43,7 @@ def _run_migrate(args: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------------------- retention
-# Lives in warehouse/retention.py (it knows the hypertables); imported lazily.
-
-
-def _configure_retention(parser: argparse.ArgumentParser) -> None:
-    from warehouse.retention import configure_cli
-
-    configure_cli(parser)
-
-
-def _run_retention(args: argparse.Namespace) -> int:
-    from warehouse.retention import run_cli
-
-    return run_cli(args)
+# Lives in warehouse/retention.py (it knows the hypertables).
 
 
 # ----------------------------------------------------------------------------- table
@@ -75,7 +55,7 @@ _Run = Callable[[argparse.Namespace], int]
 _ACTIONS: dict[str, tuple[str, _Configure, _Run]] = {
     "migrate": ("apply pending sql/NNN_*.sql migrations in order (idempotent)", _configure_migrate, _run_migrate),
     "retention": ("drop usage chunks older than each granularity's limit (drop_chunks; idempotent)",
-                  _configure_retention, _run_retention),
+                  retention.configure_cli, retention.run_cli),
 }
 
 

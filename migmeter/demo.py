@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import functools
 import logging
+import os
 import sys
 import threading
 import time
@@ -38,8 +39,15 @@ from kafka import KafkaAdminClient
 from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
-from migmeter import settings
+from collector.publish import KafkaPublisher
+from collector.run import run_loop
+from collector.sources.simulate import DEFAULT_MODELS, SimulatedFleet
+from migmeter import cli_support, settings, stack
 from migmeter.errors import ConfigError, MigmeterError, StackError
+from processor.consumer import Processor, ProcessorConfig
+from warehouse import focus, plot, prices, reports, rightsize, statement, stranded, trend
+from warehouse.migrate import migrate
+from warehouse.render import Report, render
 
 __all__ = ["DemoConfig", "DemoResult", "SHORT", "run_demo", "configure", "run"]
 
@@ -112,14 +120,10 @@ def _default_cluster() -> str:
 
 def _ensure_stack(cfg: DemoConfig, echo: Callable[[str], None]) -> None:
     """Bring the local stack up when the demo targets it (no URL/bootstrap given anywhere)."""
-    import os
-
     targets_local = not (cfg.bootstrap or cfg.database_url or os.environ.get(settings.ENV_KAFKA_BOOTSTRAP)
                          or os.environ.get(settings.ENV_DATABASE_URL))
     if not targets_local:
         return
-    from migmeter import stack
-
     if stack.status().all_ready:
         return
     echo("[demo] local stack not running: `migmeter stack up` (the first time downloads Kafka and builds "
@@ -153,8 +157,6 @@ def _delete_topic(bootstrap: str, topic: str) -> None:
 
 
 def _set_demo_prices(url: str, models: tuple[str, ...], start: datetime, echo: Callable[[str], None]) -> None:
-    from warehouse import prices
-
     with psycopg.connect(url) as conn:
         priced = {p.gpu_model for p in prices.list_prices(conn)}
         day0 = start.date().replace(day=1)
@@ -184,26 +186,9 @@ def _processed(url: str, group: str, topic: str) -> tuple[int, int]:
     return int(row[0]), int(row[1])
 
 
-def _months(start: datetime, end: datetime) -> list[date]:
-    out, m = [], start.date().replace(day=1)
-    while datetime(m.year, m.month, 1, tzinfo=timezone.utc) < end:
-        out.append(m)
-        m = date(m.year + (m.month == 12), m.month % 12 + 1, 1)
-    return out
-
-
 def run_demo(cfg: DemoConfig, echo: Callable[[str], None] = print) -> DemoResult:
     """Run the whole pipeline on ``cfg``; prints progress and reports through ``echo``."""
-    from collector.publish import KafkaPublisher
-    from collector.run import run_loop
-    from collector.sources.simulate import DEFAULT_MODELS, SimulatedFleet
-    from warehouse.migrate import migrate
-    from processor.consumer import Processor, ProcessorConfig
-
     began = time.monotonic()
-    # The clients' connection chatter is not what a demo user wants to read; warnings still show.
-    for noisy in ("kafka", "migmeter.collector", "migmeter.processor"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
     cluster = cfg.cluster or _default_cluster()
     topic = cfg.topic or f"migmeter.demo.{cluster}"
     group = f"{DEMO_GROUP}.{cluster}"
@@ -277,7 +262,7 @@ def run_demo(cfg: DemoConfig, echo: Callable[[str], None] = print) -> DemoResult
         echo(f"[demo] warning: the publisher dropped {publisher.stats.dropped} snapshots")
 
     result = DemoResult(cluster, topic, start, end, publisher.stats.delivered, processed, dead, False,
-                        0.0, months=_months(start, end))
+                        0.0, months=reports.months_overlapping(start, end))
     _report(url, cfg, result, echo)
     result.elapsed_s = time.monotonic() - began
     echo(f"[demo] done in {result.elapsed_s:.0f} s; reports again: migmeter report chargeback --month "
@@ -286,9 +271,6 @@ def run_demo(cfg: DemoConfig, echo: Callable[[str], None] = print) -> DemoResult
 
 
 def _report(url: str, cfg: DemoConfig, result: DemoResult, echo: Callable[[str], None]) -> None:
-    from warehouse import plot, reports
-    from warehouse.render import render
-
     out = cfg.out_dir
     out.mkdir(parents=True, exist_ok=True)
     with psycopg.connect(url) as conn:
@@ -337,9 +319,6 @@ def _report(url: str, cfg: DemoConfig, result: DemoResult, echo: Callable[[str],
 def _finops(url: str, cfg: DemoConfig, result: DemoResult, echo: Callable[[str], None]) -> None:
     """FinOps outputs (issue 14): per month FOCUS (written, first charge shown), right-sizing, stranded capacity,
     the HTML statement (written); then the weekly trend."""
-    from warehouse import focus, rightsize, statement, stranded, trend
-    from warehouse.render import Report, render
-
     with psycopg.connect(url) as conn:
         conn.read_only = True
         for month in result.months:
@@ -395,17 +374,19 @@ def configure(parser: argparse.ArgumentParser) -> None:
     d = DemoConfig()
     parser.add_argument("--short", action="store_true",
                         help="CI-sized run: 2 hosts x 2 GPUs, 2 days at 5-minute scrapes (~2,300 snapshots)")
-    parser.add_argument("--hosts", type=int, help=f"simulated hosts (default {d.hosts})")
-    parser.add_argument("--gpus-per-host", type=int, help=f"GPUs per host (default {d.gpus_per_host})")
-    parser.add_argument("--days", type=float, help=f"simulated days (default {d.days:g})")
-    parser.add_argument("--interval", type=float, help=f"simulated scrape interval, seconds (default {d.interval_s:g})")
-    parser.add_argument("--reconfigure-every", type=float, default=d.reconfigure_every_s, metavar="SECONDS",
+    parser.add_argument("--hosts", type=cli_support.positive_int, help=f"simulated hosts (default {d.hosts})")
+    parser.add_argument("--gpus-per-host", type=cli_support.positive_int, help=f"GPUs per host (default {d.gpus_per_host})")
+    parser.add_argument("--days", type=cli_support.positive_float, help=f"simulated days (default {d.days:g})")
+    parser.add_argument("--interval", type=cli_support.positive_float, help=f"simulated scrape interval, seconds (default {d.interval_s:g})")
+    parser.add_argument("--reconfigure-every", type=cli_support.positive_float, default=d.reconfigure_every_s, metavar="SECONDS",
                         help="mean time between MIG re-partitionings of a GPU (default %(default)g)")
     parser.add_argument("--seed", type=int, default=d.seed, help="simulation seed (default %(default)s)")
     parser.add_argument("--cluster", help="cluster name of this run (default demo-<UTC timestamp>: a fresh one)")
     parser.add_argument("--out", type=Path, default=d.out_dir, help="folder for CSVs and plots (default %(default)s)")
     parser.add_argument("--bootstrap", help="Kafka bootstrap (default: $MIGMETER_KAFKA_BOOTSTRAP or the local stack)")
-    parser.add_argument("--database-url", help="PostgreSQL URL (default: $MIGMETER_DATABASE_URL or the local stack)")
+    cli_support.add_database_url(parser)
+    # The clients' connection chatter is not what a demo user wants to read; warnings still show.
+    cli_support.quiet_loggers(parser, "kafka", "migmeter.collector", "migmeter.processor", "matplotlib")
     parser.add_argument("--topic", help="Kafka topic (default migmeter.demo.<cluster>, created and deleted)")
     parser.add_argument("--keep-topic", action="store_true", help="do not delete the demo topic at the end")
 

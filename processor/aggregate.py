@@ -3,7 +3,7 @@
 Because each measure is a sum, a bucket can be written in parts — by several micro-batches,
 late data, a restarted processor — and the parts add up to exactly what one pass over all
 samples would give. Ratios (weighted utilization, whole-GPU utilization, simple mean,
-allocation) are computed only in ``result()`` or in the database views, from the sums.
+allocation) are computed only in the database views, from the sums.
 
 Time-weighting (DESIGN.md "Time model"): a snapshot stands for the time it covers, which
 ``processor.fold`` decides (``(prev_ts, ts]`` of its GPU, minus what is billed already) and
@@ -38,9 +38,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, NamedTuple, TypeVar
+from typing import Any, ClassVar, NamedTuple
 
 from collector.snapshot import Snapshot
+from processor.grains import GRAINS
 from processor.timeline import split, to_us
 
 __all__ = [
@@ -52,16 +53,11 @@ __all__ = [
     "InstanceSums",
     "TenantSums",
     "GpuSums",
-    "GpuRatios",
-    "whole_utilization",
     "Aggregates",
     "fold_snapshot",
     "add_unmetered",
     "rollup",
 ]
-
-# Grain name -> bucket width in seconds. 1m is what the processor folds; 1h and 1d are rollups.
-GRAINS: dict[str, int] = {"1m": 60, "1h": 3600, "1d": 86400}
 
 
 def bucket_start(epoch_s: float, width_s: int) -> int:
@@ -154,9 +150,6 @@ def _compile_merge_methods(cls: type[_Mergeable]) -> None:
         setattr(cls, name, fn)
 
 
-_S = TypeVar("_S", "InstanceSums", "TenantSums", "GpuSums")
-
-
 @dataclass(slots=True)
 class InstanceSums(_Mergeable):
     """Sums for one (bucket, GPU, GI, profile, tenant). Attributes are the last seen values."""
@@ -198,14 +191,6 @@ class InstanceSums(_Mergeable):
         if fb_used_mib is not None:
             self.fb_used_max_mib = _max(self.fb_used_max_mib, fb_used_mib)
 
-    def merge(self, other: InstanceSums) -> InstanceSums:
-        """Pure, associative merge of two parts of the same row."""
-        return _merged(self, other)
-
-    def utilization(self) -> float | None:
-        """The instance's own utilization (0..1) over the time its utilization was known."""
-        return self.busy_seconds / self.util_seconds if self.util_seconds else None
-
 
 @dataclass(slots=True)
 class TenantSums(_Mergeable):
@@ -233,18 +218,6 @@ class TenantSums(_Mergeable):
         if u is not None:
             self.util_alloc_gpu_seconds += w * dt
             self.busy_gpu_seconds += w * u * dt
-
-    def merge(self, other: TenantSums) -> TenantSums:
-        return _merged(self, other)
-
-
-class GpuRatios(NamedTuple):
-    """The four per-GPU figures of DESIGN.md, as ratios 0..1 (None where undefined)."""
-
-    weighted: float | None  # Σw·u / Σw (allocated capacity)
-    whole: float | None  # Σw·u over time with known u (unallocated slices idle)
-    simple: float | None  # Σu/n (misleading; for comparison)
-    allocation: float | None  # Σw
 
 
 @dataclass(slots=True)
@@ -308,41 +281,6 @@ class GpuSums(_Mergeable):
         if all_known:
             self.whole_util_min = _min(self.whole_util_min, busy)
             self.whole_util_max = _max(self.whole_util_max, busy)
-
-    def merge(self, other: GpuSums) -> GpuSums:
-        return _merged(self, other)
-
-    def result(self) -> GpuRatios:
-        """Ratios from the sums; the same arithmetic as the ``gpu_utilization_*`` views."""
-        return GpuRatios(
-            weighted=self.busy_gpu_seconds / self.util_alloc_gpu_seconds if self.util_alloc_gpu_seconds else None,
-            whole=whole_utilization(self.seconds, self.alloc_gpu_seconds, self.util_alloc_gpu_seconds,
-                                    self.busy_gpu_seconds),
-            simple=self.simple_util_seconds / self.simple_seconds if self.simple_seconds else None,
-            allocation=self.alloc_gpu_seconds / self.seconds if self.seconds else None,
-        )
-
-
-def whole_utilization(seconds: float, alloc: float, util_alloc: float, busy: float) -> float | None:
-    """Whole-GPU utilization: busy / (GPU time minus allocated time of unknown utilization).
-
-    None when there was allocated time and none of it had a value (unknown, not 0 %), or no
-    time at all. The ``gpu_utilization_*`` views compute the same (sql/014).
-    """
-    if alloc > 0 and util_alloc <= 0:
-        return None
-    known = seconds - alloc + util_alloc
-    return busy / known if known > 0 else None
-
-
-def _merged(a: _S, b: _S) -> _S:
-    out = _copy(a)
-    out.absorb(b)
-    return out
-
-
-def _copy(s: _S) -> _S:
-    return s.copy()  # type: ignore[no-any-return]
 
 
 for _cls in (InstanceSums, TenantSums, GpuSums):

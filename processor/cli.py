@@ -10,19 +10,27 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import signal
-import threading
-from types import FrameType
-from typing import Any
 
-from migmeter.kafka_security import describe_security, kafka_security
 from migmeter import preflight, settings
+from migmeter.cli_support import (
+    add_database_url,
+    non_negative_float,
+    positive_float,
+    positive_int,
+    port,
+    quiet_loggers,
+    stop_on_signals,
+)
 from migmeter.errors import ConfigError
+from migmeter.kafka_security import describe_security, kafka_security
 from processor.consumer import (
     DEFAULT_BATCH_MS,
     DEFAULT_BATCH_RECORDS,
     DEFAULT_GROUP,
     DEFAULT_METADATA_MAX_AGE_MS,
+    DEFAULT_SESSION_TIMEOUT_MS,
+    DEFAULT_SUMMARY_EVERY_S,
+    RETRY_MAX_S,
     Processor,
     ProcessorConfig,
 )
@@ -53,14 +61,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--bootstrap", help=f"Kafka bootstrap servers (default ${settings.ENV_KAFKA_BOOTSTRAP} "
                                             f"or {settings.DEFAULT_KAFKA_BOOTSTRAP})")
-    parser.add_argument("--database-url", help=f"PostgreSQL URL (default ${settings.ENV_DATABASE_URL} or the "
-                                               "local stack's); prefer the environment: flags show in ps")
+    add_database_url(parser)
+    quiet_loggers(parser, "kafka")
     parser.add_argument("--topic", default=settings.SNAPSHOT_TOPIC, help="snapshot topic (default %(default)s)")
     parser.add_argument("--dead-letter-topic", default=settings.DEAD_LETTER_TOPIC,
                         help="where rejected records are announced (default %(default)s)")
     parser.add_argument("--group", default=DEFAULT_GROUP, help="consumer group (default %(default)s); "
                         "processors in one group share partitions, offsets are stored per group")
-    parser.add_argument("--session-timeout-ms", type=_positive_int, default=10_000,
+    parser.add_argument("--session-timeout-ms", type=positive_int, default=DEFAULT_SESSION_TIMEOUT_MS,
                         help="a processor silent this long loses its partitions to the others in the group "
                              "(default %(default)s; the broker allows 6000 and up by default)")
     parser.add_argument("--instance-id", help="static group membership (e.g. a StatefulSet pod name): a "
@@ -68,42 +76,40 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--metadata-max-age", type=_metadata_max_age, default=DEFAULT_METADATA_MAX_AGE_MS / 1000,
                         metavar="SECONDS", help="refresh the topic's metadata this often: partitions added to the "
                         "topic are consumed at most this long after, plus a rebalance (default %(default)g)")
-    parser.add_argument("--batch-records", type=_positive_int, default=DEFAULT_BATCH_RECORDS,
+    parser.add_argument("--batch-records", type=positive_int, default=DEFAULT_BATCH_RECORDS,
                         help="commit a batch at this many records (default %(default)s)")
-    parser.add_argument("--batch-ms", type=_positive_int, default=DEFAULT_BATCH_MS,
+    parser.add_argument("--batch-ms", type=positive_int, default=DEFAULT_BATCH_MS,
                         help="... or this long after its first record (default %(default)s)")
-    parser.add_argument("--max-future-skew", type=_positive_float, default=DEFAULT_MAX_FUTURE_SKEW_S,
+    parser.add_argument("--max-future-skew", type=positive_float, default=DEFAULT_MAX_FUTURE_SKEW_S,
                         metavar="SECONDS", help="dead-letter snapshots whose ts is further ahead of this "
                         "processor's clock (default %(default)g)")
-    parser.add_argument("--max-backward-skew", type=_positive_float, default=DEFAULT_MAX_BACKWARD_SKEW_S,
+    parser.add_argument("--max-backward-skew", type=positive_float, default=DEFAULT_MAX_BACKWARD_SKEW_S,
                         metavar="SECONDS", help="dead-letter snapshots further behind their GPU's last ts "
                         "(default %(default)g); closer ones are duplicates")
-    parser.add_argument("--max-age", type=_non_negative_float, default=DEFAULT_MAX_AGE_S / 86400, metavar="DAYS",
+    parser.add_argument("--max-age", type=non_negative_float, default=DEFAULT_MAX_AGE_S / 86400, metavar="DAYS",
                         help="dead-letter snapshots older than this many days by the processor's clock: a reset "
                         "clock, e.g. 1970 (default %(default)g; 0 = no limit, for deep backfills)")
-    parser.add_argument("--max-gap", type=_non_negative_float, default=None, metavar="SECONDS",
+    parser.add_argument("--max-gap", type=non_negative_float, default=None, metavar="SECONDS",
                         help="a snapshot this soon after its GPU's previous one covers all the time since; after a "
                              f"longer silence only its own interval_s, the rest is unmetered (default ${ENV_MAX_GAP} "
                              "or 0 = 3 x the snapshot's interval_s)")
-    parser.add_argument("--retry-max", type=_positive_float, default=30.0, metavar="SECONDS",
+    parser.add_argument("--retry-max", type=positive_float, default=RETRY_MAX_S, metavar="SECONDS",
                         help="cap of the exponential backoff while the database is down (default %(default)g)")
-    parser.add_argument("--summary-every", type=float, default=30.0, metavar="SECONDS",
+    parser.add_argument("--summary-every", type=non_negative_float, default=DEFAULT_SUMMARY_EVERY_S, metavar="SECONDS",
                         help="INFO summary line interval, 0 = only at exit (default %(default)g)")
-    parser.add_argument("--stop-when-idle", type=float, default=0.0, metavar="SECONDS",
+    parser.add_argument("--stop-when-idle", type=non_negative_float, default=0.0, metavar="SECONDS",
                         help="exit 0 once caught up and nothing new arrived for this long "
                              "(backfills, benchmarks; default 0 = run until signalled)")
     parser.add_argument("--metrics-addr", default=DEFAULT_METRICS_ADDR, help="/metrics address (default %(default)s)")
-    parser.add_argument("--metrics-port", type=int, default=DEFAULT_METRICS_PORT,
+    parser.add_argument("--metrics-port", type=port, default=DEFAULT_METRICS_PORT,
                         help="/metrics port (default %(default)s; 0 disables); also serves /healthz (the "
                              "process is not wedged) and /readyz (Kafka and the database answered a recent probe)")
-    parser.add_argument("--health-interval", type=_positive_float, default=DEFAULT_INTERVAL_S, metavar="SECONDS",
+    parser.add_argument("--health-interval", type=positive_float, default=DEFAULT_INTERVAL_S, metavar="SECONDS",
                         help="seconds between probes of Kafka and the database for /readyz (default %(default)g); "
                              f"an answer older than {STALE_ROUNDS} intervals counts as not ready")
 
 
 def run(args: argparse.Namespace) -> int:
-    if not 0 <= args.metrics_port <= 65535:
-        raise ConfigError(f"--metrics-port {args.metrics_port} is not a port number")
     security = kafka_security()
     config = ProcessorConfig(
         bootstrap=settings.kafka_bootstrap(args.bootstrap),
@@ -130,45 +136,23 @@ def run(args: argparse.Namespace) -> int:
     # TLS that can never verify is a configuration error: one line, exit 2, nothing consumed.
     preflight.kafka_tls(config.bootstrap, security)
     preflight.database_tls(config.database_url)
-    logging.getLogger("kafka").setLevel(max(logging.WARNING, logging.getLogger().getEffectiveLevel()))
     metrics = ProcessorMetrics()
     health = HealthState(stale_after_s=STALE_ROUNDS * args.health_interval)
-    try:
-        stop_http = serve(metrics.registry, args.metrics_port, args.metrics_addr, health)
-    except OSError as exc:
-        raise ConfigError(f"cannot serve /metrics on {args.metrics_addr}:{args.metrics_port}: {exc}") from None
+    stop_http = serve(metrics.registry, args.metrics_port, args.metrics_addr, health)
     prober = Prober(health, (lambda: probe_kafka(config.bootstrap, security),
                              lambda: probe_database(config.database_url)), args.health_interval)
     processor = Processor(config, metrics)
     if stop_http is not None:
         prober.start()
-    previous = _on_signals(processor)
     try:
-        processor.run()
+        with stop_on_signals(processor.stop, "committing the in-flight batch, then exiting"):
+            processor.run()
     finally:
         health.loop_ended()
         prober.stop()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
         if stop_http is not None:
             stop_http()
     return 0
-
-
-def _on_signals(processor: Processor) -> dict[signal.Signals, Any]:
-    """SIGTERM/SIGINT: finish the batch in flight, then exit; a second SIGINT interrupts."""
-    stopping = threading.Event()
-
-    def handler(signum: int, frame: FrameType | None) -> None:
-        if stopping.is_set() and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        stopping.set()
-        log.info("received %s: committing the in-flight batch, then exiting", signal.Signals(signum).name)
-        processor.stop()
-
-    if threading.current_thread() is not threading.main_thread():
-        return {}
-    return {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
 
 
 def _max_gap(flag: float | None) -> float:
@@ -178,34 +162,13 @@ def _max_gap(flag: float | None) -> float:
     if not raw:
         return 0.0
     try:
-        return _non_negative_float(raw)
-    except (argparse.ArgumentTypeError, ValueError):
+        return non_negative_float(raw)
+    except argparse.ArgumentTypeError:
         raise ConfigError(f"${ENV_MAX_GAP}={raw[:40]!r} is not a number of seconds >= 0") from None
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text} is not a positive integer")
-    return value
-
-
-def _non_negative_float(text: str) -> float:
-    value = float(text)
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"{text} is not a number >= 0")
-    return value
-
-
 def _metadata_max_age(text: str) -> float:
-    value = _positive_float(text)
+    value = positive_float(text)
     if value > MAX_METADATA_MAX_AGE_S:
         raise argparse.ArgumentTypeError(f"{text} is more than {MAX_METADATA_MAX_AGE_S} seconds")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"{text} is not a positive number")
     return value

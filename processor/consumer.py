@@ -84,6 +84,9 @@ __all__ = [
     "DEFAULT_BATCH_RECORDS",
     "DEFAULT_BATCH_MS",
     "DEFAULT_METADATA_MAX_AGE_MS",
+    "DEFAULT_SESSION_TIMEOUT_MS",
+    "DEFAULT_SUMMARY_EVERY_S",
+    "RETRY_MAX_S",
     "ProcessorConfig",
     "Processor",
 ]
@@ -105,6 +108,10 @@ POLL_MS = 200
 # is noticed within half a minute.
 RETRY_INITIAL_S = 0.5
 RETRY_MAX_S = 30.0
+# A summary line this often at INFO: frequent enough to watch a backfill, rare enough to read.
+DEFAULT_SUMMARY_EVERY_S = 30.0
+# How soon a dead processor's partitions move to the others (the broker allows 6000 and up).
+DEFAULT_SESSION_TIMEOUT_MS = 10_000
 # Backoff after a failed call into the Kafka client (broker down): short and capped low, so
 # the loop notices a restarted broker within seconds; one log line per outage, not per retry.
 KAFKA_RETRY_INITIAL_S = 0.5
@@ -148,10 +155,10 @@ class ProcessorConfig:
     max_age_s: float = DEFAULT_MAX_AGE_S
     max_gap_s: float = 0.0  # 0 = 3 x each snapshot's interval_s (processor.fold rule 5)
     retry_max_s: float = RETRY_MAX_S
-    summary_every_s: float = 30.0
+    summary_every_s: float = DEFAULT_SUMMARY_EVERY_S
     stop_when_idle_s: float = 0.0  # > 0: exit once caught up and nothing arrived for this long
     client_id: str = "migmeter-process"
-    session_timeout_ms: int = 10_000  # how soon a dead processor's partitions move to the others
+    session_timeout_ms: int = DEFAULT_SESSION_TIMEOUT_MS
     instance_id: str | None = None  # static membership: a restart reclaims its partitions at once
     metadata_max_age_ms: int = DEFAULT_METADATA_MAX_AGE_MS  # how soon added partitions are consumed
     kafka_options: tuple[tuple[str, Any], ...] = ()  # TLS/SASL pass-through for consumer and producer

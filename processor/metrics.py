@@ -7,20 +7,15 @@ Everything lives in a :class:`prometheus_client.CollectorRegistry` made here (ne
 
 from __future__ import annotations
 
-import socket
-import threading
-from collections.abc import Callable, Iterable
-from typing import Any, Protocol
-from wsgiref.simple_server import WSGIRequestHandler, make_server
+from collections.abc import Callable
+from typing import Protocol
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
-from prometheus_client.exposition import ThreadingWSGIServer
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from migmeter.cli_support import DEFAULT_METRICS_ADDR, serve_metrics
 
 __all__ = ["DEFAULT_METRICS_ADDR", "DEFAULT_METRICS_PORT", "HealthView", "ProcessorMetrics", "serve"]
 
-# Loopback by default: /metrics names topics and partitions, and nothing outside the host
-# needs it unless the operator says so (--metrics-addr 0.0.0.0).
-DEFAULT_METRICS_ADDR = "127.0.0.1"
 # The collector serves on 9401 (next to dcgm-exporter's 9400); the processor takes the next one.
 DEFAULT_METRICS_PORT = 9402
 
@@ -93,47 +88,7 @@ class HealthView(Protocol):
 
 def serve(registry: CollectorRegistry, port: int, addr: str = DEFAULT_METRICS_ADDR,
           health: HealthView | None = None) -> Callable[[], None] | None:
-    """Serve /metrics (and, with ``health``, /healthz and /readyz) on ``addr:port`` in a daemon
-    thread; port 0 disables. Returns a stop function."""
-    if port == 0:
-        return None
-    family = socket.getaddrinfo(addr, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0][0]
-
-    class _Server(ThreadingWSGIServer):
-        address_family = family
-
-    server = make_server(addr, port, _app(registry, health), _Server, handler_class=_QuietHandler)
-    thread = threading.Thread(target=server.serve_forever, name="migmeter-metrics", daemon=True)
-    thread.start()
-
-    def stop() -> None:
-        server.shutdown()
-        server.server_close()
-        thread.join(5.0)
-
-    return stop
-
-
-_HEALTH_PATHS = ("/healthz", "/readyz")
-
-
-def _app(registry: CollectorRegistry, health: HealthView | None) -> Callable[..., Iterable[bytes]]:
-    metrics_app = make_wsgi_app(registry)
-
-    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-        path = environ.get("PATH_INFO", "")
-        if health is None or path not in _HEALTH_PATHS:
-            return metrics_app(environ, start_response)  # type: ignore[no-any-return]
-        ok, text = health.live() if path == "/healthz" else health.ready()
-        start_response("200 OK" if ok else "503 Service Unavailable",
-                       [("Content-Type", "text/plain; charset=utf-8"), ("Cache-Control", "no-store")])
-        return [text.encode()]
-
-    return app
-
-
-class _QuietHandler(WSGIRequestHandler):
-    """No access log line per scrape or probe on stderr."""
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (the base class's name)
-        pass
+    """Serve /metrics (and, with ``health``, /healthz and /readyz) on ``addr:port``; port 0
+    disables. Returns a stop function (:func:`migmeter.cli_support.serve_metrics`)."""
+    routes = {} if health is None else {"/healthz": health.live, "/readyz": health.ready}
+    return serve_metrics(registry, port, addr, routes)

@@ -51,6 +51,7 @@ from migmeter import settings
 from migmeter.errors import SinkError
 from processor.aggregate import GpuSums, InstanceKey, InstanceSums, TenantKey, TenantSums, GpuKey
 from processor.fold import FoldedBatch
+from processor.grains import GRAINS, usage_table
 from processor.layout import GpuState
 from processor.refusals import is_data_refusal, refusal
 
@@ -128,11 +129,11 @@ def _usage_spec(name: str, key_type: Any, sums_type: Any) -> TableSpec:
 # (table, which Aggregates dict feeds it) for every grain; order = write order.
 USAGE_TABLES: tuple[tuple[str, TableSpec, str], ...] = tuple(
     (grain, spec, attr)
-    for grain in ("1m", "1h", "1d")
+    for grain in GRAINS
     for spec, attr in (
-        (_usage_spec(f"instance_usage_{grain}", InstanceKey, InstanceSums), "instances"),
-        (_usage_spec(f"tenant_usage_{grain}", TenantKey, TenantSums), "tenants"),
-        (_usage_spec(f"gpu_usage_{grain}", GpuKey, GpuSums), "gpus"),
+        (_usage_spec(usage_table("instance_usage", grain), InstanceKey, InstanceSums), "instances"),
+        (_usage_spec(usage_table("tenant_usage", grain), TenantKey, TenantSums), "tenants"),
+        (_usage_spec(usage_table("gpu_usage", grain), GpuKey, GpuSums), "gpus"),
     )
 )
 _GPUS = TableSpec("gpus", ("gpu_uuid",), ("cluster", "host", "gpu_index", "gpu_model", "total_slices", "mig_enabled"),

@@ -8,7 +8,6 @@ The Agg backend is forced so plots work on headless servers and in CI.
 
 from __future__ import annotations
 
-import logging
 from collections import defaultdict
 from collections.abc import Sequence
 from datetime import date, datetime
@@ -31,9 +30,6 @@ def _pyplot() -> Any:
         raise ConfigError(INSTALL_HINT) from None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    # matplotlib logs an INFO line per categorical axis; reports print to the same terminal.
-    logging.getLogger("matplotlib").setLevel(logging.WARNING)
 
     return plt
 

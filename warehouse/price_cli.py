@@ -14,7 +14,7 @@ from decimal import Decimal
 
 import psycopg
 
-from migmeter import settings
+from migmeter import cli_support, settings
 from migmeter.errors import MigmeterError
 from warehouse import prices, profile_pricing
 from warehouse.render import FORMATS, Column, Report, render
@@ -43,7 +43,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     d.add_argument("model")
     d.add_argument("--from", dest="effective_from", required=True, help="the day of the price to remove (YYYY-MM-DD)")
     for p in (s, ru, ls, d):
-        p.add_argument("--database-url", help="PostgreSQL URL (default: $MIGMETER_DATABASE_URL or the local stack)")
+        cli_support.add_database_url(p)
 
 
 def run(args: argparse.Namespace) -> int:

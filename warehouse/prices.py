@@ -8,7 +8,7 @@ at their own price, never one monthly price applied to the whole month.
 A MIG slice costs its share of its GPU's price: an instance of ``slices`` compute slices on
 a GPU of ``total_slices`` is charged ``slices/total_slices`` of the GPU-hour price per hour.
 That share is already in the warehouse's GPU-hours (they are Σ w·dt), so the price applies
-to GPU-hours directly; :func:`slice_cost` spells the same arithmetic out for tests and docs.
+to GPU-hours directly (a 1g instance of a 7-slice GPU at 3.50 per GPU-hour costs 0.50 per hour).
 
 ``gpu_model`` must equal the model string the collectors report (``gpus.gpu_model``, e.g.
 ``NVIDIA A100-SXM4-80GB``): matching by substring would silently price an H100 NVL as an
@@ -18,7 +18,6 @@ H100 SXM. ``migmeter price list`` shows models that have usage but no price.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date
 from decimal import Decimal, InvalidOperation
@@ -38,8 +37,6 @@ __all__ = [
     "delete_price",
     "list_prices",
     "unpriced_models",
-    "price_at",
-    "slice_cost",
 ]
 
 DEFAULT_CURRENCY = "USD"
@@ -157,23 +154,3 @@ def unpriced_models(conn: psycopg.Connection[object]) -> list[str]:
         "WHERE NOT EXISTS (SELECT 1 FROM gpu_prices p WHERE p.gpu_model = u.gpu_model) ORDER BY 1"
     ).fetchall()
     return [str(r[0]) for r in rows]  # type: ignore[index]
-
-
-def price_at(prices: Iterable[Price], gpu_model: str, day: date) -> Price | None:
-    """The price in force for ``gpu_model`` on ``day``: the latest one effective on or before it.
-
-    The views do the same in SQL; this pure version documents the rule and feeds the tests.
-    """
-    best: Price | None = None
-    for p in prices:
-        if p.gpu_model == gpu_model and p.effective_from <= day:
-            if best is None or p.effective_from > best.effective_from:
-                best = p
-    return best
-
-
-def slice_cost(price_per_gpu_hour: Decimal, slices: int, total_slices: int, seconds: float | Decimal) -> Decimal:
-    """Cost of holding a ``slices``-slice instance for ``seconds``: its share of the GPU's price."""
-    if not (1 <= slices <= total_slices):
-        raise ConfigError(f"slices={slices} outside 1..{total_slices}")
-    return price_per_gpu_hour * Decimal(slices) / Decimal(total_slices) * Decimal(str(seconds)) / Decimal(3600)

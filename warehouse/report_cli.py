@@ -18,7 +18,8 @@ from typing import Any
 
 import psycopg
 
-from migmeter import settings
+from collector.snapshot import TS_MAX, TS_MIN
+from migmeter import cli_support, settings
 from migmeter.errors import ConfigError, MigmeterError
 from warehouse import focus, plot, profile_pricing, reports, rightsize, statement, stranded, trend
 from warehouse.render import FORMATS, Report, render
@@ -28,10 +29,11 @@ __all__ = ["configure", "run"]
 
 def configure(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="report", metavar="REPORT", required=True)
+    cli_support.quiet_loggers(parser, "matplotlib")  # an INFO line per categorical axis of a plot
 
     def common(p: argparse.ArgumentParser, formats: tuple[str, ...] = FORMATS) -> None:
         p.add_argument("--format", choices=formats, default="table", help=f"{', '.join(formats)} (default table)")
-        p.add_argument("--database-url", help="PostgreSQL URL (default: $MIGMETER_DATABASE_URL or the local stack)")
+        cli_support.add_database_url(p)
         p.add_argument("--cluster", help="only this cluster (the collectors' --cluster); default all")
 
     cb = sub.add_parser("chargeback", help="allocated/used GPU-hours and cost per tenant for one month (UTC)")
@@ -46,8 +48,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     common(cb, FORMATS + ("html",))
 
     ut = sub.add_parser("utilization", help="simple, weighted, whole-GPU utilization and allocation over time")
-    ut.add_argument("--from", dest="start", required=True, help="start (date or ISO time, UTC)")
-    ut.add_argument("--to", dest="end", required=True, help="end, exclusive (date or ISO time, UTC)")
+    ut.add_argument("--from", dest="start", required=True, help=f"start: {cli_support.TIME_FORMS}")
+    ut.add_argument("--to", dest="end", required=True, help="end, exclusive (same forms)")
     target = ut.add_mutually_exclusive_group()
     target.add_argument("--gpu", help="one GPU by UUID")
     target.add_argument("--host", help="the GPUs of one host")
@@ -58,7 +60,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     la = sub.add_parser("layout", help="MIG layout of a GPU at a time (as-of), or its changes over a period")
     la.add_argument("--gpu", required=True, help="GPU UUID")
     when = la.add_mutually_exclusive_group()
-    when.add_argument("--at", help="instant (date or ISO time, UTC); default now")
+    when.add_argument("--at", help=f"instant ({cli_support.TIME_FORMS}); default now")
     when.add_argument("--from", dest="start", help="with --to: list the layout at --from and the changes until --to")
     la.add_argument("--to", dest="end", help="end of the period, exclusive")
     common(la)
@@ -75,7 +77,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
                     help=f"BillingAccountId (default {defaults.billing_account_id!r})")
     fo.add_argument("--billing-account-name", default=defaults.billing_account_name,
                     help=f"BillingAccountName (default {defaults.billing_account_name!r})")
-    fo.add_argument("--database-url", help="PostgreSQL URL (default: $MIGMETER_DATABASE_URL or the local stack)")
+    cli_support.add_database_url(fo)
     fo.add_argument("--cluster", help="only this cluster (the collectors' --cluster); default all")
 
     rs = sub.add_parser("rightsize", help="per workload: utilization p50/p95/max, peak memory, smallest profile that fits")
@@ -138,7 +140,8 @@ def _when(args: argparse.Namespace) -> dict[str, Any]:
     given = {k: getattr(args, k, None) for k in ("start", "end", "at")}
     if args.report == "layout" and (given["start"] is None) != (given["end"] is None):
         raise ConfigError("--from and --to go together")
-    return {k: None if v is None else reports.parse_time(v) for k, v in given.items()}
+    flags = {"start": "--from", "end": "--to", "at": "--at"}
+    return {k: None if v is None else cli_support.parse_time(v, flags[k], (TS_MIN, TS_MAX)) for k, v in given.items()}
 
 
 def _dispatch(conn: psycopg.Connection[object], args: argparse.Namespace, when: dict[str, Any]) -> int:

@@ -35,7 +35,8 @@ __all__ = [
     "Reconciliation",
     "load_query",
     "parse_month",
-    "parse_time",
+    "next_month",
+    "months_overlapping",
     "month_range",
     "chargeback",
     "chargeback_daily",
@@ -128,31 +129,24 @@ def parse_month(text: str) -> date:
     return date(year, int(m.group(2)), 1)
 
 
-def parse_time(text: str) -> datetime:
-    """A date (midnight UTC) or an ISO-8601 time; no zone means UTC (the warehouse's zone).
-    Only times snapshots can carry (``collector.snapshot.TS_MIN`` .. ``TS_MAX``) are reports' times."""
-    raw = text.strip()
-    try:
-        ts = datetime.fromisoformat(raw.replace("Z", "+00:00"))
-        ts = ts.replace(tzinfo=timezone.utc) if ts.tzinfo is None else ts.astimezone(timezone.utc)
-    except ValueError:
-        raise ConfigError(f"{raw[:40]!r} is not a date or ISO-8601 time (e.g. 2026-11-03 or 2026-11-03T12:00Z)") from None
-    except OverflowError:  # 0001-01-01T00:00+14:00 is before year 1 in UTC
-        raise ConfigError(_outside(raw)) from None
-    if not TS_MIN <= ts <= TS_MAX:
-        raise ConfigError(_outside(raw))
-    return ts
+def next_month(month: date) -> date:
+    """The first day of the month after ``month``'s (December -> January of the next year)."""
+    return date(month.year + (month.month == 12), month.month % 12 + 1, 1)
 
 
-def _outside(raw: str) -> str:
-    return f"{raw[:40]!r} is outside {TS_MIN:%Y-%m-%d}..{TS_MAX:%Y-%m-%d} (UTC), the times snapshots can carry"
+def months_overlapping(start: datetime, end: datetime) -> list[date]:
+    """First days of the UTC months that [start, end) touches, in order."""
+    out, month = [], start.astimezone(timezone.utc).date().replace(day=1)
+    while datetime.combine(month, time(), tzinfo=timezone.utc) < end:
+        out.append(month)
+        month = next_month(month)
+    return out
 
 
 def month_range(month: date) -> tuple[datetime, datetime]:
     """[first instant of the month, first instant of the next month), UTC."""
     start = datetime.combine(month.replace(day=1), time(), tzinfo=timezone.utc)
-    nxt = date(month.year + (month.month == 12), month.month % 12 + 1, 1)
-    return start, datetime.combine(nxt, time(), tzinfo=timezone.utc)
+    return start, datetime.combine(next_month(month), time(), tzinfo=timezone.utc)
 
 
 def _check_range(start: datetime, end: datetime) -> None:

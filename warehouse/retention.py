@@ -22,8 +22,9 @@ from datetime import datetime, timedelta, timezone
 
 import psycopg
 
-from migmeter import settings
+from migmeter import cli_support, settings
 from migmeter.errors import ConfigError, MigmeterError
+from processor.grains import GRAINS, usage_tables
 
 __all__ = [
     "HYPERTABLES",
@@ -37,12 +38,7 @@ __all__ = [
 ]
 
 # granularity -> the hypertables holding it; a whitelist, so no table name ever comes from input.
-HYPERTABLES: dict[str, tuple[str, ...]] = {
-    "1m": ("instance_usage_1m", "gpu_usage_1m", "tenant_usage_1m"),
-    "1h": ("instance_usage_1h", "gpu_usage_1h", "tenant_usage_1h"),
-    "1d": ("instance_usage_1d", "gpu_usage_1d", "tenant_usage_1d"),
-    "events": ("layout_events",),
-}
+HYPERTABLES: dict[str, tuple[str, ...]] = {**{g: usage_tables(g) for g in GRAINS}, "events": ("layout_events",)}
 # None = keep forever. 1m rows are for drill-down and debugging; 1h rows carry two years of
 # trends; 1d rows are the chargeback record and are small (one row per GPU/tenant per day).
 DEFAULT_KEEP: dict[str, timedelta | None] = {
@@ -139,7 +135,7 @@ def apply(
 
 
 def configure_cli(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--database-url", help="PostgreSQL URL of the hypertables' owner (default: the local stack)")
+    cli_support.add_database_url(parser, "the hypertables' owner")
     for gran, label in (("1m", "1-minute"), ("1h", "hourly"), ("1d", "daily"), ("events", "layout-event")):
         default = DEFAULT_KEEP[gran]
         shown = "forever" if default is None else f"{default.days}d"

@@ -76,7 +76,7 @@ class TrendRow:
 def period_end(start: date, unit: str) -> date:
     if unit == "week":
         return start + timedelta(days=7)
-    return date(start.year + (start.month == 12), start.month % 12 + 1, 1)
+    return reports.next_month(start)
 
 
 def least_squares(xs: Sequence[float], ys: Sequence[float]) -> tuple[float, float]:

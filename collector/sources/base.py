@@ -34,3 +34,9 @@ class Source(Protocol):
         ...
 
     def close(self) -> None: ...
+
+    @property
+    def exhausted(self) -> bool:
+        """True once a finite source (a backfill) has returned everything; the loop then ends.
+        A live source is never exhausted."""
+        ...

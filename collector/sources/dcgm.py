@@ -497,6 +497,7 @@ class DcgmSource:
     """
 
     name = "dcgm"
+    exhausted = False  # a live source never runs out (Source protocol)
 
     def __init__(
         self,

@@ -32,6 +32,8 @@ import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
 
+from migmeter.errors import SourceUnavailable
+
 __all__ = ["BodyTooLarge", "FetchStopped", "fetch_bounded", "stoppable"]
 
 # Bytes per read: large enough that a healthy exporter's page (a few hundred KiB) takes a
@@ -46,11 +48,11 @@ _STOP_CHECK_S = 0.1
 HttpGet = Callable[[str, float, int], bytes]
 
 
-class BodyTooLarge(Exception):
+class BodyTooLarge(SourceUnavailable):
     """An endpoint sent more than ``max_bytes``; the body is discarded, not parsed."""
 
 
-class FetchStopped(TimeoutError):
+class FetchStopped(SourceUnavailable, TimeoutError):
     """The collector is stopping: the fetch was cut short (a TimeoutError, counted as one)."""
 
 

@@ -108,6 +108,7 @@ class NvmlSource:
     """
 
     name = "nvml"
+    exhausted = False  # a live source never runs out (Source protocol)
 
     def __init__(
         self,
@@ -408,7 +409,7 @@ class NvmlSource:
         log.warning("%s", message)
 
 
-class _SkipGpu(Exception):
+class _SkipGpu(SourceUnavailable):
     """This GPU cannot be described whole this round; ``reason`` is the stats key."""
 
     def __init__(self, reason: str, message: str) -> None:

@@ -26,7 +26,9 @@ import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from functools import cache
 
+from collector import profiles
 from collector.slices import total_slices_for_model
 from collector.snapshot import FULL_GPU_GI_ID, MAX_INTERVAL_S, Instance, Metrics, Snapshot, Tenant
 from collector.sources.base import ReadStats
@@ -109,44 +111,43 @@ class _Family:
     full_sm_count: int
 
 
-def _family(names: dict[int, tuple[str, int | None]], full_gb: float, full_sms: int) -> _Family:
-    profiles = {}
-    for slices, (name, sms) in names.items():
-        gb = float(name.split(".")[1].removesuffix("gb"))
-        profiles[slices] = _Profile(name, slices, float(int(gb * 1024 * _USABLE_MEM_FRACTION)), sms)
-    return _Family(profiles, float(int(full_gb * 1024 * _USABLE_MEM_FRACTION)), full_sms)
+# SMs of the whole GPU, per model of the profile table (collector.profiles), whose largest
+# profile leaves some SMs out (A100: 7g = 98 of 108). The models the simulator can play.
+_FULL_SM_COUNT: dict[str, int] = {
+    "GH200 (H100-96GB)": 132,
+    "H200-141GB (SXM5/NVL)": 132,
+    "H100-94GB (H100 NVL)": 132,
+    "H100-80GB-PCIe": 114,
+    "H100-80GB-SXM5": 132,
+    "B200-180GB": 148,
+    "A100-SXM4-40GB": 108,
+    "A100-80GB (SXM4/PCIe)": 108,
+    "A30-24GB": 56,
+}
 
 
-# Profile names and SM counts from shared/reference/mig_profiles.csv (real `nvidia-smi mig
-# -lgip` output). Matched by substring of the upper-cased model, first match wins.
-_FAMILIES: tuple[tuple[tuple[str, ...], _Family], ...] = (
-    (("H200",), _family({1: ("1g.18gb", 16), 2: ("2g.35gb", 32), 3: ("3g.71gb", 60), 4: ("4g.71gb", 64),
-                         7: ("7g.141gb", 132)}, 141, 132)),
-    (("H100", "PCIE"), _family({1: ("1g.10gb", 14), 2: ("2g.20gb", 30), 3: ("3g.40gb", 46), 4: ("4g.40gb", 62),
-                                7: ("7g.80gb", 114)}, 80, 114)),
-    (("H100",), _family({1: ("1g.10gb", 16), 2: ("2g.20gb", 32), 3: ("3g.40gb", 60), 4: ("4g.40gb", 64),
-                         7: ("7g.80gb", 132)}, 80, 132)),
-    (("B200",), _family({1: ("1g.23gb", 18), 2: ("2g.45gb", 36), 3: ("3g.90gb", None), 4: ("4g.90gb", None),
-                         7: ("7g.180gb", None)}, 180, 148)),
-    (("A100", "40GB"), _family({1: ("1g.5gb", 14), 2: ("2g.10gb", 28), 3: ("3g.20gb", 42), 4: ("4g.20gb", 56),
-                                7: ("7g.40gb", 98)}, 40, 108)),
-    (("A100",), _family({1: ("1g.10gb", 14), 2: ("2g.20gb", 28), 3: ("3g.40gb", 42), 4: ("4g.40gb", 56),
-                         7: ("7g.80gb", 98)}, 80, 108)),
-    (("A30",), _family({1: ("1g.6gb", 14), 2: ("2g.12gb", 28), 4: ("4g.24gb", 56)}, 24, 56)),
-)
+def _mib(gb: float) -> float:
+    return float(int(gb * 1024 * _USABLE_MEM_FRACTION))
 
 
 def supported_models() -> list[str]:
-    """Model-name fragments the simulator knows (for --help and error messages)."""
-    return ["-".join(keys) for keys, _ in _FAMILIES]
+    """The profile table's models the simulator knows (for --help and error messages)."""
+    return list(_FULL_SM_COUNT)
 
 
+@cache
 def _family_for(model: str) -> _Family:
-    up = model.upper()
-    for keys, fam in _FAMILIES:
-        if all(k in up for k in keys):
-            return fam
-    raise ConfigError(f"simulated GPU model {model!r} is unknown; use a name containing one of {supported_models()}")
+    """The model's profiles from the one table: per slice count, the first profile the table
+    lists without media extensions (``+me``), as a driver's default layout uses."""
+    table = profiles.table_model(model)
+    if table not in _FULL_SM_COUNT:
+        raise ConfigError(f"simulated GPU model {model!r} is unknown; use a name matching one of {supported_models()}")
+    menu: dict[int, _Profile] = {}
+    for p in profiles.profiles_for(model):
+        if "+" not in p.name and p.compute_slices not in menu:
+            menu[p.compute_slices] = _Profile(p.name, p.compute_slices, _mib(p.memory_gb), p.sm_count)
+    full_gb = max(p.memory_gb for p in profiles.profiles_for(model))
+    return _Family(menu, _mib(full_gb), _FULL_SM_COUNT[table])
 
 
 def _gi_id(total_slices: int, slices: int, start: int) -> int:
@@ -254,6 +255,7 @@ class SimulatedFleet:
     """
 
     name = "simulate"
+    exhausted = False  # a live source never runs out (Source protocol)
 
     def __init__(
         self,

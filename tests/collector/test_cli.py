@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
-from collector.cli import parse_time
 from collector.snapshot import from_json
 from collector.spool import Spool
 from migmeter.cli import main
-from migmeter.errors import ConfigError
 
 _DCGM_SCRAPE = Path(__file__).parent / "sources" / "dcgm_reference" / "01-a100-40gb-gpu-plus-gi-nvidia-docs.prom"
 # Nothing listens on port 1: a broker that is down.
@@ -158,34 +155,6 @@ def test_help_lists_every_flag_of_each_group(help_text: str, group: str) -> None
 def test_help_names_the_environment_variables_and_defaults(help_text: str) -> None:
     assert [v for v in _ENV_VARS if v not in help_text] == []
     assert "9401" in help_text and "127.0.0.1" in help_text and "migmeter.snapshots.v1" in help_text
-
-
-def test_parse_time_forms() -> None:
-    assert parse_time("2025-01-06T00:00:00Z").isoformat() == "2025-01-06T00:00:00+00:00"
-    assert parse_time("2025-01-06 02:00:00+02:00").isoformat() == "2025-01-06T00:00:00+00:00"
-    assert parse_time("2025-01-06").tzinfo is not None
-    assert parse_time("now") - parse_time("now-2h") >= timedelta(hours=2) - timedelta(seconds=1)
-    with pytest.raises(ConfigError):
-        parse_time("now-2w")
-
-
-def test_kafka_client_logs_are_let_through_once_a_minute() -> None:
-    import logging
-
-    from collector.cli import _OncePerMinute
-
-    def record(name: str, msg: str, created: float) -> logging.LogRecord:
-        r = logging.LogRecord(name, logging.ERROR, __file__, 1, msg, (), None)
-        r.created = created
-        return r
-
-    f = _OncePerMinute()
-    assert f.filter(record("kafka.net.manager", "Connection failed: %s", 0.0))
-    assert not f.filter(record("kafka.net.manager", "Connection failed: %s", 30.0))
-    assert f.filter(record("kafka.net.manager", "Bootstrap failed: %s", 30.0))  # another message
-    assert f.filter(record("kafka.net.manager", "Connection failed: %s", 61.0))
-    assert f.filter(record("migmeter.collector.publish", "x", 1.0))
-    assert f.filter(record("migmeter.collector.publish", "x", 2.0))  # ours are never filtered
 
 
 def test_metrics_port_in_use_is_a_configuration_error(capsys: pytest.CaptureFixture[str]) -> None:

@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
-import os
-import signal
 import threading
 from collections.abc import Callable
 
 import pytest
 
-from collector.cli import _stop_on_signals
 from collector.metrics import CollectorMetrics
 from collector.publish import InMemoryPublisher
 from collector.run import next_deadline, run_loop
@@ -120,15 +117,6 @@ def test_layout_weights_follow_the_snapshots() -> None:
     ids = [s.labels["GPU_I_ID"] for f in metrics.registry.collect() for s in f.samples
            if s.name == "migmeter_instance_slices"]
     assert ids == ["0"]
-
-
-def test_sigterm_sets_stop_and_handlers_are_restored() -> None:
-    before = signal.getsignal(signal.SIGTERM)
-    stop = threading.Event()
-    with _stop_on_signals(stop):
-        os.kill(os.getpid(), signal.SIGTERM)
-        assert stop.wait(5.0)  # the handler runs between bytecodes; wait() lets it
-    assert signal.getsignal(signal.SIGTERM) is before
 
 
 def test_consecutive_failures_end_a_bounded_run_and_a_success_resets_the_count() -> None:

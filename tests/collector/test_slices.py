@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from collector.slices import profile_slices, total_slices_for_model, weight
+from collector.slices import profile_slices, total_slices_for_model
 
 
 @pytest.mark.parametrize(
@@ -59,8 +59,3 @@ def test_total_slices_by_model(model: str, total: int) -> None:
 
 def test_override_wins() -> None:
     assert total_slices_for_model("NVIDIA Future-X", {"future-x": 4}) == 4
-
-
-def test_weight() -> None:
-    assert weight(2, 7) == pytest.approx(2 / 7)
-    assert weight(1, 4) == 0.25

@@ -89,11 +89,13 @@ def test_month_range_crosses_the_year() -> None:
     assert end == datetime(2026, 1, 1, tzinfo=timezone.utc)
 
 
-def test_parse_time_defaults_to_utc() -> None:
-    assert reports.parse_time("2025-11-03") == datetime(2025, 11, 3, tzinfo=timezone.utc)
-    assert reports.parse_time("2025-11-03T12:00:00+02:00") == datetime(2025, 11, 3, 10, tzinfo=timezone.utc)
-    with pytest.raises(ConfigError):
-        reports.parse_time("yesterday")
+def test_months_overlapping_lists_each_month_a_period_touches() -> None:
+    # 2025-12-30 12:00 .. 2026-02-01 00:00 (exclusive): December, January; February starts at the end.
+    start, end = datetime(2025, 12, 30, 12, tzinfo=timezone.utc), datetime(2026, 2, 1, tzinfo=timezone.utc)
+    assert reports.months_overlapping(start, end) == [date(2025, 12, 1), date(2026, 1, 1)]
+    # One second into February adds it.
+    assert reports.months_overlapping(start, end.replace(second=1))[-1] == date(2026, 2, 1)
+    assert reports.next_month(date(2025, 12, 1)) == date(2026, 1, 1)
 
 
 @pytest.mark.parametrize("name", ["../010_prices", "chargeback;drop", "Chargeback", "", "nope"])

@@ -22,6 +22,8 @@ from typing import Any
 
 import pynvml as real
 
+from collector.profiles import find_profile
+
 __all__ = ["FakeMig", "FakeGpu", "FakeState", "build", "h100_profiles", "a100_profiles", "a30_profiles"]
 
 MIB = 1024 * 1024
@@ -88,36 +90,47 @@ class _Handle:
         self.mig = mig
 
 
+def _from_table(model: str, nvml: dict[int, tuple[str, int, int]]) -> dict[int, tuple[int, int, str, int, int]]:
+    """Slices and SM counts come from the one MIG profile table (``collector.profiles``); only
+    what the table lacks is written here: NVML's memory figure (MiB) and decoders per profile."""
+    out = {}
+    for const, (name, mem_mib, decoders) in nvml.items():
+        p = find_profile(model, name)
+        assert p is not None and p.sm_count is not None, f"{name} of {model} is not in the profile table"
+        out[const] = (p.compute_slices, mem_mib, f"MIG {name}", p.sm_count, decoders)
+    return out
+
+
 def h100_profiles() -> dict[int, tuple[int, int, str, int, int]]:
     """H100 80GB HBM3 as `nvidia-smi mig -lgip` lists it (memory in MiB as NVML reports it)."""
-    return {
-        real.NVML_GPU_INSTANCE_PROFILE_1_SLICE: (1, 9_856, "MIG 1g.10gb", 16, 1),
-        real.NVML_GPU_INSTANCE_PROFILE_1_SLICE_REV1: (1, 9_856, "MIG 1g.10gb+me", 16, 7),
-        real.NVML_GPU_INSTANCE_PROFILE_1_SLICE_REV2: (1, 19_968, "MIG 1g.20gb", 26, 1),
-        real.NVML_GPU_INSTANCE_PROFILE_2_SLICE: (2, 19_968, "MIG 2g.20gb", 32, 2),
-        real.NVML_GPU_INSTANCE_PROFILE_3_SLICE: (3, 40_320, "MIG 3g.40gb", 60, 3),
-        real.NVML_GPU_INSTANCE_PROFILE_4_SLICE: (4, 40_320, "MIG 4g.40gb", 64, 4),
-        real.NVML_GPU_INSTANCE_PROFILE_7_SLICE: (7, 80_896, "MIG 7g.80gb", 132, 7),
-    }
+    return _from_table("H100-80GB-HBM3", {
+        real.NVML_GPU_INSTANCE_PROFILE_1_SLICE: ("1g.10gb", 9_856, 1),
+        real.NVML_GPU_INSTANCE_PROFILE_1_SLICE_REV1: ("1g.10gb+me", 9_856, 7),
+        real.NVML_GPU_INSTANCE_PROFILE_1_SLICE_REV2: ("1g.20gb", 19_968, 1),
+        real.NVML_GPU_INSTANCE_PROFILE_2_SLICE: ("2g.20gb", 19_968, 2),
+        real.NVML_GPU_INSTANCE_PROFILE_3_SLICE: ("3g.40gb", 40_320, 3),
+        real.NVML_GPU_INSTANCE_PROFILE_4_SLICE: ("4g.40gb", 40_320, 4),
+        real.NVML_GPU_INSTANCE_PROFILE_7_SLICE: ("7g.80gb", 80_896, 7),
+    })
 
 
 def a100_profiles() -> dict[int, tuple[int, int, str, int, int]]:
-    return {
-        real.NVML_GPU_INSTANCE_PROFILE_1_SLICE: (1, 9_728, "MIG 1g.10gb", 14, 0),
-        real.NVML_GPU_INSTANCE_PROFILE_2_SLICE: (2, 19_968, "MIG 2g.20gb", 28, 1),
-        real.NVML_GPU_INSTANCE_PROFILE_3_SLICE: (3, 40_192, "MIG 3g.40gb", 42, 2),
-        real.NVML_GPU_INSTANCE_PROFILE_4_SLICE: (4, 40_192, "MIG 4g.40gb", 56, 2),
-        real.NVML_GPU_INSTANCE_PROFILE_7_SLICE: (7, 81_152, "MIG 7g.80gb", 98, 5),
-    }
+    return _from_table("A100-SXM4-80GB", {
+        real.NVML_GPU_INSTANCE_PROFILE_1_SLICE: ("1g.10gb", 9_728, 0),
+        real.NVML_GPU_INSTANCE_PROFILE_2_SLICE: ("2g.20gb", 19_968, 1),
+        real.NVML_GPU_INSTANCE_PROFILE_3_SLICE: ("3g.40gb", 40_192, 2),
+        real.NVML_GPU_INSTANCE_PROFILE_4_SLICE: ("4g.40gb", 40_192, 2),
+        real.NVML_GPU_INSTANCE_PROFILE_7_SLICE: ("7g.80gb", 81_152, 5),
+    })
 
 
 def a30_profiles() -> dict[int, tuple[int, int, str, int, int]]:
-    return {
-        real.NVML_GPU_INSTANCE_PROFILE_1_SLICE: (1, 5_836, "MIG 1g.6gb", 14, 0),
-        real.NVML_GPU_INSTANCE_PROFILE_1_SLICE_REV1: (1, 5_836, "MIG 1g.6gb+me", 14, 1),
-        real.NVML_GPU_INSTANCE_PROFILE_2_SLICE: (2, 11_928, "MIG 2g.12gb", 28, 2),
-        real.NVML_GPU_INSTANCE_PROFILE_4_SLICE: (4, 24_062, "MIG 4g.24gb", 56, 4),
-    }
+    return _from_table("A30", {
+        real.NVML_GPU_INSTANCE_PROFILE_1_SLICE: ("1g.6gb", 5_836, 0),
+        real.NVML_GPU_INSTANCE_PROFILE_1_SLICE_REV1: ("1g.6gb+me", 5_836, 1),
+        real.NVML_GPU_INSTANCE_PROFILE_2_SLICE: ("2g.12gb", 11_928, 2),
+        real.NVML_GPU_INSTANCE_PROFILE_4_SLICE: ("4g.24gb", 24_062, 4),
+    })
 
 
 def build(state: FakeState) -> ModuleType:
