@@ -35,10 +35,9 @@ from pathlib import Path
 
 import psycopg
 from kafka import KafkaAdminClient
-from kafka.admin import NewTopic
-from kafka.errors import KafkaError, TopicAlreadyExistsError
+from kafka.errors import KafkaError
 
-from migmeter import settings
+from migmeter import settings, stack
 from migmeter.errors import ConfigError, MigmeterError, StackError
 
 __all__ = ["DemoConfig", "DemoResult", "SHORT", "run_demo", "configure", "run"]
@@ -118,8 +117,6 @@ def _ensure_stack(cfg: DemoConfig, echo: Callable[[str], None]) -> None:
                          or os.environ.get(settings.ENV_DATABASE_URL))
     if not targets_local:
         return
-    from migmeter import stack
-
     if stack.status().all_ready:
         return
     echo("[demo] local stack not running: `migmeter stack up` (the first time downloads Kafka and builds "
@@ -134,9 +131,8 @@ def _ensure_stack(cfg: DemoConfig, echo: Callable[[str], None]) -> None:
 def _create_topic(bootstrap: str, topic: str) -> None:
     admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="migmeter-demo", request_timeout_ms=15000)
     try:
-        admin.create_topics([NewTopic(topic, num_partitions=DEMO_PARTITIONS, replication_factor=1)])
-    except TopicAlreadyExistsError:
-        pass
+        # returns once every partition has a leader: a processor subscribing earlier may idle for minutes
+        stack.create_topic(admin, topic, DEMO_PARTITIONS)
     finally:
         admin.close()
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -37,6 +36,7 @@ from psycopg import sql
 from collector.snapshot import Snapshot
 from collector.sources.simulate import SimulatedFleet
 from migmeter import stack
+from migmeter.stack import free_port
 from tests.integration.proc_kit import end_offsets
 
 __all__ = [
@@ -153,12 +153,6 @@ def stored_offsets(url: str, group: str) -> dict[int, tuple[int, int, int, int]]
 
 
 # --------------------------------------------------------------------------- processes
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_until(check: Callable[[], object], what: str, *, timeout_s: float = DEADLINE_S,

@@ -32,6 +32,7 @@ from migmeter.stack.kafka import (
     KafkaCluster,
     KafkaNode,
     KafkaTls,
+    create_topic,
 )
 from migmeter.stack.orchestration import (
     ServiceStatus,
@@ -54,7 +55,7 @@ from migmeter.stack.postgres import (
     pg_hba,
     pg_ident,
 )
-from migmeter.stack.processes import STOP_TIMEOUT_S
+from migmeter.stack.processes import STOP_TIMEOUT_S, free_port
 
 __all__ = [
     "KAFKA_VERSION",
@@ -69,11 +70,13 @@ __all__ = [
     "PG_START_TIMEOUT_S",
     "SOCKET_DIR_MODE",
     "STOP_TIMEOUT_S",
+    "free_port",
     "pg_hba",
     "pg_ident",
     "KafkaNode",
     "KafkaCluster",
     "KafkaTls",
+    "create_topic",
     "PostgresTls",
     "PostgresCluster",
     "ServiceStatus",

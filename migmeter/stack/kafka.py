@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import shutil
 import signal
-import subprocess
 import time
 import uuid
 from dataclasses import dataclass
@@ -19,24 +18,21 @@ from pathlib import Path
 from typing import Any
 
 from kafka import KafkaAdminClient
-from kafka.errors import KafkaConfigurationError, KafkaError
+from kafka.admin import NewTopic
+from kafka.errors import KafkaConfigurationError, KafkaError, TopicAlreadyExistsError
 
 from migmeter import settings
 from migmeter.errors import StackError
 from migmeter.stack.processes import (
     STOP_TIMEOUT_S,
+    ServiceProcess,
     free_port,
-    log,
     log_tail,
     port_open,
     progress,
     quiet_logger,
-    read_pid,
-    reap_child,
     require_tool,
-    rotate_log,
     run_step,
-    stop_pid,
 )
 
 __all__ = [
@@ -49,6 +45,7 @@ __all__ = [
     "KafkaTls",
     "KafkaNode",
     "KafkaCluster",
+    "create_topic",
 ]
 
 # Pinned broker. kafka-python 3.0.x (our client) is tested against 4.x brokers. The same pin
@@ -65,11 +62,10 @@ KAFKA_DEFAULT_PARTITIONS = 4
 KAFKA_HEAP = "-Xmx512m"
 # Maven's default dependency plugin on 3.8 is old; pin one that behaves.
 _MAVEN_DEPENDENCY_PLUGIN = "org.apache.maven.plugins:maven-dependency-plugin:3.6.1"
+# How long a new topic's partitions may take to get leaders (milliseconds on a healthy broker).
+TOPIC_READY_TIMEOUT_S = 60.0
 # How long a broker may take to become ready. A cold JVM on a 2-core machine needs ~10 s.
 KAFKA_START_TIMEOUT_S = 90.0
-# A JVM that dies at once on start gets one more try (see KafkaNode.start), after a short pause.
-KAFKA_START_RETRIES = 1
-KAFKA_RESTART_PAUSE_S = 2.0
 
 KAFKA_POM = settings.PROJECT_ROOT / "compose" / "local" / "kafka-pom.xml"
 
@@ -133,7 +129,8 @@ class KafkaNode:
         self.replication = replication
         self.min_insync = min_insync
         self.tls = tls
-        self._proc: subprocess.Popen[bytes] | None = None
+        self._service = ServiceProcess(f"Kafka {version} on {self.bootstrap}", self.pid_file, self.log_path,
+                                       "kafka.Kafka")
 
     def __repr__(self) -> str:
         return f"KafkaNode({self.bootstrap!r}, home={str(self.home)!r})"
@@ -261,10 +258,8 @@ class KafkaNode:
 
     # lifecycle
     def pid(self) -> int | None:
-        """The broker's pid when it runs (from its pid file), else None."""
-        if self._proc is not None:
-            self._proc.poll()
-        return read_pid(self.pid_file, "kafka.Kafka")
+        """The broker's pid while it runs, else None (see :class:`ServiceProcess`)."""
+        return self._service.pid()
 
     def is_running(self) -> bool:
         return self.pid() is not None
@@ -326,45 +321,18 @@ class KafkaNode:
             f"-Dmigmeter.home={self.home}",  # lets pid checks tell our brokers apart
             "-cp", f"{self.jars_dir}/*", "kafka.Kafka", str(self.config_path),
         ]
-        rotate_log(self.log_path)
-        for attempt in range(1 + KAFKA_START_RETRIES):
-            self._spawn(cmd)
-            if not wait:
-                return
-            try:
-                self.wait_ready(timeout_s)
-                return
-            except StackError:
-                # A JVM that exits at once, writing nothing, right after the previous one on the
-                # same home stopped (seen on loaded machines when a test restarts a private node):
-                # one more try; a lasting cause (a bad config) fails the same way again.
-                if attempt == KAFKA_START_RETRIES or self.is_running():
-                    raise
-                log.warning("Kafka on %s exited during start (exit code %s); starting it once more",
-                            self.bootstrap, self._proc.poll() if self._proc is not None else "?")
-                self.pid_file.unlink(missing_ok=True)
-                time.sleep(KAFKA_RESTART_PAUSE_S)
-
-    def _spawn(self, cmd: list[str]) -> None:
-        with open(self.log_path, "ab") as logf:
-            logf.write(f"\n=== migmeter: starting Kafka {self.version} at {time.ctime()} ===\n".encode())
-            logf.flush()
-            self._proc = subprocess.Popen(
-                cmd, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
-                cwd=self.home, start_new_session=True,
-            )
-        self.pid_file.write_text(f"{self._proc.pid}\n")
-        progress(f"Kafka {self.version} starting on {self.bootstrap} (pid {self._proc.pid}, log {self.log_path})")
+        pid = self._service.spawn(cmd, cwd=self.home)
+        progress(f"Kafka {self.version} starting on {self.bootstrap} (pid {pid}, log {self.log_path})")
+        if wait:
+            self.wait_ready(timeout_s)
 
     def wait_ready(self, timeout_s: float = KAFKA_START_TIMEOUT_S) -> None:
-        """Wait until a metadata request answers; fail fast with the log tail if the JVM dies."""
+        """Wait until a metadata request answers; fail at once, with the JVM's exit code and the
+        tail of its output, if it exits."""
         deadline = time.monotonic() + timeout_s
         while True:
             if not self.is_running():
-                raise StackError(
-                    f"Kafka on {self.bootstrap} is not running (it exited?); last lines of "
-                    f"{self.log_path}:\n{log_tail(self.log_path)}"
-                )
+                raise StackError(self._service.exit_report())
             if self.is_ready(timeout_s=2.0):
                 progress(f"Kafka ready on {self.bootstrap}")
                 return
@@ -384,14 +352,43 @@ class KafkaNode:
         self._halt(signal.SIGTERM, timeout_s, "stopping")
 
     def _halt(self, sig: signal.Signals, timeout_s: float, verb: str) -> None:
+        """Returns once the JVM has exited (every thread) and both ports are closed, so a
+        :meth:`start` right after finds the data dir's lock and the ports free."""
         pid = self.pid()
         if pid is not None:
             progress(f"{verb} Kafka on {self.bootstrap} (pid {pid})")
-            reap = self._proc.poll if self._proc is not None and self._proc.pid == pid else None
-            stop_pid(pid, sig, timeout_s, reap)
-        reap_child(self._proc)
-        self._proc = None
-        self.pid_file.unlink(missing_ok=True)
+        self._service.halt(sig, timeout_s, (self.port, self.controller_port))
+
+
+def create_topic(admin: KafkaAdminClient, name: str, partitions: int, *, replication: int = 1,
+                 timeout_s: float = TOPIC_READY_TIMEOUT_S) -> None:
+    """Create ``name`` (an existing topic is fine) and return once every partition has a leader.
+
+    The controller acknowledges a new topic before the broker's metadata shows it. A consumer
+    that subscribes in between gets the topic without partitions, an empty assignment, and
+    kafka-python asks again only after ``metadata.max.age.ms`` (five minutes): a processor
+    that "made no progress" in the demo, and one that never committed in a test.
+    """
+    try:
+        admin.create_topics([NewTopic(name, num_partitions=partitions, replication_factor=replication)])
+    except TopicAlreadyExistsError:
+        pass
+    deadline = time.monotonic() + timeout_s
+    while not _topic_has_leaders(admin, name, partitions):
+        if time.monotonic() > deadline:
+            raise StackError(f"topic {name}: not every one of its {partitions} partitions has a leader "
+                             f"after {timeout_s:.0f} s")
+        time.sleep(0.1)
+
+
+def _topic_has_leaders(admin: KafkaAdminClient, name: str, partitions: int) -> bool:
+    try:
+        (desc,) = admin.describe_topics([name])
+    except KafkaError:
+        return False
+    parts = desc.get("partitions") or []
+    return (desc.get("error_code", 0) == 0 and len(parts) >= partitions
+            and all(p.get("error_code", 0) == 0 and p.get("leader_id", -1) >= 0 for p in parts))
 
 
 class KafkaCluster:

@@ -15,7 +15,6 @@ import pwd
 import secrets
 import signal
 import stat
-import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,15 +29,12 @@ from migmeter.stack.processes import (
     apt_install,
     is_root,
     log_tail,
+    ServiceProcess,
     pid_alive,
     port_open,
     progress,
-    read_pid,
-    reap_child,
     require_tool,
-    rotate_log,
     run_step,
-    stop_pid,
 )
 from migmeter.stack.timescaledb import ensure_timescaledb
 
@@ -142,7 +138,8 @@ class PostgresCluster:
         self.user = user
         self.database = database
         self.tls = tls
-        self._proc: subprocess.Popen[bytes] | None = None
+        self._service = ServiceProcess(f"PostgreSQL {PG_MAJOR} on 127.0.0.1:{port}", self.pid_file, self.log_path,
+                                       "postgres")
 
     def __repr__(self) -> str:
         return f"PostgresCluster(127.0.0.1:{self.port}, home={str(self.home)!r})"
@@ -190,9 +187,8 @@ class PostgresCluster:
 
     # lifecycle
     def pid(self) -> int | None:
-        if self._proc is not None:
-            self._proc.poll()
-        return read_pid(self.pid_file, "postgres")
+        """The postmaster's pid while it runs, else None (see :class:`ServiceProcess`)."""
+        return self._service.pid()
 
     def is_running(self) -> bool:
         return self.pid() is not None
@@ -325,17 +321,9 @@ class PostgresCluster:
             with contextlib.suppress(ValueError, OSError, IndexError):
                 if not pid_alive(int(stale.read_text().split()[0])):
                     stale.unlink()
-        rotate_log(self.log_path)
-        with open(self.log_path, "ab") as logf:
-            logf.write(f"\n=== migmeter: starting PostgreSQL at {time.ctime()} ===\n".encode())
-            logf.flush()
-            self._proc = subprocess.Popen(
-                [str(PG_BIN / "postgres"), "-D", str(self.data_dir)],
-                stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT, cwd=self.home,
-                start_new_session=True, user=os_user if is_root() else None,
-            )
-        self.pid_file.write_text(f"{self._proc.pid}\n")
-        progress(f"PostgreSQL {PG_MAJOR} starting on 127.0.0.1:{self.port} (pid {self._proc.pid}, log {self.log_path})")
+        pid = self._service.spawn([str(PG_BIN / "postgres"), "-D", str(self.data_dir)], cwd=self.home,
+                                  user=os_user if is_root() else None)
+        progress(f"PostgreSQL {PG_MAJOR} starting on 127.0.0.1:{self.port} (pid {pid}, log {self.log_path})")
         if wait:
             self.wait_ready(timeout_s)
 
@@ -344,8 +332,7 @@ class PostgresCluster:
         deadline = time.monotonic() + timeout_s
         while True:
             if not self.is_running():
-                raise StackError(f"PostgreSQL on port {self.port} is not running (it exited?); "
-                                 f"last lines of {self.log_path}:\n{log_tail(self.log_path)}")
+                raise StackError(self._service.exit_report())
             try:
                 with psycopg.connect(self._superuser_conninfo(), autocommit=True):
                     break
@@ -380,15 +367,12 @@ class PostgresCluster:
             conn.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
 
     def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> None:
-        """Fast shutdown (SIGINT: disconnect clients, checkpoint), wait, then SIGKILL."""
+        """Fast shutdown (SIGINT: disconnect clients, checkpoint), wait, then SIGKILL; returns once
+        the server and its backends are gone and the port is closed."""
         pid = self.pid()
         if pid is not None:
             progress(f"stopping PostgreSQL on port {self.port} (pid {pid})")
-            reap = self._proc.poll if self._proc is not None and self._proc.pid == pid else None
-            stop_pid(pid, signal.SIGINT, timeout_s, reap)
-        reap_child(self._proc)
-        self._proc = None
-        self.pid_file.unlink(missing_ok=True)
+        self._service.halt(signal.SIGINT, timeout_s, (self.port,))
 
     def versions(self) -> dict[str, str]:
         """Server version, TimescaleDB version and license (empty when unreachable)."""

@@ -10,26 +10,30 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import random
 import shutil
 import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from migmeter.errors import StackError
 
 __all__ = [
     "STOP_TIMEOUT_S",
+    "KILL_WAIT_S",
+    "PRIVATE_PORTS",
     "LOG_ROTATE_BYTES",
     "progress",
     "pid_alive",
     "pid_cmdline",
     "read_pid",
     "stop_pid",
+    "wait_ports_closed",
+    "ServiceProcess",
     "quiet_logger",
-    "reap_child",
     "log_tail",
     "rotate_log",
     "port_open",
@@ -44,6 +48,11 @@ log = logging.getLogger("migmeter.stack")
 
 # SIGTERM, then this long, then SIGKILL: Kafka's controlled shutdown takes a few seconds.
 STOP_TIMEOUT_S = 30.0
+# Private services (test brokers and databases) get ports from here, below Linux's default
+# ephemeral range (32768-60999) and above most well-known services; see free_port().
+PRIVATE_PORTS = (20000, 32767)
+# After SIGKILL, how long a process may take to go (a thread in uninterruptible disk I/O).
+KILL_WAIT_S = 10.0
 # A service log bigger than this is moved aside (one generation kept) when the service starts.
 LOG_ROTATE_BYTES = 50 * 1024 * 1024
 
@@ -54,12 +63,23 @@ def progress(message: str) -> None:
 
 
 def pid_alive(pid: int) -> bool:
-    """True when ``pid`` is a live process (a zombie counts as gone)."""
+    """True while any thread of process ``pid`` runs.
+
+    A zombie leader is not enough to call a process gone: the leader thread of a JVM shows
+    state Z as soon as it has exited while its other threads are still shutting down, holding
+    the process's files, locks and listening ports (seen: ``State: Z``, ``Threads: 2`` for
+    0.1-0.3 s after SIGTERM or SIGKILL of a broker). Only a zombie without other threads is gone.
+    """
     try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
         return False
-    return state not in ("Z", "X")
+    fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+    state = fields.get("State", "").split()
+    threads = fields.get("Threads", "").split()
+    if not state or state[0] not in ("Z", "X"):
+        return True
+    return bool(threads) and threads[0].isdigit() and int(threads[0]) > 1
 
 
 def pid_cmdline(pid: int) -> str:
@@ -71,7 +91,12 @@ def pid_cmdline(pid: int) -> str:
 
 def read_pid(pid_file: Path, must_contain: str) -> int | None:
     """The pid in ``pid_file`` if that process is alive and its command line mentions
-    ``must_contain`` (guards against a recycled pid after a reboot)."""
+    ``must_contain`` (guards against a recycled pid after a reboot).
+
+    Only for a process another process started: a command line reads empty while the
+    process is still inside ``exec`` (for a few milliseconds after ``Popen`` returns, longer on
+    a loaded machine) and while it exits, so a process of our own is judged by its handle
+    (:class:`ServiceProcess`)."""
     try:
         pid = int(pid_file.read_text().split()[0])
     except (OSError, ValueError, IndexError):
@@ -81,43 +106,113 @@ def read_pid(pid_file: Path, must_contain: str) -> int | None:
     return None
 
 
-def stop_pid(
-    pid: int,
-    first_signal: signal.Signals,
-    timeout_s: float,
-    reap: Callable[[], object] | None = None,
-) -> None:
-    """Signal the process group, wait up to ``timeout_s``, then SIGKILL it."""
+def _wait_for(condition: Callable[[], bool], timeout_s: float) -> bool:
+    """Poll ``condition`` until it holds (True) or ``timeout_s`` passes (False)."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
 
-    def _signal(sig: signal.Signals) -> None:
+
+def stop_pid(pid: int, first_signal: signal.Signals, timeout_s: float,
+             child: subprocess.Popen[bytes] | None = None) -> None:
+    """Signal the process group, wait up to ``timeout_s`` until every thread of ``pid`` has
+    exited, then SIGKILL it and wait again. ``child``: its handle when we started it; it is
+    reaped here (a zombie we never wait for is a process that never ends)."""
+
+    def gone() -> bool:
+        if child is not None:
+            return child.poll() is not None
+        return not pid_alive(pid)
+
+    def send(sig: signal.Signals) -> None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pid, sig)
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, sig)
 
-    _signal(first_signal)
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if reap is not None:
-            reap()
-        if not pid_alive(pid):
-            break
-        time.sleep(0.1)
-    else:
+    send(first_signal)
+    if not _wait_for(gone, timeout_s):
         log.warning("pid %d did not stop within %.0f s; killing it", pid, timeout_s)
-        _signal(signal.SIGKILL)
-        deadline = time.monotonic() + 10
-        while pid_alive(pid) and time.monotonic() < deadline:
-            if reap is not None:
-                reap()
-            time.sleep(0.1)
+        send(signal.SIGKILL)
+        if not _wait_for(gone, KILL_WAIT_S):
+            raise StackError(f"pid {pid} is still there {KILL_WAIT_S:.0f} s after SIGKILL")
     # Children of the group (PostgreSQL backends) go with their leader; make sure of it.
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, 0)
         time.sleep(0.2)
         os.killpg(pid, signal.SIGKILL)
-    if reap is not None:
-        reap()
+
+
+def wait_ports_closed(ports: Sequence[int], timeout_s: float, what: str) -> None:
+    """Return once nothing accepts connections on ``ports`` of 127.0.0.1 (a stopped service's
+    listeners are closed with its last thread); StackError naming the port after ``timeout_s``."""
+    for port in ports:
+        if not _wait_for(lambda: not port_open(port), timeout_s):
+            raise StackError(f"{what} stopped, but port {port} on 127.0.0.1 still accepts connections "
+                             f"after {timeout_s:.0f} s (another process holds it?)")
+
+
+class ServiceProcess:
+    """One long-running service of the stack: started in its own session with its output appended
+    to ``log_path`` and its pid in ``pid_file``; stopped with a signal, a wait, then SIGKILL.
+
+    Whether it runs is judged by the process handle when this object started it (alive until its
+    last thread has exited; exit code known), else by the pid file and ``/proc`` (a service that
+    another process, e.g. an earlier ``migmeter stack up``, started). ``must_contain`` is a word of
+    its command line, to tell it from a recycled pid.
+    """
+
+    def __init__(self, name: str, pid_file: Path, log_path: Path, must_contain: str) -> None:
+        self.name = name
+        self.pid_file = pid_file
+        self.log_path = log_path
+        self.must_contain = must_contain
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def spawn(self, cmd: list[str], *, cwd: Path, user: str | None = None) -> int:
+        """Start ``cmd`` (log rotated, a banner line first); returns its pid."""
+        rotate_log(self.log_path)
+        with open(self.log_path, "ab") as logf:
+            logf.write(f"\n=== migmeter: starting {self.name} at {time.ctime()} ===\n".encode())
+            logf.flush()
+            self._proc = subprocess.Popen(
+                cmd, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT, cwd=cwd,
+                start_new_session=True, user=user,
+            )
+        self.pid_file.write_text(f"{self._proc.pid}\n")
+        return self._proc.pid
+
+    def pid(self) -> int | None:
+        """Its pid while it runs, else None."""
+        if self._proc is not None:
+            return self._proc.pid if self._proc.poll() is None else None
+        return read_pid(self.pid_file, self.must_contain)
+
+    def exit_code(self) -> int | None:
+        """The exit status of the process this object started, once it has ended (negative: the
+        signal that ended it); None while it runs or when another process started it."""
+        return None if self._proc is None else self._proc.poll()
+
+    def exit_report(self) -> str:
+        """Why it is not running, with the last lines of its log (its stdout and stderr)."""
+        code = self.exit_code()
+        how = "is not running" if code is None else f"exited with code {code}"
+        return f"{self.name} {how}; last lines of {self.log_path}:\n{log_tail(self.log_path)}"
+
+    def halt(self, sig: signal.Signals, timeout_s: float, ports: Sequence[int]) -> int | None:
+        """Signal, wait until every thread has exited (reaped when it is ours) and ``ports`` are
+        closed, SIGKILL after ``timeout_s``. Returns the pid it stopped (None: nothing ran)."""
+        pid = self.pid()
+        if pid is not None:
+            child = self._proc if self._proc is not None and self._proc.pid == pid else None
+            stop_pid(pid, sig, timeout_s, child)
+            wait_ports_closed(ports, timeout_s, self.name)
+        self._proc = None
+        self.pid_file.unlink(missing_ok=True)
+        return pid
 
 
 @contextlib.contextmanager
@@ -131,14 +226,6 @@ def quiet_logger(name: str, level: int = logging.WARNING) -> Iterator[None]:
         yield
     finally:
         logger.setLevel(old)
-
-
-def reap_child(proc: subprocess.Popen[bytes] | None) -> None:
-    """Collect a stopped child's exit status: stop_pid sees a zombie as gone, and a Popen
-    dropped unwaited keeps the zombie (and warns)."""
-    if proc is not None:
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(5)
 
 
 def log_tail(path: Path, lines: int = 30) -> str:
@@ -163,10 +250,36 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
 
 
 def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now (the kernel's pick)."""
-    with socket.socket() as s:
+    """A TCP port that nothing on 127.0.0.1 holds now, chosen outside the kernel's ephemeral range.
+
+    A port from that range (what ``bind(0)`` hands out) can become, at any moment, the local
+    port of some outgoing connection, or of a client connecting to itself while it retries a
+    stopped broker on that very port (TCP simultaneous open); a service restarted on it then
+    fails to bind. Below the range only explicit binds take ports.
+    """
+    low, _ = _ephemeral_range()
+    lo, hi = PRIVATE_PORTS
+    hi = min(hi, low - 1)
+    rng = random.Random()
+    for _ in range(200) if hi > lo else ():
+        port = rng.randint(lo, hi)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    with socket.socket() as s:  # no room below the ephemeral range: the kernel's pick
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[:2]
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
 
 
 def run_step(cmd: list[str], what: str, *, cwd: Path | None = None, user: str | None = None,

@@ -29,7 +29,6 @@ from pathlib import Path
 
 import pytest
 from kafka import KafkaAdminClient
-from kafka.admin import NewTopic
 
 from collector.sources.simulate import SimulatedFleet
 from migmeter import stack
@@ -70,7 +69,7 @@ def _start(node: stack.KafkaNode, db: str, tmp_path: Path, *rounds: str) -> tupl
     and a processor, both real processes."""
     admin = KafkaAdminClient(bootstrap_servers=node.bootstrap, client_id="migmeter-tests")
     try:
-        admin.create_topics([NewTopic(TOPIC, num_partitions=4, replication_factor=1)])
+        stack.create_topic(admin, TOPIC, 4)
     finally:
         admin.close()
     c_port, p_port = free_port(), free_port()
