@@ -22,17 +22,7 @@ import pytest
 from collector.snapshot import Snapshot
 from processor.sink import Sink
 
-from tests.fix_faults import (
-    Feeder,
-    assert_same_totals,
-    caught_up,
-    free_port,
-    oracle,
-    processor_args,
-    spawn,
-    stored_offsets,
-    wait_until,
-)
+from tests.fix_faults import Feeder, assert_same_totals, caught_up, oracle, start_processor, stored_offsets, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -76,8 +66,7 @@ def _start(kafka_bootstrap: str, new_topic: Any, url: str, group: str, tmp_path:
     """A 4-partition topic, a feeder (not started yet) and a processor on it."""
     topic = new_topic(partitions=4)
     feeder = Feeder(kafka_bootstrap, topic, rounds=160, pause_s=0.1)
-    port = free_port()
-    proc = spawn("process", processor_args(kafka_bootstrap, url, topic, group, port), tmp_path, metrics_port=port)
+    proc = start_processor(kafka_bootstrap, url, topic, group, tmp_path, metrics=True)
     return topic, feeder, proc
 
 
