@@ -2,7 +2,8 @@
 
 Every service of the stack runs in its own session with a pid file and a log in its home
 folder; stopping is a first signal, a wait, then SIGKILL to the whole process group, so
-nothing is left behind. Package-internal: ``migmeter.stack`` re-exports none of it.
+nothing is left behind. Package-internal: ``migmeter.stack`` re-exports only ``free_port``
+and ``STOP_TIMEOUT_S``.
 """
 
 from __future__ import annotations
@@ -146,6 +147,16 @@ def stop_pid(pid: int, first_signal: signal.Signals, timeout_s: float,
         os.killpg(pid, signal.SIGKILL)
 
 
+def _group_exists(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def wait_ports_closed(ports: Sequence[int], timeout_s: float, what: str) -> None:
     """Return once nothing accepts connections on ``ports`` of 127.0.0.1 (a stopped service's
     listeners are closed with its last thread); StackError naming the port after ``timeout_s``."""
@@ -174,6 +185,7 @@ class ServiceProcess:
 
     def spawn(self, cmd: list[str], *, cwd: Path, user: str | None = None) -> int:
         """Start ``cmd`` (log rotated, a banner line first); returns its pid."""
+        self._end_leftovers()
         rotate_log(self.log_path)
         with open(self.log_path, "ab") as logf:
             logf.write(f"\n=== migmeter: starting {self.name} at {time.ctime()} ===\n".encode())
@@ -184,6 +196,17 @@ class ServiceProcess:
             )
         self.pid_file.write_text(f"{self._proc.pid}\n")
         return self._proc.pid
+
+    def _end_leftovers(self) -> None:
+        """A previous run that ended by itself (SIGKILL, SIGQUIT, a crash) may leave members of its
+        process group behind, e.g. PostgreSQL backends after an immediate shutdown, still holding
+        its shared memory: SIGKILL them and wait until the group is empty before the next start."""
+        if self._proc is None or self._proc.poll() is None:
+            return
+        group = self._proc.pid
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(group, signal.SIGKILL)
+        _wait_for(lambda: not _group_exists(group), KILL_WAIT_S)
 
     def pid(self) -> int | None:
         """Its pid while it runs, else None."""

@@ -9,6 +9,7 @@ situations on purpose, every time.
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import sys
@@ -108,6 +109,23 @@ def test_an_immediate_exit_is_reported_with_its_code_and_output(tmp_path: Path) 
     assert report.startswith("failing exited with code 3;")
     assert "bad config: no such listener" in report
     assert "=== migmeter: starting failing" in report  # the banner of this start
+
+
+def test_a_restart_ends_what_the_last_run_left_in_its_group(tmp_path: Path) -> None:
+    # PostgreSQL after SIGQUIT: the postmaster is gone at once, its backends (same process
+    # group) linger and hold the old shared memory a new postmaster refuses to share.
+    svc = _service(tmp_path)
+    leader = svc.spawn(["sh", "-c", "sleep 120 & echo child $!; exec sleep 121"], cwd=tmp_path)
+    _wait(lambda: "child " in svc.log_path.read_text(), "the child's pid in the log")
+    child = int(svc.log_path.read_text().rsplit("child ", 1)[1].split()[0])
+    os.kill(leader, signal.SIGKILL)
+    _wait(lambda: svc.pid() is None, "the leader to be reaped")
+    assert pid_alive(child)  # left behind
+    try:
+        svc.spawn(["sleep", "60"], cwd=tmp_path)
+        assert not pid_alive(child)
+    finally:
+        svc.halt(signal.SIGTERM, 30, ())
 
 
 def test_halt_waits_for_the_port_to_close(tmp_path: Path) -> None:
