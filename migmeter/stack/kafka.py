@@ -364,10 +364,9 @@ def create_topic(admin: KafkaAdminClient, name: str, partitions: int, *, replica
                  timeout_s: float = TOPIC_READY_TIMEOUT_S) -> None:
     """Create ``name`` (an existing topic is fine) and return once every partition has a leader.
 
-    The controller acknowledges a new topic before the broker's metadata shows it. A consumer
-    that subscribes in between gets the topic without partitions, an empty assignment, and
-    kafka-python asks again only after ``metadata.max.age.ms`` (five minutes): a processor
-    that "made no progress" in the demo, and one that never committed in a test.
+    The controller acknowledges a new topic before the broker's metadata shows it; a client
+    that asks in between is told the topic has no partitions. Callers that start consumers or
+    count partitions right after creating a topic get a topic that is really there.
     """
     try:
         admin.create_topics([NewTopic(name, num_partitions=partitions, replication_factor=replication)])
