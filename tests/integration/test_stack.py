@@ -15,7 +15,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from kafka import KafkaConsumer, KafkaProducer
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 
 from migmeter import settings, stack
 from migmeter.errors import StackError
@@ -129,6 +129,20 @@ def test_stack_env_prints_exports() -> None:
     lines = stack.env_lines()
     assert lines[0] == f"export {settings.ENV_KAFKA_BOOTSTRAP}=127.0.0.1:9092"
     assert lines[1].startswith(f"export {settings.ENV_DATABASE_URL}=")
+
+
+def test_create_topic_returns_with_every_partition_led(kafka_bootstrap: str) -> None:
+    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap, client_id="migmeter-tests")
+    name = f"test.create.{uuid.uuid4().hex[:8]}"
+    try:
+        stack.create_topic(admin, name, 3)
+        (desc,) = admin.describe_topics([name])
+        assert sorted(p["partition_index"] for p in desc["partitions"]) == [0, 1, 2]
+        assert all(p["leader_id"] == 1 for p in desc["partitions"])  # the one broker leads all three
+        stack.create_topic(admin, name, 3)  # already there: fine, nothing changes
+    finally:
+        admin.delete_topics([name])
+        admin.close()
 
 
 # ------------------------------------------------------------------------- private nodes
