@@ -29,7 +29,7 @@ A year of raw samples of a 1,000-GPU fleet (14.7 billion rows) cannot be generat
 from __future__ import annotations
 
 import time
-from datetime import date, datetime, timedelta, timezone
+from datetime import date, datetime, timezone
 from typing import Any
 
 import psycopg

@@ -36,8 +36,7 @@ from pathlib import Path
 
 import psycopg
 from kafka import KafkaAdminClient
-from kafka.admin import NewTopic
-from kafka.errors import KafkaError, TopicAlreadyExistsError
+from kafka.errors import KafkaError
 
 from collector.publish import KafkaPublisher
 from collector.run import run_loop
@@ -138,9 +137,8 @@ def _ensure_stack(cfg: DemoConfig, echo: Callable[[str], None]) -> None:
 def _create_topic(bootstrap: str, topic: str) -> None:
     admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="migmeter-demo", request_timeout_ms=15000)
     try:
-        admin.create_topics([NewTopic(topic, num_partitions=DEMO_PARTITIONS, replication_factor=1)])
-    except TopicAlreadyExistsError:
-        pass
+        # returns once every partition has a leader: a processor subscribing earlier may idle for minutes
+        stack.create_topic(admin, topic, DEMO_PARTITIONS)
     finally:
         admin.close()
 

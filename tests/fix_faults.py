@@ -1,8 +1,9 @@
-"""Fault-injection kit: private services to break, real processes to kill, an independent oracle.
+"""The fault kit: one oracle, Kafka and processor helpers, private services to break, real processes to kill.
 
 Outage tests stop and restart a PRIVATE broker or database (``migmeter.stack`` nodes on free
 ports), never the shared stack. Collector and processor run as real ``migmeter`` subprocesses
-(what SIGKILL, memory sampling and /metrics need); their logs go to files.
+(what SIGKILL, memory sampling and /metrics need; :func:`start_processor`), their logs in
+files; a processor can also run in a thread of the test (:func:`start_in_thread`).
 
 The oracle is deliberately naive and separate from ``processor/``: it walks the produced
 snapshot objects, drops a snapshot whose ts is not newer than its GPU's newest (the duplicate
@@ -15,7 +16,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -30,31 +30,43 @@ from typing import Any
 
 import psycopg
 import pytest
-from kafka import KafkaProducer
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 from psycopg import sql
 
 from collector.snapshot import Snapshot
 from collector.sources.simulate import SimulatedFleet
 from migmeter import stack
-from tests.integration.proc_kit import end_offsets
+from migmeter.stack import free_port
+from processor.consumer import Processor, ProcessorConfig
+from processor.metrics import ProcessorMetrics
 
 __all__ = [
     "REL",
+    "DEADLINE_S",
     "Totals",
     "oracle",
     "warehouse",
     "assert_same_totals",
+    "stored_offsets",
+    "stored_offsets_total",
+    "produce",
+    "produce_raw",
+    "end_offsets",
+    "end_offsets_total",
+    "read_topic",
+    "caught_up",
+    "Feeder",
     "free_port",
     "wait_until",
     "Proc",
     "spawn",
     "processor_args",
+    "start_processor",
     "scrape_metrics",
-    "stored_offsets",
-    "Feeder",
-    "end_offsets_total",
-    "caught_up",
+    "config",
+    "start_in_thread",
+    "run_until_idle",
     "private_home",
     "private_kafka",
     "private_pg",
@@ -77,7 +89,20 @@ class Totals:
     tenant: dict[tuple[str, str, str], list[float]] = field(default_factory=lambda: defaultdict(lambda: [0.0, 0.0]))
     snapshots: int = 0
     duplicates: int = 0
+    instance_samples: int = 0
 
+    def fleet(self) -> tuple[float, float, float]:
+        """(seconds, Σw·dt, Σw·u·dt) over every GPU."""
+        return (sum(v[0] for v in self.gpu.values()), sum(v[1] for v in self.gpu.values()),
+                sum(v[2] for v in self.gpu.values()))
+
+    def by_tenant(self) -> dict[tuple[str, str], list[float]]:
+        """(namespace, pod) -> [Σw·dt, Σw·u·dt] over every GPU."""
+        out: dict[tuple[str, str], list[float]] = defaultdict(lambda: [0.0, 0.0])
+        for (_, ns, pod), (alloc, busy) in self.tenant.items():
+            out[(ns, pod)][0] += alloc
+            out[(ns, pod)][1] += busy
+        return dict(out)
 
 
 def oracle(snaps: Iterable[Snapshot]) -> Totals:
@@ -100,6 +125,7 @@ def oracle(snaps: Iterable[Snapshot]) -> Totals:
         dt = ts - prev if prev is not None and ts - prev <= 3 * s.interval_s else s.interval_s
         g = out.gpu[s.gpu_uuid]
         g[0] += dt
+        out.instance_samples += len(s.instances)
         for i in s.instances:
             w = i.slices / s.total_slices
             u = i.metrics.gr_engine_active
@@ -119,11 +145,12 @@ def warehouse(url: str, grain: str = "1h") -> Totals:
         raise ValueError(grain)
     out = Totals()
     with psycopg.connect(url) as conn:
-        for uuid, seconds, alloc, busy, n in conn.execute(sql.SQL(
-                "SELECT gpu_uuid, sum(seconds), sum(alloc_gpu_seconds), sum(busy_gpu_seconds), sum(snapshots) "
-                "FROM {} GROUP BY gpu_uuid").format(sql.Identifier(f"gpu_usage_{grain}"))):
+        for uuid, seconds, alloc, busy, n, samples in conn.execute(sql.SQL(
+                "SELECT gpu_uuid, sum(seconds), sum(alloc_gpu_seconds), sum(busy_gpu_seconds), sum(snapshots), "
+                "sum(instance_samples) FROM {} GROUP BY gpu_uuid").format(sql.Identifier(f"gpu_usage_{grain}"))):
             out.gpu[uuid] = [seconds, alloc, busy]
             out.snapshots += int(n)
+            out.instance_samples += int(samples)
         for uuid, ns, pod, alloc, busy in conn.execute(sql.SQL(
                 "SELECT gpu_uuid, namespace, pod, sum(alloc_gpu_seconds), sum(busy_gpu_seconds) "
                 "FROM {} GROUP BY 1, 2, 3").format(sql.Identifier(f"tenant_usage_{grain}"))):
@@ -131,17 +158,32 @@ def warehouse(url: str, grain: str = "1h") -> Totals:
     return out
 
 
-def assert_same_totals(expected: Totals, url: str, grains: Sequence[str] = ("1m", "1h", "1d")) -> None:
-    """Every GPU and every (GPU, tenant) of the oracle, and nothing else, at every grain."""
+def assert_same_totals(expected: Totals, url: str, grains: Sequence[str] = ("1m", "1h", "1d"), *,
+                       instance_rows: bool = False) -> None:
+    """Every GPU and every (GPU, tenant) of the oracle, and nothing else, at every grain; with
+    ``instance_rows`` also the instance samples (GPU rows and instance rows) and the instance rows' Σw·dt."""
     for grain in grains:
         got = warehouse(url, grain)
         assert got.snapshots == expected.snapshots, f"{grain}: {got.snapshots} snapshots merged, oracle {expected.snapshots}"
+        if instance_rows:
+            samples, alloc = _instance_rows(url, grain)
+            assert got.instance_samples == expected.instance_samples == samples, f"{grain}: instance samples"
+            assert alloc == pytest.approx(expected.fleet()[1], rel=REL), f"{grain}: instance rows' allocation"
         assert set(got.gpu) == set(expected.gpu), f"{grain}: GPUs differ"
         for uuid, want in expected.gpu.items():
             assert got.gpu[uuid] == pytest.approx(want, rel=REL), f"{grain}: GPU {uuid}"
         assert set(got.tenant) == set(expected.tenant), f"{grain}: (GPU, tenant) rows differ"
         for key, want in expected.tenant.items():
             assert got.tenant[key] == pytest.approx(want, rel=REL), f"{grain}: tenant {key}"
+
+
+def _instance_rows(url: str, grain: str) -> tuple[int, float]:
+    """(Σ samples, Σ alloc_gpu_seconds) of ``instance_usage_<grain>``."""
+    with psycopg.connect(url) as conn:
+        row = conn.execute(sql.SQL("SELECT coalesce(sum(samples), 0), coalesce(sum(alloc_gpu_seconds), 0) FROM {}")
+                           .format(sql.Identifier(f"instance_usage_{grain}"))).fetchone()
+    assert row is not None
+    return int(row[0]), float(row[1])
 
 
 def stored_offsets(url: str, group: str) -> dict[int, tuple[int, int, int, int]]:
@@ -152,13 +194,17 @@ def stored_offsets(url: str, group: str) -> dict[int, tuple[int, int, int, int]]
     return {int(r[0]): (int(r[1]), int(r[2]), int(r[3]), int(r[4])) for r in rows}
 
 
+def stored_offsets_total(db: str, group: str = "g") -> tuple[int, int, int, int]:
+    """(Σ next_offset, Σ snapshots, Σ duplicates, Σ dead_letters) over the group's partitions."""
+    with psycopg.connect(db) as conn:
+        row = conn.execute("SELECT coalesce(sum(next_offset), 0), coalesce(sum(snapshots), 0), "
+                           "coalesce(sum(duplicates), 0), coalesce(sum(dead_letters), 0) FROM sink_offsets "
+                           "WHERE consumer_group = %s", (group,)).fetchone()
+    assert row is not None
+    return tuple(int(x) for x in row)  # type: ignore[return-value]
+
+
 # --------------------------------------------------------------------------- processes
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_until(check: Callable[[], object], what: str, *, timeout_s: float = DEADLINE_S,
@@ -245,6 +291,16 @@ def processor_args(bootstrap: str, db: str, topic: str, group: str, metrics_port
             "--batch-ms", "200", "--batch-records", "500", "--retry-max", "2", "--summary-every", "5", *extra]
 
 
+def start_processor(bootstrap: str, db: str, topic: str, group: str, log_dir: Path, *extra: str,
+                    name: str = "process", metrics: bool = False, env: dict[str, str] | None = None,
+                    log_level: str = "INFO") -> Proc:
+    """``migmeter process`` as a real subprocess (:func:`processor_args`, then ``extra``), logging
+    to ``log_dir/<name>.log``; with ``metrics`` its /metrics (and health) on a port of its own."""
+    port = free_port() if metrics else 0
+    return spawn(name, processor_args(bootstrap, db, topic, group, port, *extra, log_level=log_level), log_dir, env,
+                 metrics_port=port)
+
+
 def scrape_metrics(port: int) -> dict[str, float]:
     """Every unlabelled sample of a /metrics page, plus labelled ones as ``name{k=v,...}``."""
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:  # noqa: S310
@@ -299,17 +355,57 @@ def private_pg(admin_url: str, private_home: Path) -> Iterator[tuple[stack.Postg
 
 
 
+# --------------------------------------------------------------------------- Kafka
+
+
+def produce(bootstrap: str, topic: str, snaps: Iterable[Snapshot]) -> int:
+    return produce_raw(bootstrap, topic, ((s.key, s.to_json()) for s in snaps))
+
+
+def produce_raw(bootstrap: str, topic: str, records: Iterable[tuple[bytes | None, bytes | None]],
+                partition: int | None = None) -> int:
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+    n = 0
+    for key, value in records:
+        producer.send(topic, key=key, value=value, partition=partition)
+        n += 1
+    producer.flush(30)
+    producer.close()
+    return n
+
+
+def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
+    c = KafkaConsumer(bootstrap_servers=bootstrap)
+    parts = [TopicPartition(topic, p) for p in sorted(c.partitions_for_topic(topic) or ())]
+    ends = c.end_offsets(parts)
+    c.close()
+    return {tp.partition: off for tp, off in ends.items()}
+
+
+def read_topic(bootstrap: str, topic: str, expect: int, timeout_s: float = 20.0) -> list[bytes]:
+    c = KafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+                      consumer_timeout_ms=int(timeout_s * 1000), group_id=None)
+    out = []
+    for rec in c:
+        out.append(rec.value)
+        if len(out) >= expect:
+            break
+    c.close()
+    return out
+
+
 class Feeder(threading.Thread):
     """Produces a simulated fleet round by round from a thread; ``sent`` is the production order.
 
     ``mutate(round_no, snapshots)`` may return a different list for a round (clock trouble,
-    poison values); ``pause_s`` spaces the rounds so faults land while data still flows.
+    poison values, re-sent rounds); ``pause_s`` spaces the rounds so faults land while data still
+    flows. With ``pause_after`` it sets ``paused`` before that round and waits for ``go_on``.
     """
 
     def __init__(self, bootstrap: str, topic: str, rounds: int, *, pause_s: float = 0.05, seed: int = 8,
                  hosts: int = 2, gpus_per_host: int = 4, reconfigure_every_s: float = 1800.0,
                  mutate: Callable[[int, list[Snapshot]], list[Snapshot]] | None = None,
-                 producer_options: dict[str, Any] | None = None) -> None:
+                 producer_options: dict[str, Any] | None = None, pause_after: int | None = None) -> None:
         super().__init__(daemon=True, name="feeder")
         self.bootstrap, self.topic, self.rounds, self.pause_s = bootstrap, topic, rounds, pause_s
         self.fleet = SimulatedFleet(seed=seed, hosts=hosts, gpus_per_host=gpus_per_host,
@@ -319,12 +415,18 @@ class Feeder(threading.Thread):
         self.producer: KafkaProducer | None = None  # set while running (mutate may ask it for metadata)
         self.sent: list[Snapshot] = []
         self.error: BaseException | None = None
+        self.pause_after = pause_after
+        self.paused = threading.Event()
+        self.go_on = threading.Event()
 
     def run(self) -> None:
         producer = self.producer = KafkaProducer(bootstrap_servers=self.bootstrap, acks="all", linger_ms=5,
                                                  **self.producer_options)
         try:
             for n in range(self.rounds):
+                if n == self.pause_after:
+                    self.paused.set()
+                    self.go_on.wait(DEADLINE_S)
                 snaps = self.fleet.read()
                 if self.mutate is not None:
                     snaps = self.mutate(n, snaps)
@@ -360,3 +462,47 @@ def caught_up(bootstrap: str, topic: str, url: str, group: str) -> Callable[[], 
             return False
         return stored > 0 and stored >= end_offsets_total(bootstrap, topic)
     return check
+
+
+# --------------------------------------------------------------------------- a processor in this process
+
+
+def config(bootstrap: str, db: str, topic: str, group: str = "g", **kw) -> ProcessorConfig:  # type: ignore[no-untyped-def]
+    kw.setdefault("batch_records", 2000)
+    kw.setdefault("batch_ms", 300)
+    kw.setdefault("stop_when_idle_s", 1.5)
+    kw.setdefault("retry_max_s", 2.0)
+    return ProcessorConfig(bootstrap=bootstrap, database_url=db, topic=topic, dead_letter_topic=topic + ".dlq",
+                           group=group, **kw)
+
+
+def start_in_thread(
+    cfg: ProcessorConfig,
+) -> tuple[Processor, ProcessorMetrics, threading.Thread, list[BaseException]]:
+    """Start one processor in a daemon thread; whatever ``run()`` raises lands in the list."""
+    metrics = ProcessorMetrics()
+    proc = Processor(cfg, metrics)
+    errors: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            proc.run()
+        except BaseException as exc:  # surfaced by the caller
+            errors.append(exc)
+
+    t = threading.Thread(target=target, daemon=True)
+    t.start()
+    return proc, metrics, t, errors
+
+
+def run_until_idle(cfg: ProcessorConfig, timeout_s: float = 120.0) -> ProcessorMetrics:
+    """Run one processor in a thread until it is caught up and idle; fail if it never gets there."""
+    proc, metrics, t, errors = start_in_thread(cfg)
+    t.join(timeout_s)
+    if t.is_alive():
+        proc.stop()
+        t.join(30)
+        raise AssertionError(f"processor did not catch up within {timeout_s} s")
+    if errors:
+        raise errors[0]
+    return metrics

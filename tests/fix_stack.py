@@ -16,10 +16,9 @@ from urllib.parse import urlsplit, urlunsplit
 import psycopg
 import pytest
 from kafka import KafkaAdminClient
-from kafka.admin import NewTopic
 from kafka.errors import KafkaError
 
-from migmeter import settings
+from migmeter import settings, stack
 
 __all__ = ["kafka_bootstrap", "new_topic", "admin_url", "fresh_db", "unavailable", "missing_tool"]
 
@@ -61,7 +60,7 @@ def new_topic(kafka_bootstrap: str) -> Iterator[Callable[..., str]]:
 
     def make(partitions: int = 4, prefix: str = "test") -> str:
         name = f"{prefix}.{uuid.uuid4().hex[:12]}"
-        admin.create_topics([NewTopic(name, num_partitions=partitions, replication_factor=1)])
+        stack.create_topic(admin, name, partitions)  # returns once every partition has a leader
         created.append(name)
         return name
 

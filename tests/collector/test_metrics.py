@@ -8,7 +8,8 @@ import pytest
 
 from collector.metrics import CollectorMetrics, serve
 from collector.publish import PublishStats
-from tests.collector.snaps import mig, whole
+from migmeter.stack import free_port
+from tests.processor.build import T0, TWO_GIS, inst, mig, whole
 
 
 class _Clock:
@@ -19,8 +20,8 @@ class _Clock:
         return self.t
 
 
-def _inst(m: CollectorMetrics, uuid: str, gi: str, profile: str, *, host: str = "node-1", gpu: str = "0",
-          model: str = "A100-SXM4-80GB") -> float | None:
+def _inst(m: CollectorMetrics, uuid: str, gi: str, profile: str, *, host: str = "h1", gpu: str = "0",
+          model: str = "A100-SXM4-40GB") -> float | None:
     return m.registry.get_sample_value("migmeter_instance_slices", {
         "Hostname": host, "UUID": uuid, "gpu": gpu, "GPU_I_ID": gi, "GPU_I_PROFILE": profile, "modelName": model})
 
@@ -31,25 +32,25 @@ def _series(m: CollectorMetrics, name: str) -> list[dict[str, str]]:
 
 def test_mig_instances_export_their_slices_and_the_gpu_total() -> None:
     m = CollectorMetrics()
-    m.observe_layout(mig("GPU-a"))
+    m.observe_layout(mig(T0, TWO_GIS, gpu="GPU-a"))
     assert _inst(m, "GPU-a", "1", "3g.40gb") == 3
     assert _inst(m, "GPU-a", "2", "2g.20gb") == 2
     assert m.registry.get_sample_value(
-        "migmeter_gpu_total_slices", {"Hostname": "node-1", "UUID": "GPU-a", "gpu": "0", "modelName": "A100-SXM4-80GB"}
+        "migmeter_gpu_total_slices", {"Hostname": "h1", "UUID": "GPU-a", "gpu": "0", "modelName": "A100-SXM4-40GB"}
     ) == 7
 
 
 def test_gpu_without_mig_is_one_series_with_empty_instance_labels() -> None:
     m = CollectorMetrics()
-    m.observe_layout(whole("GPU-b"))
+    m.observe_layout(whole(T0, 0.25, gpu="GPU-b", total=4, model="A30", index=1))
     assert _inst(m, "GPU-b", "", "", gpu="1", model="A30") == 4
     assert len(_series(m, "migmeter_instance_slices")) == 1
 
 
 def test_destroyed_instances_are_removed_after_a_layout_change() -> None:
     m = CollectorMetrics()
-    m.observe_layout(mig("GPU-a"))
-    m.observe_layout(mig("GPU-a", ((1, "1g.10gb", 1), (5, "1g.10gb", 1), (6, "1g.10gb", 1))))
+    m.observe_layout(mig(T0, TWO_GIS, gpu="GPU-a"))
+    m.observe_layout(mig(T0, [inst(gi, "1g.10gb", 0.5) for gi in (1, 5, 6)], gpu="GPU-a"))
     assert _inst(m, "GPU-a", "2", "2g.20gb") is None
     assert _inst(m, "GPU-a", "1", "3g.40gb") is None  # same GI id, new profile: old series gone
     assert _inst(m, "GPU-a", "1", "1g.10gb") == 1
@@ -58,8 +59,8 @@ def test_destroyed_instances_are_removed_after_a_layout_change() -> None:
 
 def test_mig_switched_off_leaves_only_the_whole_gpu_series() -> None:
     m = CollectorMetrics()
-    m.observe_layout(mig("GPU-a"))
-    m.observe_layout(whole("GPU-a", index=0, model="A100-SXM4-80GB", total=7))
+    m.observe_layout(mig(T0, TWO_GIS, gpu="GPU-a"))
+    m.observe_layout(whole(T0, 0.5, gpu="GPU-a"))
     assert [lab["GPU_I_ID"] for lab in _series(m, "migmeter_instance_slices")] == [""]
     assert _inst(m, "GPU-a", "", "") == 7
 
@@ -67,10 +68,10 @@ def test_mig_switched_off_leaves_only_the_whole_gpu_series() -> None:
 def test_gpu_not_seen_for_five_intervals_disappears() -> None:
     clock = _Clock()
     m = CollectorMetrics(clock=clock)
-    m.observe_layout(mig("GPU-a"))
-    m.observe_layout(whole("GPU-b"))
+    m.observe_layout(mig(T0, TWO_GIS, gpu="GPU-a"))
+    m.observe_layout(whole(T0, 0.25, gpu="GPU-b", total=4, model="A30", index=1))
     clock.t += 60.0
-    m.observe_layout(whole("GPU-b"))
+    m.observe_layout(whole(T0, 0.25, gpu="GPU-b", total=4, model="A30", index=1))
     clock.t += 30.0  # GPU-a last seen 90 s ago > 5 x 15 s
     uuids = {lab["UUID"] for lab in _series(m, "migmeter_gpu_total_slices")}
     assert uuids == {"GPU-b"}
@@ -103,19 +104,14 @@ def test_latency_histogram() -> None:
 
 def test_registries_are_independent() -> None:
     a, b = CollectorMetrics(), CollectorMetrics()
-    a.observe_layout(mig("GPU-a"))
+    a.observe_layout(mig(T0, TWO_GIS, gpu="GPU-a"))
     assert _series(b, "migmeter_instance_slices") == []
 
 
 def test_served_over_http() -> None:
     m = CollectorMetrics()
-    m.observe_layout(mig("GPU-a"))
-    # Port 0 means "disabled" in serve(), so bind an ephemeral port ourselves first.
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    m.observe_layout(mig(T0, TWO_GIS, gpu="GPU-a"))
+    port = free_port()  # port 0 means "disabled" in serve()
     stop = serve(m, port, "127.0.0.1")
     assert stop is not None
     try:
@@ -123,8 +119,8 @@ def test_served_over_http() -> None:
     finally:
         stop()
     assert (
-        'migmeter_instance_slices{GPU_I_ID="1",GPU_I_PROFILE="3g.40gb",Hostname="node-1",UUID="GPU-a",'
-        'gpu="0",modelName="A100-SXM4-80GB"} 3.0'
+        'migmeter_instance_slices{GPU_I_ID="1",GPU_I_PROFILE="3g.40gb",Hostname="h1",UUID="GPU-a",'
+        'gpu="0",modelName="A100-SXM4-40GB"} 3.0'
     ) in body.splitlines()  # labels sorted by the exposition
 
 

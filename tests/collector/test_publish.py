@@ -18,7 +18,7 @@ from collector.snapshot import from_json
 from collector.spool import Spool
 from migmeter.errors import ConfigError
 from migmeter.kafka_security import describe_security, kafka_security
-from tests.collector.snaps import series
+from tests.processor.build import series
 
 # Port 1 on loopback: nothing listens there, connecting is refused at once.
 _UNREACHABLE = "127.0.0.1:1"

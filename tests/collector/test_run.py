@@ -14,7 +14,7 @@ from collector.run import next_deadline, run_loop
 from collector.snapshot import Snapshot
 from collector.sources.base import ReadStats
 from migmeter.errors import SourceUnavailable
-from tests.collector.snaps import mig, series
+from tests.processor.build import T0, TWO_GIS, inst, mig, series
 
 Step = list[Snapshot] | BaseException | Callable[[], list[Snapshot]]
 
@@ -64,7 +64,7 @@ def test_next_deadline_keeps_the_grid(previous: float, step: float, now: float, 
 
 def test_bad_input_and_source_errors_are_counted_never_fatal() -> None:
     good = series(["GPU-a", "GPU-b"], 2)
-    broken = dataclasses.replace(mig("GPU-x"), total_slices=9)  # breaks the contract
+    broken = dataclasses.replace(mig(T0, TWO_GIS, gpu="GPU-x"), total_slices=9)  # breaks the contract
     source = _ScriptedSource([
         good[:2],
         SourceUnavailable("endpoint down"),
@@ -112,7 +112,7 @@ def test_stop_during_a_round_finishes_it_then_closes() -> None:
 
 def test_layout_weights_follow_the_snapshots() -> None:
     metrics = CollectorMetrics()
-    source = _ScriptedSource([[mig("GPU-a")], [mig("GPU-a", ((0, "7g.80gb", 7),))]])
+    source = _ScriptedSource([[mig(T0, TWO_GIS, gpu="GPU-a")], [mig(T0, [inst(0, "7g.80gb", 0.5)], gpu="GPU-a")]])
     run_loop(source, InMemoryPublisher(), interval_s=15.0, speed=0, max_rounds=2, metrics=metrics)
     ids = [s.labels["GPU_I_ID"] for f in metrics.registry.collect() for s in f.samples
            if s.name == "migmeter_instance_slices"]

@@ -29,7 +29,7 @@ from collector.publish import KafkaPublisher
 from collector.snapshot import Snapshot, from_json
 from collector.spool import Spool, SpoolFull, SpoolUnwritable
 from migmeter.errors import MigmeterError
-from tests.collector.snaps import T0, mig
+from tests.processor.build import T0, TWO_GIS, mig
 
 # Far above how long any step here takes; only keeps a broken test from hanging.
 DEADLINE_S = 60.0
@@ -77,7 +77,7 @@ def numbers(spool: Spool) -> list[int]:
 
 def snapshots(n: int) -> list[Snapshot]:
     """n snapshots of 8 GPUs (~700 bytes each), a GPU's 15 s apart, in production order."""
-    return [mig(f"GPU-{i % 8}", ts=T0 + timedelta(seconds=15 * (i // 8)), index=i % 8) for i in range(n)]
+    return [mig(T0 + timedelta(seconds=15 * (i // 8)), TWO_GIS, gpu=f"GPU-{i % 8}", index=i % 8) for i in range(n)]
 
 
 def test_drop_oldest_keeps_the_newest_when_the_disk_fills(tiny_fs: Path) -> None:
@@ -165,7 +165,7 @@ def test_publisher_drop_oldest_on_a_full_disk_counts_every_loss_and_survives_a_r
     assert metrics.registry.get_sample_value("migmeter_collector_snapshots_dropped_total") == st.dropped
 
     # Restart on the still-full disk: the first snapshot must not crash the collector.
-    after = mig("GPU-0", ts=T0 + timedelta(days=1))
+    after = mig(T0 + timedelta(days=1), TWO_GIS, gpu="GPU-0")
     pub2 = KafkaPublisher(UNREACHABLE, "t", connect_timeout_s=0.3,
                           spool=Spool(directory, max_bytes=100 * FS_BYTES, full_policy="drop-oldest",
                                       reserve_bytes=RESERVE))
@@ -189,7 +189,7 @@ def test_publisher_block_on_a_read_only_spool_loses_nothing(tmp_path: Path, kafk
     writable again stores, then sends, the new snapshot behind them."""
     topic = new_topic(partitions=1)
     directory = tmp_path / "spool"
-    old, new = snapshots(5), mig("GPU-0", ts=T0 + timedelta(days=1))
+    old, new = snapshots(5), mig(T0 + timedelta(days=1), TWO_GIS, gpu="GPU-0")
     with Spool(directory, reserve_bytes=RESERVE) as spool:
         for s in old:
             spool.append(s.key, s.to_json())

@@ -13,7 +13,7 @@ from collector.snapshot import Snapshot
 from warehouse import reports
 from processor.fold import BatchFold
 from processor.sink import Sink, StateConflict
-from tests.integration.proc_kit import config, produce, produce_raw, run_until_idle, start_in_thread
+from tests.fix_faults import config, produce, produce_raw, run_until_idle, start_in_thread
 from tests.processor.build import T0, at, inst, mig
 
 pytestmark = pytest.mark.integration

@@ -9,7 +9,6 @@ from __future__ import annotations
 import gc
 import logging
 import shutil
-import socket
 import tempfile
 import threading
 import time
@@ -18,7 +17,6 @@ from pathlib import Path
 
 import pytest
 from kafka import KafkaAdminClient, KafkaConsumer
-from kafka.admin import NewTopic
 
 from collector.publish import KafkaPublisher
 from collector.snapshot import Snapshot, from_json
@@ -33,12 +31,6 @@ pytestmark = pytest.mark.integration
 _POLL_DEADLINE_S = 90.0
 _DRAIN_DEADLINE_S = 120.0
 _PARTITIONS = 4
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _fleet(hosts: int = 2, gpus_per_host: int = 4) -> SimulatedFleet:
@@ -149,8 +141,8 @@ def kafka_logs_not_captured() -> Iterator[None]:
 def private_kafka(kafka_bootstrap: str, kafka_logs_not_captured: None) -> Iterator[stack.KafkaNode]:
     """A broker of our own on free ports (the shared one must be up: its jars are reused)."""
     home = Path(tempfile.mkdtemp(prefix="migmeter-collector-it-"))
-    node = stack.KafkaNode(stack.default_kafka().jars_dir, home / "kafka", port=_free_port(),
-                           controller_port=_free_port(), partitions=_PARTITIONS)
+    node = stack.KafkaNode(stack.default_kafka().jars_dir, home / "kafka", port=stack.free_port(),
+                           controller_port=stack.free_port(), partitions=_PARTITIONS)
     try:
         node.start()
         yield node
@@ -166,7 +158,7 @@ def test_broker_outage_spools_then_drains_without_loss_or_reordering(private_kaf
     topic = "collector.outage"
     admin = KafkaAdminClient(bootstrap_servers=private_kafka.bootstrap, client_id="migmeter-tests")
     try:
-        admin.create_topics([NewTopic(topic, num_partitions=_PARTITIONS, replication_factor=1)])
+        stack.create_topic(admin, topic, _PARTITIONS)
     finally:
         admin.close()
     fleet = _fleet()

@@ -17,7 +17,7 @@ import psycopg
 import pytest
 
 from collector.sources.dcgm import DcgmSource
-from tests.integration.proc_kit import config, produce, run_until_idle, stored_offsets_total
+from tests.fix_faults import config, produce, run_until_idle, stored_offsets_total
 from tests.processor.build import T0
 
 pytestmark = pytest.mark.integration

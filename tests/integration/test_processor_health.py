@@ -14,7 +14,7 @@ import pytest
 from psycopg import sql
 
 from migmeter import stack
-from tests.fix_faults import Proc, free_port, processor_args, spawn, wait_until
+from tests.fix_faults import Proc, start_processor, wait_until
 from tests.processor.health_kit import http_get
 
 pytestmark = pytest.mark.integration
@@ -36,9 +36,9 @@ def test_readiness_follows_the_database(kafka_bootstrap: str, new_topic, private
     cluster, url = private_pg
     assert isinstance(cluster, stack.PostgresCluster)
     topic = new_topic(partitions=2)
-    port = free_port()
-    proc = spawn("processor", processor_args(kafka_bootstrap, url, topic, "health-" + topic, port,
-                                             "--health-interval", HEALTH_INTERVAL), tmp_path)
+    proc = start_processor(kafka_bootstrap, url, topic, "health-" + topic, tmp_path, "--health-interval",
+                           HEALTH_INTERVAL, name="processor", metrics=True)
+    port = proc.metrics_port
     try:
         body = _readyz_when(port, 200, "processor ready", proc)
         assert body.startswith("ready (probed ")
@@ -65,10 +65,11 @@ def test_a_database_without_the_schema_is_not_ready(kafka_bootstrap: str, new_to
     name = f"migmeter_unmigrated_{uuid.uuid4().hex[:10]}"
     with psycopg.connect(admin_url, autocommit=True) as conn:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    port = free_port()
     topic = new_topic(partitions=1)
-    proc = spawn("processor", processor_args(kafka_bootstrap, urlunsplit(urlsplit(admin_url)._replace(path='/' + name)), topic,
-                                             "health-" + topic, port, "--health-interval", HEALTH_INTERVAL), tmp_path)
+    proc = start_processor(kafka_bootstrap, urlunsplit(urlsplit(admin_url)._replace(path='/' + name)), topic,
+                           "health-" + topic, tmp_path, "--health-interval", HEALTH_INTERVAL, name="processor",
+                           metrics=True)
+    port = proc.metrics_port
     try:
         body = _readyz_when(port, 503, "not ready on an unmigrated database", proc, "database: failed")
         assert 'UndefinedTable: relation "sink_offsets" does not exist' in body

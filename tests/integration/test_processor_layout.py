@@ -7,7 +7,7 @@ import json
 import psycopg
 import pytest
 
-from tests.integration.proc_kit import config, produce, produce_raw, read_topic, run_until_idle, stored_offsets_total
+from tests.fix_faults import config, produce, produce_raw, read_topic, run_until_idle, stored_offsets_total
 from tests.processor.build import T0, at, inst, mig, whole
 
 pytestmark = pytest.mark.integration

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 import uuid
 from urllib.parse import urlsplit, urlunsplit
 
@@ -12,20 +11,18 @@ from psycopg import sql
 
 from collector.sources.simulate import SimulatedFleet
 from warehouse.migrate import migrate
-from tests.integration.proc_kit import Oracle, config, db_totals, produce, start_in_thread, stored_offsets_total
+from tests.fix_faults import (
+    DEADLINE_S,
+    assert_same_totals,
+    config,
+    oracle,
+    produce,
+    start_in_thread,
+    stored_offsets_total,
+    wait_until,
+)
 
 pytestmark = pytest.mark.integration
-
-REL = 1e-9
-DEADLINE_S = 120.0  # only keeps a broken test from hanging
-
-
-def _wait(cond, what: str) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + DEADLINE_S
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
 
 
 def _backends(admin_url: str, dbname: str) -> int:
@@ -41,15 +38,9 @@ def _snaps(rounds: int, seed: int = 5):  # type: ignore[no-untyped-def]
 
 
 def _assert_exact(db: str, snaps) -> None:  # type: ignore[no-untyped-def]
-    oracle = Oracle.of(snaps)
-    assert stored_offsets_total(db) == (len(snaps), oracle.snapshots, oracle.duplicates, 0)
-    for grain in ("1m", "1h", "1d"):
-        got = db_totals(db, grain)
-        assert got["snapshots"] == oracle.snapshots
-        assert got["gpu_seconds"] == pytest.approx(oracle.gpu_seconds, rel=REL)
-        assert got["busy_gpu_seconds"] == pytest.approx(oracle.busy_gpu_seconds, rel=REL)
-        for tenant, alloc in oracle.tenant_alloc.items():
-            assert got["tenant_alloc"][tenant] == pytest.approx(alloc, rel=REL)
+    expected = oracle(snaps)
+    assert stored_offsets_total(db) == (len(snaps), expected.snapshots, expected.duplicates, 0)
+    assert_same_totals(expected, db)
 
 
 def test_database_missing_at_start_then_appearing(kafka_bootstrap, new_topic, admin_url):  # type: ignore[no-untyped-def]
@@ -61,7 +52,7 @@ def test_database_missing_at_start_then_appearing(kafka_bootstrap, new_topic, ad
     proc, metrics, thread, errors = start_in_thread(config(kafka_bootstrap, url, topic, retry_max_s=1.0))
     try:
         # The database does not exist: the processor retries and consumes nothing meanwhile.
-        _wait(lambda: metrics.db_retries._value.get() >= 3, "retries while the database is missing")
+        wait_until(lambda: metrics.db_retries._value.get() >= 3, "retries while the database is missing")
         produce(kafka_bootstrap, topic, snaps[len(snaps) // 2:])
         assert metrics.records._value.get() == 0
         with psycopg.connect(admin_url, autocommit=True) as conn:
@@ -93,12 +84,12 @@ def test_connections_killed_mid_stream(kafka_bootstrap, new_topic, fresh_db, adm
             produce(kafka_bootstrap, topic, snaps[i * step:(i + 1) * step] if i < 5 else snaps[i * step:])
             # Kill the processor's connection while it works through this part.
             before = stored_offsets_total(fresh_db)[0]
-            _wait(lambda: _backends(admin_url, dbname), "the processor's connection")
+            wait_until(lambda: _backends(admin_url, dbname), "the processor's connection")
             with psycopg.connect(admin_url, autocommit=True) as conn:
                 killed += sum(1 for (ok,) in conn.execute(
                     "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
                     "WHERE datname = %s AND application_name = 'migmeter-process'", (dbname,)) if ok)
-            _wait(lambda: stored_offsets_total(fresh_db)[0] > before, "progress after the kill")
+            wait_until(lambda: stored_offsets_total(fresh_db)[0] > before, "progress after the kill")
         thread.join(DEADLINE_S)
         assert not thread.is_alive() and not errors
     finally:

@@ -6,13 +6,9 @@ import psycopg
 import pytest
 
 from collector.sources.simulate import SimulatedFleet
-from tests.integration.proc_kit import Oracle, config, db_totals, produce, run_until_idle, stored_offsets_total
+from tests.fix_faults import REL, assert_same_totals, config, oracle, produce, run_until_idle, stored_offsets_total
 
 pytestmark = pytest.mark.integration
-
-# Floating sums are added in a different order than the oracle's: equal to ~1e-9 relative.
-REL = 1e-9
-
 
 def _fleet_snaps(rounds: int, **kw):  # type: ignore[no-untyped-def]
     fleet = SimulatedFleet(seed=kw.pop("seed", 3), hosts=kw.pop("hosts", 3), gpus_per_host=kw.pop("gpus_per_host", 4),
@@ -25,19 +21,9 @@ def test_simulated_fleet_reconciles_with_oracle(kafka_bootstrap, new_topic, fres
     snaps = _fleet_snaps(240)  # 12 GPUs x 1 hour at 15 s, with reconfigurations
     produce(kafka_bootstrap, topic, snaps)
     run_until_idle(config(kafka_bootstrap, fresh_db, topic))
-    oracle = Oracle.of(snaps)
-    for grain in ("1m", "1h", "1d"):
-        db = db_totals(fresh_db, grain)
-        assert db["snapshots"] == oracle.snapshots == len(snaps)
-        assert db["instance_samples"] == oracle.instance_samples == db["instance_rows_samples"]
-        assert db["gpu_seconds"] == pytest.approx(oracle.gpu_seconds, rel=REL)
-        assert db["alloc_gpu_seconds"] == pytest.approx(oracle.alloc_gpu_seconds, rel=REL)
-        assert db["busy_gpu_seconds"] == pytest.approx(oracle.busy_gpu_seconds, rel=REL)
-        assert db["instance_alloc_gpu_seconds"] == pytest.approx(oracle.alloc_gpu_seconds, rel=REL)
-        assert db["tenant_alloc"].keys() == oracle.tenant_alloc.keys()
-        for tenant, alloc in oracle.tenant_alloc.items():
-            assert db["tenant_alloc"][tenant] == pytest.approx(alloc, rel=REL), tenant
-            assert db["tenant_busy"][tenant] == pytest.approx(oracle.tenant_busy[tenant], rel=REL, abs=1e-9)
+    expected = oracle(snaps)
+    assert expected.snapshots == len(snaps)
+    assert_same_totals(expected, fresh_db, instance_rows=True)
     # Reconciliation through the views: tenants + unassigned + unallocated = physical GPU-hours.
     with psycopg.connect(fresh_db) as conn:
         tenants, unassigned = conn.execute(

@@ -8,7 +8,7 @@ import psycopg
 import pytest
 
 from collector.snapshot import Instance, Metrics, Tenant, TenantShare
-from tests.integration.proc_kit import config, produce, run_until_idle, stored_offsets_total
+from tests.fix_faults import config, produce, run_until_idle, stored_offsets_total
 from tests.processor.build import at, inst, mig
 
 pytestmark = pytest.mark.integration

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from kafka import KafkaConsumer, KafkaProducer
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 
 from migmeter import settings, stack
 from migmeter.errors import StackError
@@ -24,12 +24,6 @@ pytestmark = pytest.mark.integration
 
 # A guard against hanging forever, not a timing assertion.
 _POLL_DEADLINE_S = 60.0
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _consume(consumer: KafkaConsumer, count: int) -> list[bytes]:
@@ -137,13 +131,27 @@ def test_stack_env_prints_exports() -> None:
     assert lines[1].startswith(f"export {settings.ENV_DATABASE_URL}=")
 
 
+def test_create_topic_returns_with_every_partition_led(kafka_bootstrap: str) -> None:
+    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap, client_id="migmeter-tests")
+    name = f"test.create.{uuid.uuid4().hex[:8]}"
+    try:
+        stack.create_topic(admin, name, 3)
+        (desc,) = admin.describe_topics([name])
+        assert sorted(p["partition_index"] for p in desc["partitions"]) == [0, 1, 2]
+        assert all(p["leader_id"] == 1 for p in desc["partitions"])  # the one broker leads all three
+        stack.create_topic(admin, name, 3)  # already there: fine, nothing changes
+    finally:
+        admin.delete_topics([name])
+        admin.close()
+
+
 # ------------------------------------------------------------------------- private nodes
 
 
 @pytest.mark.slow
 def test_private_kafka_node_starts_and_stops_without_a_trace(kafka_bootstrap: str, private_home: Path) -> None:
     node = stack.KafkaNode(stack.default_kafka().jars_dir, private_home / "kafka",
-                           port=_free_port(), controller_port=_free_port())
+                           port=stack.free_port(), controller_port=stack.free_port())
     try:
         node.start()
         assert node.is_ready()
@@ -164,7 +172,7 @@ def test_private_kafka_node_starts_and_stops_without_a_trace(kafka_bootstrap: st
 
 @pytest.mark.slow
 def test_private_postgres_cluster_starts_and_stops_without_a_trace(admin_url: str, private_home: Path) -> None:
-    cluster = stack.PostgresCluster(private_home / "pg", port=_free_port())
+    cluster = stack.PostgresCluster(private_home / "pg", port=stack.free_port())
     try:
         cluster.start()
         assert cluster.is_ready()
@@ -207,7 +215,7 @@ def test_missing_maven_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.Monk
     bin_dir.mkdir()
     (bin_dir / "java").symlink_to(shutil.which("java") or "/bin/false")
     monkeypatch.setenv("PATH", str(bin_dir))
-    node = stack.KafkaNode(tmp_path / "jars", tmp_path / "home", port=_free_port(), controller_port=_free_port())
+    node = stack.KafkaNode(tmp_path / "jars", tmp_path / "home", port=stack.free_port(), controller_port=stack.free_port())
     with pytest.raises(StackError, match=r"'mvn' is required.*apt-get install -y maven"):
         node.ensure_installed()
 
@@ -217,7 +225,7 @@ def test_port_taken_by_a_stranger_is_refused(tmp_path: Path) -> None:
         squatter.bind(("127.0.0.1", 0))
         squatter.listen()
         port = squatter.getsockname()[1]
-        node = stack.KafkaNode(tmp_path / "jars", tmp_path / "home", port=port, controller_port=_free_port())
+        node = stack.KafkaNode(tmp_path / "jars", tmp_path / "home", port=port, controller_port=stack.free_port())
         with pytest.raises(StackError, match=f"port {port}"):
             node.start()
 
@@ -227,11 +235,11 @@ def test_a_jvm_that_exits_fails_fast_with_its_log(tmp_path: Path) -> None:
     jars.mkdir()
     (jars / "kafka_2.13-0.0.0.jar").write_bytes(b"not a jar")
     (jars / ".complete").write_text("0.0.0\n")
-    node = stack.KafkaNode(jars, tmp_path / "home", port=_free_port(), controller_port=_free_port())
+    node = stack.KafkaNode(jars, tmp_path / "home", port=stack.free_port(), controller_port=stack.free_port())
     (node.data_dir).mkdir(parents=True)
     (node.data_dir / "meta.properties").write_text("formatted=pretend\n")
-    # "not running (it exited?)", not "not ready after": the exit was noticed, no timeout waited out
-    with pytest.raises(StackError, match=r"(?s)not running \(it exited\?\).*kafka\.Kafka"):
+    # the exit code and the JVM's own words, not "not ready after": the exit was noticed, no timeout waited out
+    with pytest.raises(StackError, match=r"(?s)exited with code 1;.*kafka\.Kafka"):
         node.start(timeout_s=300)
     node.stop()
     assert node.pid() is None

@@ -1,4 +1,4 @@
-"""Snapshot builders for processor tests: terse scenarios, valid v1 snapshots."""
+"""The snapshot builder of every test (collector, processor, warehouse, faults): terse scenarios, valid v1 snapshots."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from datetime import datetime, timedelta, timezone
 
 from collector.snapshot import FULL_GPU_GI_ID, Instance, Metrics, Snapshot, Tenant
 
-__all__ = ["T0", "at", "mig", "whole", "inst", "KNOWN_VALUES"]
+__all__ = ["T0", "at", "mig", "whole", "inst", "series", "TWO_GIS", "KNOWN_VALUES"]
 
 # A fixed Monday midnight UTC, in the past (the processor's future-skew rule needs that).
 T0 = datetime(2025, 3, 3, tzinfo=timezone.utc)
@@ -31,12 +31,22 @@ def inst(gi_id: int, profile: str, util: float | None, ns: str = "", pod: str = 
                     Tenant(ns, pod, container))
 
 
+# A 3g and a 2g instance at 50 %: the default MIG layout of tests that need "some MIG GPU".
+TWO_GIS = (inst(1, "3g.40gb", 0.5), inst(2, "2g.20gb", 0.5))
+
+
 def mig(ts: datetime, instances: Sequence[Instance], gpu: str = "GPU-a", total: int = 7, model: str = "A100-SXM4-40GB",
-        interval_s: float = 15.0, cluster: str = "c1", host: str = "h1") -> Snapshot:
-    return Snapshot(ts, interval_s, "test", cluster, host, gpu, 0, model, True, total, tuple(instances)).validate()
+        interval_s: float = 15.0, cluster: str = "c1", host: str = "h1", index: int = 0) -> Snapshot:
+    return Snapshot(ts, interval_s, "test", cluster, host, gpu, index, model, True, total, tuple(instances)).validate()
 
 
 def whole(ts: datetime, util: float | None, gpu: str = "GPU-a", total: int = 7, model: str = "A100-SXM4-40GB",
-          interval_s: float = 15.0, ns: str = "", pod: str = "", cluster: str = "c1") -> Snapshot:
+          interval_s: float = 15.0, ns: str = "", pod: str = "", cluster: str = "c1", index: int = 0) -> Snapshot:
     i = Instance(FULL_GPU_GI_ID, "full", total, Metrics(gr_engine_active=util), Tenant(ns, pod, ""))
-    return Snapshot(ts, interval_s, "test", cluster, "h1", gpu, 0, model, False, total, (i,)).validate()
+    return Snapshot(ts, interval_s, "test", cluster, "h1", gpu, index, model, False, total, (i,)).validate()
+
+
+def series(gpus: Sequence[str], rounds: int) -> list[Snapshot]:
+    """``rounds`` rounds of one :data:`TWO_GIS` snapshot per GPU (index = its position), 15 s apart
+    from :data:`T0`: a deterministic publish workload."""
+    return [mig(at(15 * r), TWO_GIS, gpu=g, index=i) for r in range(rounds) for i, g in enumerate(gpus)]

@@ -186,8 +186,8 @@ def test_batches_merged_equal_one_pass():
     p1, p2 = _fold(*snaps[:17]), _fold(*snaps[17:])
     for key, whole_sum in one.gpus.items():
         parts = [p.gpus[key] for p in (p1, p2) if key in p.gpus]
-        merged = parts[0] if len(parts) == 1 else merged(parts[0], parts[1])
-        _sums_equal(merged, whole_sum)
+        combined = parts[0] if len(parts) == 1 else merged(parts[0], parts[1])
+        _sums_equal(combined, whole_sum)
 
 
 def test_rollup_is_exact_and_keeps_grain_totals():

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import socket
 import urllib.request
 
 import pytest
 
 from migmeter.cli import build_parser
+from migmeter.stack import free_port
 from processor.metrics import ProcessorMetrics, serve
 
 
@@ -47,18 +47,12 @@ def test_bad_values_are_usage_errors(argv, capsys):  # type: ignore[no-untyped-d
     assert exc.value.code == 2
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_metrics_are_served_on_loopback():
     m = ProcessorMetrics()
     m.duplicates.inc(3)
     m.consumer_lag.labels("t", "0").set(42)
     m.dead_letters.labels("decode").inc()
-    port = _free_port()
+    port = free_port()
     stop = serve(m.registry, port)
     assert stop is not None
     try:

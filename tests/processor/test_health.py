@@ -3,11 +3,10 @@ HTTP routing next to /metrics, and the probes against real closed ports (no serv
 
 from __future__ import annotations
 
-import socket
-
 import pytest
 
 from migmeter.cli import build_parser
+from migmeter.stack import free_port
 from processor.health import Check, HealthState, probe_database, probe_kafka
 from processor.metrics import ProcessorMetrics, serve
 from tests.processor.health_kit import http_get
@@ -69,19 +68,11 @@ def test_an_ended_loop_is_not_live():
     assert state.live() == (False, "not live: the processing loop has ended\n")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-
-
 def test_health_paths_are_served_next_to_metrics():
     state, _ = _state()
     metrics = ProcessorMetrics()
     metrics.duplicates.inc(2)
-    port = _free_port()
+    port = free_port()
     stop = serve(metrics.registry, port, "127.0.0.1", state)
     assert stop is not None
     try:
@@ -96,7 +87,7 @@ def test_health_paths_are_served_next_to_metrics():
 
 
 def test_without_health_every_path_is_metrics():
-    port = _free_port()
+    port = free_port()
     stop = serve(ProcessorMetrics().registry, port)
     assert stop is not None
     try:
@@ -107,7 +98,7 @@ def test_without_health_every_path_is_metrics():
 
 
 def test_database_probe_of_a_closed_port_fails_without_the_password():
-    port = _free_port()  # bound then released: nothing listens there
+    port = free_port()  # bound then released: nothing listens there
     check = probe_database(f"postgresql://writer:s3cret-pw@127.0.0.1:{port}/migmeter", timeout_s=2)
     assert check.name == "database" and not check.ok
     assert check.error is not None and check.error.startswith("OperationalError")
@@ -115,7 +106,7 @@ def test_database_probe_of_a_closed_port_fails_without_the_password():
 
 
 def test_kafka_probe_of_closed_ports_fails():
-    ports = (_free_port(), _free_port())
+    ports = (free_port(), free_port())
     check = probe_kafka(f"127.0.0.1:{ports[0]},127.0.0.1:{ports[1]}", {}, timeout_s=2)
     assert check.name == "kafka" and not check.ok
     assert check.error == (f"no bootstrap server accepts a connection (127.0.0.1:{ports[0]}: ConnectionRefusedError: "

@@ -21,8 +21,7 @@ import pytest
 
 from collector.snapshot import Snapshot
 from collector.sources.simulate import SimulatedFleet
-from tests.fix_faults import assert_same_totals, oracle, processor_args, spawn, stored_offsets
-from tests.integration.proc_kit import produce, read_topic
+from tests.fix_faults import assert_same_totals, oracle, produce, read_topic, start_processor, stored_offsets
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -70,9 +69,8 @@ def test_clock_jumps_are_dead_lettered_with_reason_never_mixed_into_another_mont
             sent.append(s)
     produce(kafka_bootstrap, topic, sent)
 
-    proc = spawn("process", processor_args(
-        kafka_bootstrap, fresh_db, topic, GROUP, 0, "--max-future-skew", str(FUTURE_SKEW_S),
-        "--max-backward-skew", str(BACKWARD_SKEW_S), "--stop-when-idle", "2"), tmp_path)
+    proc = start_processor(kafka_bootstrap, fresh_db, topic, GROUP, tmp_path, "--max-future-skew", str(FUTURE_SKEW_S),
+                           "--max-backward-skew", str(BACKWARD_SKEW_S), "--stop-when-idle", "2")
     try:
         rc = proc.popen.wait(120)
     finally:

@@ -24,7 +24,7 @@ from collector.publish import KafkaPublisher
 from collector.snapshot import from_json
 from collector.spool import Spool
 from migmeter import stack
-from tests.collector.snaps import T0, mig
+from tests.processor.build import T0, TWO_GIS, mig
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -37,7 +37,7 @@ def test_stop_ends_the_wait_for_acknowledgements_and_spools_the_rest(
         private_kafka: stack.KafkaNode, tmp_path: Path) -> None:
     stop = threading.Event()
     first_done, frozen, flushed = threading.Event(), threading.Event(), threading.Event()
-    first, second = mig("GPU-0"), mig("GPU-0", ts=T0 + timedelta(seconds=15))
+    first, second = mig(T0, TWO_GIS, gpu="GPU-0"), mig(T0 + timedelta(seconds=15), TWO_GIS, gpu="GPU-0")
     out: list[object] = []
 
     def collector() -> None:

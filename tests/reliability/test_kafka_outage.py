@@ -29,7 +29,6 @@ from pathlib import Path
 
 import pytest
 from kafka import KafkaAdminClient
-from kafka.admin import NewTopic
 
 from collector.sources.simulate import SimulatedFleet
 from migmeter import stack
@@ -40,12 +39,12 @@ from tests.fix_faults import (
     end_offsets_total,
     free_port,
     oracle,
-    processor_args,
+    produce,
     spawn,
+    start_processor,
     stored_offsets,
     wait_until,
 )
-from tests.integration.proc_kit import produce
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -70,18 +69,17 @@ def _start(node: stack.KafkaNode, db: str, tmp_path: Path, *rounds: str) -> tupl
     and a processor, both real processes."""
     admin = KafkaAdminClient(bootstrap_servers=node.bootstrap, client_id="migmeter-tests")
     try:
-        admin.create_topics([NewTopic(TOPIC, num_partitions=4, replication_factor=1)])
+        stack.create_topic(admin, TOPIC, 4)
     finally:
         admin.close()
-    c_port, p_port = free_port(), free_port()
+    c_port = free_port()
     collector = spawn("collect", [
         "collect", "--source", "simulate", "--seed", str(SEED), "--hosts", str(HOSTS), "--gpus-per-host", str(GPUS),
         "--cluster", CLUSTER, "--interval", str(INTERVAL_S), "--speed", str(SPEED), *rounds,
         "--bootstrap", node.bootstrap, "--topic", TOPIC, "--spool-dir", str(tmp_path / "spool"),
         "--flush-timeout", "2", "--metrics-port", str(c_port), "--log-every", "5",
     ], tmp_path, metrics_port=c_port)
-    processor = spawn("process", processor_args(node.bootstrap, db, TOPIC, GROUP, p_port), tmp_path,
-                      metrics_port=p_port)
+    processor = start_processor(node.bootstrap, db, TOPIC, GROUP, tmp_path, metrics=True)
     wait_until(lambda: sum(v[0] for v in stored_offsets(db, GROUP).values()) > 0,
                "the first snapshots in the warehouse", alive=[collector, processor])
     return collector, processor
@@ -218,7 +216,7 @@ def test_processor_survives_a_broker_port_that_drops_every_connection(
     produce(private_kafka.bootstrap, topic, before)
     # A real process: kafka-python leaks sockets on failed connects, which in this process
     # would surface as ResourceWarnings in whichever test runs when they are collected.
-    processor = spawn("process", processor_args(private_kafka.bootstrap, fresh_db, topic, group), tmp_path)
+    processor = start_processor(private_kafka.bootstrap, fresh_db, topic, group, tmp_path)
     try:
         wait_until(caught_up(private_kafka.bootstrap, topic, fresh_db, group), "the first 80 snapshots",
                    alive=[processor])

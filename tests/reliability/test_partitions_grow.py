@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
@@ -44,13 +44,12 @@ from tests.fix_faults import (
     Proc,
     assert_same_totals,
     caught_up,
+    end_offsets,
     oracle,
-    processor_args,
-    spawn,
+    start_processor,
     stored_offsets,
     wait_until,
 )
-from tests.integration.proc_kit import end_offsets
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -183,8 +182,8 @@ def test_topic_grows_from_4_to_8_partitions_while_running(  # type: ignore[no-un
     procs: list[Proc] = []
     try:
         for name in ("p1", "p2"):
-            procs.append(spawn(name, processor_args(kafka_bootstrap, fresh_db, topic, group, 0,
-                                                    "--metadata-max-age", PROCESSOR_METADATA_S), tmp_path))
+            procs.append(start_processor(kafka_bootstrap, fresh_db, topic, group, tmp_path,
+                                         "--metadata-max-age", PROCESSOR_METADATA_S, name=name))
         wait_until(lambda: _assigned(procs) == set(range(BEFORE)), "the group to share 4 partitions", alive=procs)
         feeder.start()
         sent = feeder.finish()

@@ -26,9 +26,8 @@ from dataclasses import replace
 from collector.snapshot import MAX_TEXT_BYTES, Tenant, from_json
 from collector.sources.simulate import SimulatedFleet
 from migmeter.errors import BadSnapshot
-from tests.fix_faults import assert_same_totals, oracle, processor_args, spawn, stored_offsets
+from tests.fix_faults import assert_same_totals, oracle, produce, produce_raw, start_processor, stored_offsets
 from tests.integration.feed import feed
-from tests.integration.proc_kit import produce, produce_raw
 
 pytestmark = pytest.mark.integration
 
@@ -77,8 +76,7 @@ def test_an_unstorable_integer_is_dead_lettered_and_the_rest_is_exact(kafka_boot
     assert len(extra) >= len(HOSTILE)
     produce_raw(kafka_bootstrap, topic, [(s.key, _hostile(s.to_json(), f, v)) for s, (f, v, _) in zip(extra, HOSTILE)])
     produce(kafka_bootstrap, topic, good[20:])
-    proc = spawn("process", processor_args(kafka_bootstrap, fresh_db, topic, GROUP, 0, "--stop-when-idle", "2"),
-                 tmp_path)
+    proc = start_processor(kafka_bootstrap, fresh_db, topic, GROUP, tmp_path, "--stop-when-idle", "2")
     try:
         rc = proc.popen.wait(180)  # a stalled processor never becomes idle: this wait would time out
     finally:

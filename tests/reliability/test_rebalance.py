@@ -22,8 +22,7 @@ from tests.fix_faults import (
     assert_same_totals,
     caught_up,
     oracle,
-    processor_args,
-    spawn,
+    start_processor,
     stored_offsets,
     wait_until,
 )
@@ -52,8 +51,8 @@ def test_processors_join_and_leave_mid_batch(kafka_bootstrap: str, new_topic, fr
 
     def processor(name: str) -> Proc:
         # DEBUG: the log then shows each batch commit, the evidence checked at the end.
-        return spawn(name, processor_args(kafka_bootstrap, fresh_db, topic, GROUP, 0, *LONG_BATCH,
-                                          log_level="DEBUG"), tmp_path)
+        return start_processor(kafka_bootstrap, fresh_db, topic, GROUP, tmp_path, *LONG_BATCH, name=name,
+                               log_level="DEBUG")
 
     procs: list[Proc] = []
     try:

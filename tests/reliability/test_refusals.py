@@ -25,15 +25,19 @@ from kafka import KafkaConsumer, TopicPartition
 from collector.snapshot import Snapshot, Tenant
 from collector.sources.simulate import SimulatedFleet
 from tests.fix_faults import (
-    Feeder,
     assert_same_totals,
     caught_up,
+    config,
     end_offsets_total,
+    Feeder,
     oracle,
+    produce_raw,
+    read_topic,
+    run_until_idle,
+    start_in_thread,
     stored_offsets,
     wait_until,
 )
-from tests.integration.proc_kit import config, produce_raw, read_topic, run_until_idle, start_in_thread
 from tests.integration.test_processor_roles import login  # noqa: F401 (a fixture)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

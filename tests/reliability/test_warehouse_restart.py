@@ -30,14 +30,13 @@ from tests.fix_faults import (
     Proc,
     assert_same_totals,
     caught_up,
-    free_port,
+    end_offsets,
     oracle,
-    processor_args,
     spawn,
+    start_processor,
     stored_offsets,
     wait_until,
 )
-from tests.integration.proc_kit import end_offsets
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -80,8 +79,7 @@ def test_warehouse_restarts_under_backfill_and_live_load(kafka_bootstrap: str, n
                                                          tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     cluster, url = private_pg
     topic = new_topic(partitions=4)
-    port = free_port()
-    proc = spawn("process", processor_args(kafka_bootstrap, url, topic, GROUP, port), tmp_path, metrics_port=port)
+    proc = start_processor(kafka_bootstrap, url, topic, GROUP, tmp_path, metrics=True)
     backfill = _collector("backfill", BACKFILL, topic, kafka_bootstrap, tmp_path)
     live = _collector("live", LIVE, topic, kafka_bootstrap, tmp_path)
     lag_back_s: list[float] = []

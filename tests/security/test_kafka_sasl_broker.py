@@ -15,7 +15,6 @@ from typing import Any
 
 import pytest
 from kafka import KafkaAdminClient
-from kafka.admin import NewTopic
 
 from collector.sources.simulate import SimulatedFleet
 from migmeter import stack
@@ -63,7 +62,7 @@ def sasl_kafka(kafka_bootstrap: str, private_home: Path) -> Iterator[SaslKafkaNo
         node.start()
         admin = node.admin()
         try:
-            admin.create_topics([NewTopic(TOPIC, num_partitions=2, replication_factor=1)])
+            stack.create_topic(admin, TOPIC, 2)
         finally:
             admin.close()
         yield node

@@ -28,7 +28,7 @@ from psycopg import sql
 from collector.sources.simulate import SimulatedFleet
 from migmeter import settings
 from processor.sink import Sink
-from tests.integration.proc_kit import produce
+from tests.fix_faults import produce
 
 pytestmark = pytest.mark.integration
 

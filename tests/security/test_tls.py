@@ -20,7 +20,6 @@ from pathlib import Path
 import psycopg
 import pytest
 from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
-from kafka.admin import NewTopic
 
 from collector.sources.simulate import SimulatedFleet
 from migmeter import stack
@@ -88,7 +87,8 @@ def tls_stack(kafka_bootstrap: str) -> Iterator[TlsStack]:
         migrate(pg.url())
         admin = KafkaAdminClient(bootstrap_servers=node.bootstrap, client_id="migmeter-tests", **node.client_options())
         try:
-            admin.create_topics([NewTopic(t, num_partitions=2, replication_factor=1) for t in (TOPIC, FAIL_TOPIC)])
+            for t in (TOPIC, FAIL_TOPIC):
+                stack.create_topic(admin, t, 2)
         finally:
             admin.close()
         yield TlsStack(pki, node, pg, home)

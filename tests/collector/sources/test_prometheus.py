@@ -9,7 +9,6 @@ with snapshots built straight from the generated numbers.
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import time
 import urllib.error
@@ -22,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from migmeter.stack import free_port
 from tests.fix_stack import missing_tool
 
 from collector.snapshot import FULL_GPU_GI_ID, Instance, Metrics, Snapshot, Tenant
@@ -118,12 +118,6 @@ def expected(t0: int) -> list[Snapshot]:
     return snaps
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _wait_ready(base: str, proc: subprocess.Popen[bytes], log: Path) -> None:
     deadline = time.monotonic() + READY_WAIT_S
     while time.monotonic() < deadline:
@@ -143,7 +137,7 @@ def _wait_ready(base: str, proc: subprocess.Popen[bytes], log: Path) -> None:
 def running_prometheus(prometheus: str, work: Path, config: Path, tsdb: Path,
                        *flags: str) -> Iterator[tuple[str, subprocess.Popen[bytes], Path]]:
     """A private ``prometheus`` on a free loopback port, ready: (base URL, process, log file)."""
-    port = _free_port()
+    port = free_port()
     log = work / "prometheus.log"
     with log.open("wb") as log_fh:
         proc = subprocess.Popen(
