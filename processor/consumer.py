@@ -237,6 +237,15 @@ class Processor:
             self.reader.close()
             self._writer.shutdown()
             raise MigmeterError(f"cannot reach Kafka at {cfg.bootstrap}: {exc.__class__.__name__}") from None
+        try:
+            # kafka-python joins the group with the topic metadata it has: without the topic's
+            # partitions it joins with none, rejoins at once, and that second join was seen never to
+            # finish on a loaded machine (a processor idle for good while /healthz said live). Fetch
+            # the partitions first; a topic that does not exist yet is found by the subscription later.
+            self._consumer.partitions_for_topic(cfg.topic)
+        except KafkaError as exc:
+            log.warning("no partition metadata for %s before joining yet (%s); joining anyway", cfg.topic,
+                        exc.__class__.__name__)
         self._consumer.subscribe([cfg.topic], listener=_Listener(self))
         log.info("processing %s in group %s (batch %d records / %d ms) into %r", cfg.topic, cfg.group,
                  cfg.batch_records, cfg.batch_ms, self.sink)
