@@ -33,7 +33,7 @@ unit price exactly, so the FOCUS rows and this report add up to the same cents.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, timezone
 from decimal import Decimal
@@ -87,14 +87,20 @@ def _in_force(rows: Sequence[Any], day: date) -> Any | None:
     return None
 
 
-def share(rule: str, gpu_model: str, profile: str | None, slices: int, total_slices: int) -> tuple[Fraction, bool]:
-    """(share of the GPU's price, whether the rule could be applied as asked) for one instance."""
+def share(rule: str, gpu_model: str, profile: str | None, slices: int, total_slices: int,
+          memory_shares: Mapping[tuple[str, str], Fraction] | None = None) -> tuple[Fraction, bool]:
+    """(share of the GPU's price, whether the rule could be applied as asked) for one instance.
+
+    ``memory_shares``: the warehouse's recorded shares (``profile_memory_shares``); None = the
+    profile table of this release (:func:`warehouse.profiles.memory_share`).
+    """
     if rule not in SHARE_RULES:
         raise ConfigError(f"share rule {rule[:20]!r} is not one of {', '.join(SHARE_RULES)}")
     compute = profiles.compute_share(slices, total_slices)
     if rule == "compute" or slices >= total_slices:
         return compute, True
-    memory = profiles.memory_share(gpu_model, profile or "")
+    memory = profiles.memory_share(gpu_model, profile or "") if memory_shares is None \
+        else memory_shares.get((gpu_model, profile or ""))
     if memory is None:
         return compute, False
     return (memory if rule == "memory" else max(compute, memory)), True
@@ -119,7 +125,8 @@ class LinePrice:
 class Pricer:
     """Rules 1-3 and 5 for single daily lines, from the profile prices and share rules in force."""
 
-    def __init__(self, profile_prices: Sequence[ProfilePrice], rules: Sequence[ShareRule]) -> None:
+    def __init__(self, profile_prices: Sequence[ProfilePrice], rules: Sequence[ShareRule],
+                 memory_shares: Mapping[tuple[str, str], Fraction] | None = None) -> None:
         self._prices: dict[tuple[str, str], list[ProfilePrice]] = defaultdict(list)
         for p in profile_prices:
             self._prices[(p.gpu_model, p.profile)].append(p)
@@ -127,10 +134,11 @@ class Pricer:
         for r in rules:
             self._rules[r.gpu_model].append(r)
         self.rules = tuple(rules)
+        self._memory = memory_shares
 
     @classmethod
     def load(cls, conn: psycopg.Connection[Any]) -> Pricer:
-        """The prices and rules of the reader views ``gpu_profile_prices`` and ``gpu_share_rules``."""
+        """The prices, rules and recorded memory shares of the warehouse (reader-role tables and views)."""
         with conn.cursor(row_factory=class_row(ProfilePrice)) as cur:
             cur.execute("SELECT gpu_model, profile, price_per_instance_hour, currency, effective_from, effective_to"
                         " FROM gpu_profile_prices")
@@ -138,7 +146,9 @@ class Pricer:
         with conn.cursor(row_factory=class_row(ShareRule)) as cur:
             cur.execute("SELECT gpu_model, rule, effective_from, effective_to FROM gpu_share_rules")
             rules = cur.fetchall()
-        return cls(profile_prices, rules)
+        memory = {(m, p): Fraction(n, total) for m, p, n, total in conn.execute(
+            "SELECT gpu_model, profile, memory_slices, memory_slices_total FROM profile_memory_shares")}
+        return cls(profile_prices, rules, memory)
 
     def price(self, d: DailyLine) -> LinePrice | None:
         """The line's price, or None for what no instance pays for (unallocated, no slices, no GPU price)."""
@@ -154,8 +164,8 @@ class Pricer:
             return LinePrice("profile", daily_lines.hours(instance_hours), PROFILE_UNIT,
                              price.price_per_instance_hour, instance_hours)
         rule = _in_force(self._rules.get(d.gpu_model, ()), day)
-        name = rule.rule if rule else "compute"
-        frac, applied = share(name, d.gpu_model, d.profile, d.slices, d.total_slices)  # rule 3
+        name = rule.rule if rule and d.slices < d.total_slices else "compute"  # a whole GPU pays the whole price
+        frac, applied = share(name, d.gpu_model, d.profile, d.slices, d.total_slices, self._memory)  # rule 3
         # GPU-hours at the rule's share = allocated GPU-hours x share / compute share (x 1 under compute)
         factor = frac / profiles.compute_share(min(d.slices, d.total_slices), d.total_slices)
         quantity = daily_lines.hours(Decimal(repr(d.alloc_gpu_hours)) * factor.numerator / factor.denominator)
@@ -263,12 +273,29 @@ def set_profile_price(conn: psycopg.Connection[Any], gpu_model: str, profile: st
     )
 
 
-def set_share_rule(conn: psycopg.Connection[Any], gpu_model: str, rule: str, effective_from: date) -> None:
-    """Insert or replace the share rule of ``gpu_model`` from a UTC day on (idempotent)."""
+def set_share_rule(conn: psycopg.Connection[Any], gpu_model: str, rule: str, effective_from: date) -> int:
+    """Insert or replace the share rule of ``gpu_model`` from a UTC day on (idempotent), and record the
+    memory shares of the model's profiles (``profile_memory_shares``); returns how many profiles."""
     if rule not in SHARE_RULES:
         raise ConfigError(f"share rule {rule[:20]!r} is not one of {', '.join(SHARE_RULES)}")
+    model = gpu_model.strip()
     conn.execute(
         "INSERT INTO share_rules (gpu_model, rule, effective_from) VALUES (%s, %s, %s)"
         " ON CONFLICT (gpu_model, effective_from) DO UPDATE SET rule = EXCLUDED.rule",
-        (gpu_model.strip(), rule, effective_from),
+        (model, rule, effective_from),
     )
+    recorded = 0
+    for p in profiles.profiles_for(model):
+        memory = profiles.memory_share(model, p.name)
+        if memory is None or p.compute_slices >= p.total_compute_slices:
+            continue  # a whole-GPU profile always bills the whole price
+        conn.execute(
+            "INSERT INTO profile_memory_shares (gpu_model, profile, memory_slices, memory_slices_total)"
+            " VALUES (%s, %s, %s, %s) ON CONFLICT (gpu_model, profile) DO UPDATE"
+            " SET memory_slices = EXCLUDED.memory_slices, memory_slices_total = EXCLUDED.memory_slices_total",
+            (model, p.name, memory.numerator * (profiles.memory_slices_total(p.total_compute_slices)
+                                                // memory.denominator),
+             profiles.memory_slices_total(p.total_compute_slices)),
+        )
+        recorded += 1
+    return recorded
