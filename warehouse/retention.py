@@ -40,7 +40,8 @@ __all__ = [
 HYPERTABLES: dict[str, tuple[str, ...]] = {
     "1m": ("instance_usage_1m", "gpu_usage_1m", "tenant_usage_1m"),
     "1h": ("instance_usage_1h", "gpu_usage_1h", "tenant_usage_1h"),
-    "1d": ("instance_usage_1d", "gpu_usage_1d", "tenant_usage_1d"),
+    # the trend's rollups (sql/034) have the 1d tables' 365-day chunks: dropped with them, same days
+    "1d": ("instance_usage_1d", "gpu_usage_1d", "tenant_usage_1d", "gpu_usage_model_1d", "tenant_usage_namespace_1d"),
     "events": ("layout_events",),
 }
 # None = keep forever. 1m rows are for drill-down and debugging; 1h rows carry two years of
