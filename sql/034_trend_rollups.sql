@@ -2,11 +2,13 @@
 -- fleet must answer in well under a second). A TimescaleDB continuous aggregate would do this,
 -- but the Apache build (what Debian ships, and the local stack) refuses them ("functionality
 -- not supported under the current apache license"), so the daily rows keep their rollups
--- current themselves: a row trigger on gpu_usage_1d / tenant_usage_1d adds NEW - OLD of every
--- insert, update (the processor's additive merges, attribute changes included: the old key
--- loses what the new one gains) and delete to the rollup row of its (day, cluster, GPU model
--- [, namespace]). It runs in the writing transaction, so a rollup is never ahead of or behind
--- the rows it sums; the processor's code is unchanged. Retention drops the rollups' chunks
+-- current themselves: statement triggers on gpu_usage_1d / tenant_usage_1d add what each
+-- statement inserted, minus what it replaced or deleted (its transition tables: the processor's
+-- additive merges, attribute changes included: the old key loses what the new one gains), to
+-- the rollup rows of their (day, cluster, GPU model [, namespace]), one grouped upsert per
+-- statement (row triggers would update one hot rollup row once per GPU in a batch). They run
+-- in the writing transaction, so a rollup is never ahead of or behind the rows it sums; the
+-- processor's code is unchanged. Retention drops the rollups' chunks
 -- with the 1d tables' (same 365-day chunks, same cutoff: warehouse/retention.py).
 --
 -- gpu_usage_model_1d   grain (bucket, cluster, gpu_model): gpu_days (1d GPU rows), metered_days
@@ -53,67 +55,67 @@ CREATE TABLE tenant_usage_namespace_1d (
 );
 SELECT create_hypertable('tenant_usage_namespace_1d', 'bucket', chunk_time_interval => INTERVAL '365 days');
 
--- Add one daily GPU row (sign +1) or take it away (-1).
-CREATE FUNCTION gpu_usage_model_1d_add(r gpu_usage_1d, sign integer) RETURNS void
-LANGUAGE sql AS $$
-    INSERT INTO gpu_usage_model_1d AS m
-        (bucket, cluster, gpu_model, gpu_days, metered_days, unmetered_days, seconds, alloc_gpu_seconds,
-         util_alloc_gpu_seconds, busy_gpu_seconds, unallocated_seconds, unmetered_seconds)
-    VALUES (r.bucket, r.cluster, r.gpu_model, sign, sign * (r.seconds <> 0)::int,
-            sign * (coalesce(r.unmetered_seconds, 0) <> 0)::int, sign * r.seconds, sign * r.alloc_gpu_seconds,
-            sign * r.util_alloc_gpu_seconds, sign * r.busy_gpu_seconds, sign * (r.seconds - r.alloc_gpu_seconds),
-            sign * coalesce(r.unmetered_seconds, 0))
-    ON CONFLICT (bucket, cluster, gpu_model) DO UPDATE SET
-        gpu_days = m.gpu_days + EXCLUDED.gpu_days,
-        metered_days = m.metered_days + EXCLUDED.metered_days,
-        unmetered_days = m.unmetered_days + EXCLUDED.unmetered_days,
-        seconds = m.seconds + EXCLUDED.seconds,
-        alloc_gpu_seconds = m.alloc_gpu_seconds + EXCLUDED.alloc_gpu_seconds,
-        util_alloc_gpu_seconds = m.util_alloc_gpu_seconds + EXCLUDED.util_alloc_gpu_seconds,
-        busy_gpu_seconds = m.busy_gpu_seconds + EXCLUDED.busy_gpu_seconds,
-        unallocated_seconds = m.unallocated_seconds + EXCLUDED.unallocated_seconds,
-        unmetered_seconds = m.unmetered_seconds + EXCLUDED.unmetered_seconds
+-- The rows a statement changed, signed: +1 for what it inserted or an update left, -1 for what
+-- an update replaced or a delete removed (the statement's transition tables).
+CREATE FUNCTION rollup_delta_source(op text) RETURNS text
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT CASE op WHEN 'INSERT' THEN 'SELECT 1 AS sign, * FROM new_rows'
+                   WHEN 'UPDATE' THEN 'SELECT 1 AS sign, * FROM new_rows UNION ALL SELECT -1, * FROM old_rows'
+                   ELSE 'SELECT -1 AS sign, * FROM old_rows' END
 $$;
 
-CREATE FUNCTION tenant_usage_namespace_1d_add(r tenant_usage_1d, sign integer) RETURNS void
-LANGUAGE sql AS $$
-    INSERT INTO tenant_usage_namespace_1d AS m
-        (bucket, cluster, gpu_model, unassigned, namespace, tenant_days, alloc_gpu_seconds, util_alloc_gpu_seconds,
-         busy_gpu_seconds)
-    VALUES (r.bucket, r.cluster, r.gpu_model, r.namespace = '' AND r.pod = '', r.namespace, sign,
-            sign * r.alloc_gpu_seconds, sign * r.util_alloc_gpu_seconds, sign * r.busy_gpu_seconds)
-    ON CONFLICT (bucket, cluster, gpu_model, unassigned, namespace) DO UPDATE SET
-        tenant_days = m.tenant_days + EXCLUDED.tenant_days,
-        alloc_gpu_seconds = m.alloc_gpu_seconds + EXCLUDED.alloc_gpu_seconds,
-        util_alloc_gpu_seconds = m.util_alloc_gpu_seconds + EXCLUDED.util_alloc_gpu_seconds,
-        busy_gpu_seconds = m.busy_gpu_seconds + EXCLUDED.busy_gpu_seconds
-$$;
-
+-- One upsert per statement, grouped and sorted by key (two writers lock rollup rows in the same
+-- order: they wait for each other, never deadlock).
 CREATE FUNCTION gpu_usage_1d_rollup() RETURNS trigger
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql AS $fn$
 BEGIN
-    IF TG_OP <> 'INSERT' THEN
-        PERFORM gpu_usage_model_1d_add(OLD, -1);
-    END IF;
-    IF TG_OP <> 'DELETE' THEN
-        PERFORM gpu_usage_model_1d_add(NEW, 1);
-    END IF;
+    EXECUTE format($q$
+        INSERT INTO gpu_usage_model_1d AS m
+            (bucket, cluster, gpu_model, gpu_days, metered_days, unmetered_days, seconds, alloc_gpu_seconds,
+             util_alloc_gpu_seconds, busy_gpu_seconds, unallocated_seconds, unmetered_seconds)
+        SELECT bucket, cluster, gpu_model, sum(sign), sum(sign * (seconds <> 0)::int),
+               sum(sign * (coalesce(unmetered_seconds, 0) <> 0)::int), sum(sign * seconds),
+               sum(sign * alloc_gpu_seconds), sum(sign * util_alloc_gpu_seconds), sum(sign * busy_gpu_seconds),
+               sum(sign * (seconds - alloc_gpu_seconds)), sum(sign * coalesce(unmetered_seconds, 0))
+        FROM (%s) d
+        GROUP BY bucket, cluster, gpu_model
+        ORDER BY bucket, cluster, gpu_model
+        ON CONFLICT (bucket, cluster, gpu_model) DO UPDATE SET
+            gpu_days = m.gpu_days + EXCLUDED.gpu_days,
+            metered_days = m.metered_days + EXCLUDED.metered_days,
+            unmetered_days = m.unmetered_days + EXCLUDED.unmetered_days,
+            seconds = m.seconds + EXCLUDED.seconds,
+            alloc_gpu_seconds = m.alloc_gpu_seconds + EXCLUDED.alloc_gpu_seconds,
+            util_alloc_gpu_seconds = m.util_alloc_gpu_seconds + EXCLUDED.util_alloc_gpu_seconds,
+            busy_gpu_seconds = m.busy_gpu_seconds + EXCLUDED.busy_gpu_seconds,
+            unallocated_seconds = m.unallocated_seconds + EXCLUDED.unallocated_seconds,
+            unmetered_seconds = m.unmetered_seconds + EXCLUDED.unmetered_seconds
+        $q$, rollup_delta_source(TG_OP));
     RETURN NULL;
 END
-$$;
+$fn$;
 
 CREATE FUNCTION tenant_usage_1d_rollup() RETURNS trigger
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql AS $fn$
 BEGIN
-    IF TG_OP <> 'INSERT' THEN
-        PERFORM tenant_usage_namespace_1d_add(OLD, -1);
-    END IF;
-    IF TG_OP <> 'DELETE' THEN
-        PERFORM tenant_usage_namespace_1d_add(NEW, 1);
-    END IF;
+    EXECUTE format($q$
+        INSERT INTO tenant_usage_namespace_1d AS m
+            (bucket, cluster, gpu_model, unassigned, namespace, tenant_days, alloc_gpu_seconds,
+             util_alloc_gpu_seconds, busy_gpu_seconds)
+        SELECT bucket, cluster, gpu_model, namespace = '' AND pod = '', namespace, sum(sign),
+               sum(sign * alloc_gpu_seconds), sum(sign * util_alloc_gpu_seconds), sum(sign * busy_gpu_seconds)
+        FROM (%s) d
+        GROUP BY bucket, cluster, gpu_model, namespace = '' AND pod = '', namespace
+        ORDER BY 1, 2, 3, 4, 5
+        ON CONFLICT (bucket, cluster, gpu_model, unassigned, namespace) DO UPDATE SET
+            tenant_days = m.tenant_days + EXCLUDED.tenant_days,
+            alloc_gpu_seconds = m.alloc_gpu_seconds + EXCLUDED.alloc_gpu_seconds,
+            util_alloc_gpu_seconds = m.util_alloc_gpu_seconds + EXCLUDED.util_alloc_gpu_seconds,
+            busy_gpu_seconds = m.busy_gpu_seconds + EXCLUDED.busy_gpu_seconds
+        $q$, rollup_delta_source(TG_OP));
     RETURN NULL;
 END
-$$;
+$fn$;
 
 -- What is there already, then every later change.
 INSERT INTO gpu_usage_model_1d
@@ -127,10 +129,19 @@ SELECT bucket, cluster, gpu_model, namespace = '' AND pod = '', namespace, count
        sum(util_alloc_gpu_seconds), sum(busy_gpu_seconds)
 FROM tenant_usage_1d GROUP BY bucket, cluster, gpu_model, namespace = '' AND pod = '', namespace;
 
-CREATE TRIGGER gpu_usage_1d_rollup AFTER INSERT OR UPDATE OR DELETE ON gpu_usage_1d
-    FOR EACH ROW EXECUTE FUNCTION gpu_usage_1d_rollup();
-CREATE TRIGGER tenant_usage_1d_rollup AFTER INSERT OR UPDATE OR DELETE ON tenant_usage_1d
-    FOR EACH ROW EXECUTE FUNCTION tenant_usage_1d_rollup();
+-- PostgreSQL allows transition tables on single-event triggers only: one trigger per event.
+CREATE TRIGGER gpu_usage_1d_rollup_insert AFTER INSERT ON gpu_usage_1d
+    REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION gpu_usage_1d_rollup();
+CREATE TRIGGER gpu_usage_1d_rollup_update AFTER UPDATE ON gpu_usage_1d
+    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION gpu_usage_1d_rollup();
+CREATE TRIGGER gpu_usage_1d_rollup_delete AFTER DELETE ON gpu_usage_1d
+    REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION gpu_usage_1d_rollup();
+CREATE TRIGGER tenant_usage_1d_rollup_insert AFTER INSERT ON tenant_usage_1d
+    REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION tenant_usage_1d_rollup();
+CREATE TRIGGER tenant_usage_1d_rollup_update AFTER UPDATE ON tenant_usage_1d
+    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION tenant_usage_1d_rollup();
+CREATE TRIGGER tenant_usage_1d_rollup_delete AFTER DELETE ON tenant_usage_1d
+    REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION tenant_usage_1d_rollup();
 
 CREATE VIEW trend_gpu_model_daily AS
 SELECT bucket, (bucket AT TIME ZONE 'UTC')::date AS day, cluster, gpu_model, gpu_days,

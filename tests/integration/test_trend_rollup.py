@@ -119,3 +119,22 @@ def test_deleted_daily_rows_leave_the_rollup(two_batches: str) -> None:
         jan = trend.trend(conn, JAN, JAN, now=lambda: NOW).as_dicts()[0]
         conn.rollback()
     assert jan["gpu_days"] == 2 and float(jan["cost"]) == pytest.approx(12.0)  # GPU-A 8.00 + GPU-B 4.00
+
+
+def test_one_statement_across_chunks(fresh_db: str) -> None:
+    # One batch writes Jan 2025 and Jan 2026 days: two 365-day chunks of gpu_usage_1d, one statement.
+    snaps = _gpu_a(1, 10, range(1, 5)) + [
+        mig(datetime(2026, 1, 5, h, tzinfo=timezone.utc), [inst(0, "7g.40gb", 0.5, "team-e", "e1")], gpu="GPU-E",
+            model=A100, interval_s=3600) for h in range(1, 3)]
+    feed_priced(fresh_db, snaps, [(A100, "2.00", JAN)])
+    with psycopg.connect(fresh_db) as conn:
+        chunks = conn.execute("SELECT count(*) FROM timescaledb_information.chunks"
+                              " WHERE hypertable_name = 'gpu_usage_1d'").fetchone()
+        assert chunks is not None and chunks[0] == 2
+        for group in ("fleet", "namespace"):
+            kw = dict(group=group, now=lambda: NOW)
+            _same(trend.trend(conn, JAN, date(2026, 1, 1), **kw),
+                  trend.trend(conn, JAN, date(2026, 1, 1), source="rows", **kw))
+        jan26 = trend.trend(conn, date(2026, 1, 1), date(2026, 1, 1), now=lambda: NOW).as_dicts()[0]
+    # GPU-E: 2 h of a whole 7g instance at 2.00 -> 2 GPU-hours allocated, 4.00 USD
+    assert (jan26["gpu_days"], jan26["alloc_gpu_hours"], float(jan26["cost"])) == (1, pytest.approx(2.0), 4.0)
