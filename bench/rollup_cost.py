@@ -1,7 +1,7 @@
 """What the trend rollups' triggers (sql/034) cost the processor's sink.
 
 Two fresh warehouses, identical but for the two row triggers on gpu_usage_1d / tenant_usage_1d
-(dropped in the second). The same simulated fleet (``--hosts`` x ``--gpus-per-host`` GPUs, one
+(dropped in the second: sql/034's six statement triggers). The same simulated fleet (``--hosts`` x ``--gpus-per-host`` GPUs, one
 scrape round per batch, the processor's own fold) is written batch by batch into both by the
 processor's own ``Sink.write``, alternately (load that comes and goes hits both alike), so every
 batch upserts one daily GPU row and its tenants' daily rows per GPU, as the live pipeline does.
@@ -31,7 +31,8 @@ from processor.sink import Sink
 __all__ = ["measure", "main"]
 
 TOPIC = "bench.rollup"
-_DROP = ("DROP TRIGGER gpu_usage_1d_rollup ON gpu_usage_1d", "DROP TRIGGER tenant_usage_1d_rollup ON tenant_usage_1d")
+_DROP = tuple(f"DROP TRIGGER {table}_rollup_{event} ON {table}" for table in ("gpu_usage_1d", "tenant_usage_1d")
+              for event in ("insert", "update", "delete"))
 _DAILY = "SELECT count(*), round(sum(alloc_gpu_seconds)::numeric, 3), round(sum(busy_gpu_seconds)::numeric, 3) FROM {}"
 
 
