@@ -19,6 +19,8 @@
 --                   (= alloc_gpu_hours under compute), 9 decimals;
 --   unit_price, currency, cost = quantity x unit_price (NULL = no GPU price that day);
 --   gpu_cost = alloc_gpu_hours (9 decimals) x the GPU-hour price: what the line's GPU time costs.
+--   A profile price in another currency than its GPU's price that day is not applied here (the
+--   rule prices the line); the reports refuse such a price with an error instead of mixing them.
 --
 -- chargeback_profile_namespace_monthly  grain (month, cluster, line, namespace, currency): the
 --   profile-priced bill: 'tenant' and 'unassigned' lines, '(not covered)' = the GPUs' cost

@@ -13,14 +13,14 @@ Prices: A100 2.00 USD/GPU-hour, A30 1.00, both from 2025-01-01.
 
 from __future__ import annotations
 
-from datetime import date, datetime, timezone
+from datetime import date, datetime, timedelta, timezone
 
 import psycopg
 import pytest
 
 from tests.integration.feed import feed, feed_priced
 from tests.processor.build import inst, mig, whole
-from warehouse import trend
+from warehouse import retention, trend
 from warehouse.render import render
 
 pytestmark = pytest.mark.integration
@@ -121,12 +121,34 @@ def test_deleted_daily_rows_leave_the_rollup(two_batches: str) -> None:
     assert jan["gpu_days"] == 2 and float(jan["cost"]) == pytest.approx(12.0)  # GPU-A 8.00 + GPU-B 4.00
 
 
-def test_one_statement_across_chunks(fresh_db: str) -> None:
-    # One batch writes Jan 2025 and Jan 2026 days: two 365-day chunks of gpu_usage_1d, one statement.
+def _two_years(db: str) -> None:
     snaps = _gpu_a(1, 10, range(1, 5)) + [
         mig(datetime(2026, 1, 5, h, tzinfo=timezone.utc), [inst(0, "7g.40gb", 0.5, "team-e", "e1")], gpu="GPU-E",
             model=A100, interval_s=3600) for h in range(1, 3)]
-    feed_priced(fresh_db, snaps, [(A100, "2.00", JAN)])
+    feed_priced(db, snaps, [(A100, "2.00", JAN)])
+
+
+def test_retention_drops_the_rollups_with_the_daily_rows(fresh_db: str) -> None:
+    _two_years(fresh_db)
+    with psycopg.connect(fresh_db) as conn:
+        # keep the daily rows 365 days back from "now" = the end of the chunk holding January 2025 plus
+        # 365 days: that chunk goes, in the daily tables and in their rollups alike; January 2026 stays.
+        first_end = conn.execute("SELECT min(range_end) FROM timescaledb_information.chunks"
+                                 " WHERE hypertable_name = 'gpu_usage_1d'").fetchone()
+        assert first_end is not None
+        dropped = retention.apply(conn, {"1d": timedelta(days=365)}, now=first_end[0] + timedelta(days=365))
+        assert {c.hypertable for c in dropped} == set(retention.HYPERTABLES["1d"])
+        left = conn.execute("SELECT min(bucket) FROM gpu_usage_model_1d").fetchone()
+        assert left is not None and left[0].year == 2026
+        for group in ("fleet", "namespace"):
+            kw = dict(group=group, now=lambda: NOW)
+            _same(trend.trend(conn, JAN, date(2026, 1, 1), **kw),
+                  trend.trend(conn, JAN, date(2026, 1, 1), source="rows", **kw))
+
+
+def test_one_statement_across_chunks(fresh_db: str) -> None:
+    # One batch writes Jan 2025 and Jan 2026 days: two 365-day chunks of gpu_usage_1d, one statement.
+    _two_years(fresh_db)
     with psycopg.connect(fresh_db) as conn:
         chunks = conn.execute("SELECT count(*) FROM timescaledb_information.chunks"
                               " WHERE hypertable_name = 'gpu_usage_1d'").fetchone()
