@@ -61,5 +61,5 @@ def fetch(conn: psycopg.Connection[Any], month: date, cluster: str | None = None
     """The month's lines (UTC), optionally of one cluster."""
     start, end = reports.month_range(month)
     with conn.cursor(row_factory=class_row(DailyLine)) as cur:
-        cur.execute(reports.load_query("focus"), {"start": start, "end": end, "cluster": cluster})  # type: ignore[arg-type]
+        cur.execute(reports.load_query("focus"), {"start": start, "end": end, "cluster": cluster})
         return cur.fetchall()

@@ -60,9 +60,9 @@ class FreeHour:
 def split_hour(h: FreeHour, target_profile: str | None, target_slices: int | None) -> tuple[float, float, bool]:
     """(hostable, stranded) slice-hours of one GPU-hour and whether the real placement decided it (rules 2, 3)."""
     free_compute = h.total_slices - sum(h.slices)
-    known = all(s is not None for s in h.starts)
-    occupied = placement.placed(h.gpu_model, h.total_slices, list(zip(h.profiles, h.slices, h.starts))) \
-        if known else None  # type: ignore[arg-type]
+    starts = [s for s in h.starts if s is not None]
+    occupied = placement.placed(h.gpu_model, h.total_slices, list(zip(h.profiles, h.slices, starts))) \
+        if len(starts) == len(h.starts) else None
     if target_profile is None or not target_slices or free_compute <= 0:
         return 0.0, h.unallocated_slice_hours, occupied is not None
     if occupied is not None:
