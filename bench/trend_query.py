@@ -13,8 +13,10 @@ size of a real two-year warehouse, without simulating two years.
 
 Measured, each as the first run and the median of ``--repeats`` warm-cache runs, wall time of
 ``warehouse.trend.trend`` (query, fetch, forecast): per month and per week over the whole
-range, per GPU model per month, per namespace per month; and the load average (the machine
-is shared). Run: ``python -m bench.trend_query [--hosts 125 --gpus-per-host 8 --months 24]``;
+range, per GPU model per month, per namespace per month; each twice, alternately: ``old`` =
+summed from the daily rows (``source="rows"``, what the trend read before sql/034), ``new`` =
+from the per-day rollups (``source="rollup"``, what it reads now); and the load average (the
+machine is shared). The rollups are filled by their triggers while the rows are copied. Run: ``python -m bench.trend_query [--hosts 125 --gpus-per-host 8 --months 24]``;
 small here: ``--hosts 4 --gpus-per-host 8 --copies 4 --months 24`` (128 GPUs), or the fleet and
 model trends of 1,024 GPUs with ``--copies 32 --fleet-only``. It creates and drops its own
 database on the local stack (or ``$MIGMETER_DATABASE_URL``'s server).
@@ -32,9 +34,10 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from bench.chargeback_query import _COPY_COLUMNS, _scalar, _timed, generate, replicate
+from bench.chargeback_query import _COPY_COLUMNS, _scalar, _timed, _timed_pair, generate, replicate
 from bench.common import fresh_database, load_average
 from warehouse import reports, trend
+from warehouse.retention import TREND_ROLLUPS as _ROLLUPS  # the per-day rollups the trend reads (sql/034)
 
 __all__ = ["extend_months", "measure", "main"]
 
@@ -59,9 +62,10 @@ def extend_months(url: str, months: int, tables: tuple[str, ...] = tuple(_COPY_C
             _log(f"{table}: copied into {months - 1} more months")
         conn.commit()
         conn.autocommit = True
-        for table in _COPY_COLUMNS:
+        counted = tuple(_COPY_COLUMNS) + _ROLLUPS
+        for table in counted:
             conn.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(table)))
-        return {t: _scalar(conn, sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(t))) for t in _COPY_COLUMNS}
+        return {t: _scalar(conn, sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(t))) for t in counted}
 
 
 def measure(url: str, months: int, repeats: int, fleet_only: bool = False) -> dict[str, Any]:
@@ -73,22 +77,25 @@ def measure(url: str, months: int, repeats: int, fleet_only: bool = False) -> di
                  ("by_model_by_month", "month", "model"), ("by_namespace_by_month", "month", "namespace")]
         for name, unit, group in cases[:3] if fleet_only else cases:
             report = trend.trend(conn, FIRST_MONTH, last, unit=unit, group=group)
-            out[name] = {"rows": len(report.rows),
-                         **_timed(lambda u=unit, g=group: trend.trend(conn, FIRST_MONTH, last, unit=u, group=g), repeats)}
+            out[name] = {"rows": len(report.rows), **_timed_pair(
+                lambda u=unit, g=group: trend.trend(conn, FIRST_MONTH, last, unit=u, group=g, source="rows"),
+                lambda u=unit, g=group: trend.trend(conn, FIRST_MONTH, last, unit=u, group=g), repeats)}
             _log(f"{name}: {out[name]}")
         # Where the time goes: the server's own execution time and its JIT compilation (PostgreSQL
         # compiles queries above jit_above_cost, which a two-year scan is), then the same with JIT off.
         start, end = reports.month_range(FIRST_MONTH)[0], reports.month_range(last)[1]
         params = {"start": start, "end": end, "cluster": None, "unit": "month", "by_model": False}
-        row = conn.execute("EXPLAIN (ANALYZE, FORMAT JSON) " + reports.load_query("trend_fleet"),  # type: ignore[operator]
-                           params).fetchone()
-        plan = row[0][0] if row else {}
-        out["explain_fleet_by_month"] = {"execution_ms": round(plan.get("Execution Time", 0.0), 1),
-                                         "jit_ms": round(plan.get("JIT", {}).get("Timing", {}).get("Total", 0.0), 1)}
+        for key, query in (("explain_fleet_by_month_rows", "trend_fleet_rows"), ("explain_fleet_by_month", "trend_fleet")):
+            row = conn.execute("EXPLAIN (ANALYZE, FORMAT JSON) " + reports.load_query(query),  # type: ignore[operator]
+                               params).fetchone()
+            plan = row[0][0] if row else {}
+            out[key] = {"execution_ms": round(plan.get("Execution Time", 0.0), 1),
+                        "jit_ms": round(plan.get("JIT", {}).get("Timing", {}).get("Total", 0.0), 1)}
         conn.execute("SET jit = off")
         out["fleet_by_month_jit_off"] = _timed(lambda: trend.trend(conn, FIRST_MONTH, last), repeats)
         conn.execute("RESET jit")
-        _log(f"explain: {out['explain_fleet_by_month']}; jit off: {out['fleet_by_month_jit_off']}")
+        _log(f"explain rows: {out['explain_fleet_by_month_rows']}, rollup: {out['explain_fleet_by_month']};"
+             f" jit off: {out['fleet_by_month_jit_off']}")
     out["load_after_queries"] = load_average()
     return out
 
@@ -124,7 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n{result['gpus']} GPUs x {args.months} months: {rows['gpu_usage_1d']:,} daily GPU rows, "
           f"{rows.get('tenant_usage_1d', 0):,} daily tenant rows; load {q['load_before_queries']} -> "
           f"{q['load_after_queries']}\n"
-          + "\n".join(f"trend {k}: {q[k]['rows']} rows, median {q[k]['median_ms']} ms (first {q[k]['first_ms']} ms)"
+          + "\n".join(f"trend {k}: {q[k]['rows']} rows, median from daily rows {q[k]['old']['median_ms']} ms, from"
+                      f" rollups {q[k]['new']['median_ms']} ms (first {q[k]['old']['first_ms']} / {q[k]['new']['first_ms']} ms)"
                       for k in ("fleet_by_month", "fleet_by_week", "by_model_by_month", "by_namespace_by_month")
                       if k in q), file=sys.stderr)
     return 0

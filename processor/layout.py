@@ -14,6 +14,10 @@ snapshots of the same GPU. Rules:
 - An instance's validity interval closes at the ts of the first snapshot that no longer
   shows it as it was (destroyed, profile or tenant changed) and a new one opens there if it
   goes on. A GPU with MIG on and no instances simply has no open interval (allocation 0).
+- An interval records where the instance sits (``placement_start``, in memory slices) as the
+  snapshot that opened it reports it (NVML ``placement.start``, the simulator; None when the
+  source does not say). The driver ties a GI id to its placement, so a move is a destroy and
+  a create; a move that kept GI id, profile and tenant would go unseen.
 """
 
 from __future__ import annotations
@@ -35,6 +39,9 @@ __all__ = [
     "signature_of",
     "diff_layout",
 ]
+
+# A GPU has at most 8 memory slices, so a placement start is 0..7.
+_MEMORY_SLICES_MAX = 8
 
 EVENTS = ("created", "destroyed", "profile_changed", "tenant_changed", "mig_enabled", "mig_disabled")
 
@@ -123,6 +130,7 @@ class Interval:
     container: str
     valid_from: datetime
     valid_to: datetime | None = None
+    placement_start: int | None = None
 
 
 @dataclass(slots=True)
@@ -138,8 +146,11 @@ class IntervalBook:
     _open_now: dict[tuple[str, int], Interval] = field(default_factory=dict)
 
     def open(self, snap: Snapshot, slot: Slot) -> None:
+        placement = next((i.placement_start for i in snap.instances if i.gi_id == slot.gi_id), None)
+        if placement is not None and not 0 <= placement < _MEMORY_SLICES_MAX:
+            placement = None  # a source's garbage is not a placement; the stranded report says "estimate"
         iv = Interval(snap.gpu_uuid, slot.gi_id, snap.cluster, slot.profile, slot.slices, snap.total_slices,
-                      slot.namespace, slot.pod, slot.container, snap.ts)
+                      slot.namespace, slot.pod, slot.container, snap.ts, placement_start=placement)
         self.opened.append(iv)
         self._open_now[(snap.gpu_uuid, slot.gi_id)] = iv
 

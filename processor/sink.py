@@ -143,7 +143,7 @@ _GPU_STATE = TableSpec("gpu_state", ("gpu_uuid",),
                         "billed", "version", "feed"))
 _LOCK_STATES = "SELECT gpu_uuid, version FROM gpu_state WHERE gpu_uuid = ANY(%s) ORDER BY gpu_uuid FOR UPDATE"
 _INTERVAL_COLUMNS = ("gpu_uuid", "gi_id", "cluster", "profile", "slices", "total_slices", "namespace", "pod",
-                     "container", "valid_from", "valid_to")
+                     "container", "valid_from", "valid_to", "placement_start")
 _EVENT_COLUMNS = ("ts", "gpu_uuid", "cluster", "event", "gi_id", "before", "after", "source_partition",
                   "source_offset")
 
@@ -402,7 +402,7 @@ class Sink:
         if book.opened:
             n += self._copy(cur, "instance_intervals", _INTERVAL_COLUMNS, (
                 (iv.gpu_uuid, iv.gi_id, iv.cluster, iv.profile, iv.slices, iv.total_slices, iv.namespace, iv.pod,
-                 iv.container, iv.valid_from, iv.valid_to) for iv in book.opened))
+                 iv.container, iv.valid_from, iv.valid_to, iv.placement_start) for iv in book.opened))
         return n
 
     def _bucket_ts(self, epoch_s: int) -> datetime:

@@ -17,8 +17,16 @@ so it is built from, and checked against, that report's lines:
    (:class:`FocusExportError`), never written half right.
 4. FOCUS forbids a null ``BilledCost``: usage on a GPU model without a price that day is
    refused with the models and days to price (``migmeter price set``).
+5. ``pricing="profile"`` bills as ``report chargeback --pricing profile`` does
+   (:class:`warehouse.profile_pricing.Pricer`, the one copy of those rules): an instance with
+   a profile price is priced in ``Instance-Hours`` at that price (``SkuId``
+   ``instance-hour/MODEL/PROFILE``), the others in GPU-hours at their model's share rule
+   (``SkuPriceId`` ``gpu-hour/MODEL/memory-share`` or ``/max-share``; the compute rule is the
+   default pricing's row); unallocated slices stay at the GPU-hour price. What that leaves of
+   the GPUs' cost is one ``Adjustment`` row per currency for the month (``x_Line`` ``not
+   covered``; negative = over-recovered), so Σ ``BilledCost`` is still the chargeback total.
 
-Quantities are GPU-hours as ``Decimal`` with :data:`QUANTITY_PLACES` places; every cost is
+Quantities are hours as ``Decimal`` with :data:`QUANTITY_PLACES` places; every cost is
 ``PricingQuantity × unit price`` computed exactly, so ``ListCost = ListUnitPrice ×
 PricingQuantity`` holds to the last digit, as the spec requires. Rows with no hours to bill
 (a fully allocated GPU's 0 h unallocated line) are left out and counted in the notes:
@@ -33,19 +41,20 @@ import json
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta, timezone
+from datetime import date, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal, TextIO
 
 import psycopg
-from psycopg.rows import class_row
 
 from migmeter.errors import ConfigError, MigmeterError
-from warehouse import reports
+from warehouse import daily_lines, profile_pricing, reports
+from warehouse.daily_lines import BREAKDOWN_LINES, QUANTITY_PLACES, DailyLine, hours
 
 __all__ = [
     "FOCUS_VERSION",
+    "PRICINGS",
     "QUANTITY_PLACES",
     "BREAKDOWN_LINES",
     "FocusExportError",
@@ -56,6 +65,7 @@ __all__ = [
     "FocusDataset",
     "build_rows",
     "carried_rows",
+    "not_covered_rows",
     "export",
     "csv_text",
     "write_csv",
@@ -63,9 +73,7 @@ __all__ = [
 ]
 
 FOCUS_VERSION = "1.2"
-# 1e-9 GPU-hour = 3.6 µs of a whole GPU: far below any billing unit, far above the float
-# noise of a day's sums; the same quantum for every row keeps the products exact.
-QUANTITY_PLACES = 9
+PRICINGS = profile_pricing.PRICINGS
 _QUANTUM = Decimal(1).scaleb(-QUANTITY_PLACES)
 # A carried line's unit price is its cost / hours; 12 places keep the rounding of that
 # division below 1e-9 of a cent per GPU-hour.
@@ -73,11 +81,8 @@ _PRICE_SCALE = 12
 _CARRIED_PRICE_QUANTUM = Decimal(1).scaleb(-_PRICE_SCALE)
 # quantity × unit price, exactly: the Parquet decimal type must hold every digit.
 _COST_SCALE = QUANTITY_PLACES + _PRICE_SCALE
-# The chargeback line kinds focus_usage_daily breaks down per instance; any other kind the
-# chargeback report returns is carried as month-grain rows.
-BREAKDOWN_LINES = ("tenant", "unassigned", "unallocated")
 _CENT = Decimal("0.01")
-_UNIT = "GPU-Hours"
+_UNIT = profile_pricing.GPU_UNIT
 _TAG_PREFIX = "migmeter/"
 
 
@@ -168,28 +173,6 @@ _NAMES = tuple(c.name for c in COLUMNS)
 
 
 @dataclass(frozen=True, slots=True)
-class DailyLine:
-    """One row of ``sql/reports/focus.sql`` (the view ``focus_usage_daily``)."""
-
-    bucket: datetime
-    cluster: str
-    gpu_uuid: str
-    gpu_model: str
-    gi_id: int | None
-    profile: str | None
-    slices: int | None
-    total_slices: int
-    line: str
-    namespace: str
-    pod: str
-    container: str
-    alloc_gpu_hours: float
-    used_gpu_hours: float
-    price_per_gpu_hour: Decimal | None
-    currency: str | None
-
-
-@dataclass(frozen=True, slots=True)
 class FocusDataset:
     """The export's rows (dicts keyed by :data:`COLUMNS` names, in that order) and notes for people."""
 
@@ -203,10 +186,6 @@ class FocusDataset:
         for r in self.rows:
             totals[r["BillingCurrency"]] += r["BilledCost"]
         return dict(totals)
-
-
-def _hours(value: float | Decimal) -> Decimal:
-    return Decimal(repr(float(value))).quantize(_QUANTUM)
 
 
 def _tags(cluster: str, line: str, namespace: str | None, pod: str | None, container: str | None) -> str:
@@ -258,28 +237,46 @@ def _common(identity: FocusIdentity, month: date, currency: str) -> dict[str, An
     }
 
 
-def _priced(row: dict[str, Any], quantity: Decimal, unit_price: Decimal, used: Decimal) -> dict[str, Any]:
+def _priced(row: dict[str, Any], quantity: Decimal, unit_price: Decimal, used: Decimal,
+            consumed: Decimal | None = None) -> dict[str, Any]:
+    """Costs = quantity x unit price; ``consumed`` (GPU-hours) when the pricing quantity is not in GPU-hours."""
     cost = quantity * unit_price
+    used_cost = used * unit_price if consumed is None else \
+        (cost * used / consumed).quantize(Decimal(1).scaleb(-_COST_SCALE))  # the used share of the charge
     row.update({
         "BilledCost": cost, "ContractedCost": cost, "EffectiveCost": cost, "ListCost": cost,
-        "ConsumedQuantity": quantity, "PricingQuantity": quantity,
+        "ConsumedQuantity": quantity if consumed is None else consumed, "PricingQuantity": quantity,
         "ContractedUnitPrice": unit_price, "ListUnitPrice": unit_price,
-        "x_UsedGpuHours": used, "x_UsedCost": used * unit_price,
+        "x_UsedGpuHours": used, "x_UsedCost": used_cost,
     })
     return {name: row.get(name) for name in _NAMES}
 
 
-def build_rows(lines: Iterable[DailyLine], month: date, identity: FocusIdentity) -> tuple[list[dict[str, Any]], int]:
+def _profile_priced(row: dict[str, Any], d: DailyLine, lp: profile_pricing.LinePrice, quantity: Decimal,
+                    used: Decimal) -> dict[str, Any]:
+    """Step 5: an instance line at its profile price or its model's share rule."""
+    if lp.rule == "profile":
+        sku = f"instance-hour/{d.gpu_model}/{d.profile}"
+        row.update({"SkuId": sku, "SkuPriceId": sku, "SkuMeter": "MIG instance", "PricingUnit": lp.unit})
+    elif lp.rule != "compute":
+        row["SkuPriceId"] = f"gpu-hour/{d.gpu_model}/{lp.rule}-share"
+    if lp.rule == "compute":  # the default pricing's row, to the digit
+        return _priced(row, lp.quantity, lp.unit_price, used)
+    return _priced(row, lp.quantity, lp.unit_price, used, consumed=quantity)
+
+
+def build_rows(lines: Iterable[DailyLine], month: date, identity: FocusIdentity,
+               pricer: profile_pricing.Pricer | None = None) -> tuple[list[dict[str, Any]], int]:
     """FOCUS rows of the per-instance daily lines, and how many had no hours to bill (left out).
 
-    Pure: the caller has already refused unpriced lines.
+    Pure: the caller has already refused unpriced lines. ``pricer``: step 5 (None = GPU prices).
     """
     out: list[dict[str, Any]] = []
     empty = 0
     for d in lines:
         if d.price_per_gpu_hour is None or d.currency is None:
             raise FocusExportError(f"line of {d.gpu_model} on {d.bucket:%Y-%m-%d} has no price")
-        quantity = _hours(d.alloc_gpu_hours)
+        quantity = hours(d.alloc_gpu_hours)
         if quantity <= 0:
             if quantity < -_QUANTUM * 1000:
                 raise FocusExportError(f"{d.line} line of {d.gpu_uuid} on {d.bucket:%Y-%m-%d} has negative hours"
@@ -304,7 +301,11 @@ def build_rows(lines: Iterable[DailyLine], month: date, identity: FocusIdentity)
             "x_GpuUuid": d.gpu_uuid, "x_GpuModel": d.gpu_model,
             "x_GpuInstanceId": d.gi_id, "x_Profile": d.profile, "x_Slices": d.slices, "x_TotalSlices": d.total_slices,
         })
-        out.append(_priced(row, quantity, d.price_per_gpu_hour, _hours(d.used_gpu_hours)))
+        lp = pricer.price(d) if pricer is not None else None
+        if lp is not None:
+            out.append(_profile_priced(row, d, lp, quantity, hours(d.used_gpu_hours)))
+        else:
+            out.append(_priced(row, quantity, d.price_per_gpu_hour, hours(d.used_gpu_hours)))
     return out, empty
 
 
@@ -318,7 +319,7 @@ def carried_rows(chargeback_lines: Sequence[dict[str, Any]], month: date, identi
     for c in chargeback_lines:
         if c["line"] in BREAKDOWN_LINES:
             continue
-        quantity = _hours(c["alloc_gpu_hours"] or 0.0)
+        quantity = hours(c["alloc_gpu_hours"] or 0.0)
         if quantity <= 0:
             continue
         if c["currency"] is None or c["cost_alloc"] is None:
@@ -333,7 +334,38 @@ def carried_rows(chargeback_lines: Sequence[dict[str, Any]], month: date, identi
             "Tags": json.dumps({f"{_TAG_PREFIX}line": c["line"]}),
             "x_Line": c["line"],
         })
-        out.append(_priced(row, quantity, unit_price, _hours(c["used_gpu_hours"] or 0.0)))
+        out.append(_priced(row, quantity, unit_price, hours(c["used_gpu_hours"] or 0.0)))
+    return out
+
+
+def not_covered_rows(rows: Sequence[dict[str, Any]], lines: Iterable[DailyLine], month: date,
+                     identity: FocusIdentity) -> list[dict[str, Any]]:
+    """Step 5's ``Adjustment`` rows: per currency, the GPUs' cost (Σ GPU-hours x GPU-hour price of
+    ``lines``) minus what the per-instance and unallocated ``rows`` bill; none where that is 0."""
+    gpu_cost: dict[str, Decimal] = defaultdict(Decimal)
+    for d in lines:
+        if d.price_per_gpu_hour is not None and d.currency is not None:
+            gpu_cost[d.currency] += hours(d.alloc_gpu_hours) * d.price_per_gpu_hour
+    for r in rows:
+        if r["x_Line"] in BREAKDOWN_LINES:
+            gpu_cost[r["BillingCurrency"]] -= r["BilledCost"]
+    start, end = reports.month_range(month)
+    out = []
+    for currency, rest in sorted(gpu_cost.items()):
+        if rest == 0:
+            continue
+        row = _common(identity, month, currency)
+        row.update({
+            "ChargeCategory": "Adjustment",  # chargecategory.md: charges that fit no other category
+            "ChargeDescription": "Share of the GPUs' cost that profile prices and share rules leave uncovered"
+                                 " (negative: recovered more than the GPUs cost)",
+            "ChargePeriodStart": start, "ChargePeriodEnd": end,
+            "ConsumedUnit": None, "PricingUnit": None,  # not usage: no quantity (consumedquantity.md)
+            "BilledCost": rest, "ContractedCost": rest, "EffectiveCost": rest, "ListCost": rest,
+            "Tags": json.dumps({f"{_TAG_PREFIX}line": "not covered"}),
+            "x_Line": "not covered",
+        })
+        out.append({name: row.get(name) for name in _NAMES})
     return out
 
 
@@ -355,7 +387,8 @@ def _reconcile(rows: Sequence[dict[str, Any]], chargeback_lines: Sequence[dict[s
     hours: dict[str, Decimal] = defaultdict(Decimal)
     cost: dict[str, Decimal] = defaultdict(Decimal)
     for r in rows:
-        hours[r["x_Line"]] += r["PricingQuantity"]
+        if r["ConsumedQuantity"] is not None:  # the not-covered adjustment has no hours
+            hours[r["x_Line"]] += r["ConsumedQuantity"]
         cost[r["BillingCurrency"]] += r["BilledCost"]
     want_hours: dict[str, float] = defaultdict(float)
     want_cost: dict[str, Decimal] = defaultdict(Decimal)
@@ -379,17 +412,21 @@ def _reconcile(rows: Sequence[dict[str, Any]], chargeback_lines: Sequence[dict[s
 
 
 def export(
-    conn: psycopg.Connection[Any], month: date, identity: FocusIdentity | None = None, cluster: str | None = None
+    conn: psycopg.Connection[Any], month: date, identity: FocusIdentity | None = None, cluster: str | None = None,
+    pricing: str = "gpu",
 ) -> FocusDataset:
-    """The FOCUS dataset of one UTC month, checked against the chargeback report (steps 1-4 above)."""
+    """The FOCUS dataset of one UTC month, checked against the chargeback report (steps 1-5 above)."""
+    if pricing not in PRICINGS:
+        raise ConfigError(f"pricing {pricing[:20]!r} is not one of {', '.join(PRICINGS)}")
     identity = identity or FocusIdentity()
-    start, end = reports.month_range(month)
-    with conn.cursor(row_factory=class_row(DailyLine)) as cur:
-        cur.execute(reports.load_query("focus"), {"start": start, "end": end, "cluster": cluster})  # type: ignore[arg-type]
-        lines = cur.fetchall()
+    lines = daily_lines.fetch(conn, month, cluster)
     _refuse_unpriced(lines)
     chargeback = reports.chargeback(conn, month, by="namespace", cluster=cluster).as_dicts()
-    rows, empty = build_rows((d for d in lines if d.currency is not None), month, identity)
+    pricer = profile_pricing.Pricer.load(conn) if pricing == "profile" else None
+    priced = [d for d in lines if d.currency is not None]
+    rows, empty = build_rows(priced, month, identity, pricer)
+    if pricer is not None:
+        rows += not_covered_rows(rows, priced, month, identity)
     rows += carried_rows(chargeback, month, identity)
     notes = _reconcile(rows, chargeback)
     if empty:

@@ -7,12 +7,13 @@ follow one rule, checked against that real output in ``tests/processor/test_plac
 a profile of ``c`` compute slices and ``m`` memory slices may start at every multiple of
 ``m`` with ``start + m <= memory slices`` and ``start + c <= compute slices``.
 
-The warehouse does not store where an instance was placed, so :func:`best_fit` estimates
-the best case: of every valid placement of the instances present, the one leaving room for the
-most instances of a wanted profile (a 3g at start 4 instead of 0 frees a slice for a 1g).
-What even that placement cannot use is stranded by the layout itself, whatever the driver
-did. :func:`pack` is the simple largest-first, lowest-start placement. Results built on them
-are labelled estimates.
+Where the source reports where an instance sits (``placement_start``, stored in the layout
+history since migration 033), :func:`placed` rebuilds the real occupancy. Where it does not,
+:func:`best_fit` estimates the best case: of every valid placement of the instances present,
+the one leaving room for the most instances of a wanted profile (a 3g at start 4 instead of 0
+frees a slice for a 1g). What even that placement cannot use is stranded by the layout
+itself, whatever the driver did. :func:`pack` is the simple largest-first, lowest-start
+placement. Results built on them are labelled estimates.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from collections.abc import Sequence
 
 from warehouse import profiles
 
-__all__ = ["memory_slots", "allowed_starts", "pack", "fits", "best_fit"]
+__all__ = ["memory_slots", "allowed_starts", "pack", "placed", "fits", "best_fit"]
 
 # Memory slices of a profile when the profile table does not know the model: the size the
 # placement tables give each compute size (3g and 4g both take half the memory).
@@ -58,6 +59,19 @@ def pack(gpu_model: str, total: int, instances: Sequence[tuple[str, int]]) -> li
     occupied = [False] * profiles.memory_slices_total(total)
     for profile, compute in sorted(instances, key=lambda i: -i[1]):
         _place(occupied, compute, memory_slots(gpu_model, profile, compute, total), total)
+    return occupied
+
+
+def placed(gpu_model: str, total: int, instances: Sequence[tuple[str, int, int]]) -> list[bool] | None:
+    """Occupied memory slices of ``(profile, compute slices, placement start)`` as reported, or None
+    when they cannot be where they say (a start MIG does not allow, two instances on one slice:
+    e.g. two layouts seen in one hour)."""
+    occupied = [False] * profiles.memory_slices_total(total)
+    for profile, compute, start in instances:
+        size = memory_slots(gpu_model, profile, compute, total)
+        if start not in allowed_starts(compute, size, total) or any(occupied[start:start + size]):
+            return None
+        occupied[start:start + size] = [True] * size
     return occupied
 
 

@@ -90,9 +90,10 @@ def _dispatch(conn: psycopg.Connection[object], args: argparse.Namespace, p: pri
         print(f"{args.model} {args.profile}: {amount} {currency} per instance-hour from {since}")
         return 0
     if args.action == "rule" and day is not None:
-        profile_pricing.set_share_rule(conn, args.model, args.rule, day)
+        recorded = profile_pricing.set_share_rule(conn, args.model, args.rule, day)
         conn.commit()
-        print(f"{args.model}: instances share the GPU's price by {args.rule} slices from {day}")
+        print(f"{args.model}: instances share the GPU's price by {args.rule} slices from {day}"
+              f" (memory shares of {recorded} profiles recorded)")
         return 0
     if p is not None:
         prices.set_price(conn, p)

@@ -40,9 +40,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     cb.add_argument("--month", required=True, help="YYYY-MM")
     cb.add_argument("--by", choices=sorted(reports.CHARGEBACK_BY), default="namespace", help="namespace (default) or pod")
     cb.add_argument("--plot", type=Path, metavar="FILE.png", help="also draw allocated GPU-hours per day and tenant")
-    cb.add_argument("--pricing", choices=("gpu", "profile"), default="gpu",
-                    help="gpu (default): slices/total of the GPU-hour price; profile: profile prices, then the"
-                         " model's share rule, with a (not covered) line (`migmeter price set --profile`, `price rule`)")
+    pricing_help = ("gpu (default): slices/total of the GPU-hour price; profile: profile prices, then the model's"
+                    " share rule, with a (not covered) line (`migmeter price set --profile`, `price rule`)")
+    cb.add_argument("--pricing", choices=profile_pricing.PRICINGS, default="gpu", help=pricing_help)
     cb.add_argument("--output", type=Path, metavar="FILE", help="with --format html: write the statement here"
                                                                 " (default statement-YYYY-MM.html)")
     common(cb, FORMATS + ("html",))
@@ -70,6 +70,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     fo.add_argument("--format", choices=("csv", "parquet"), default="csv",
                     help="csv (default, to stdout or --output) or parquet (needs --output and migmeter[parquet])")
     fo.add_argument("--output", type=Path, metavar="FILE", help="write here instead of stdout")
+    fo.add_argument("--pricing", choices=profile_pricing.PRICINGS, default="gpu", help=pricing_help)
     defaults = focus.FocusIdentity()
     fo.add_argument("--provider-name", default=defaults.provider_name,
                     help=f"ProviderName/PublisherName/InvoiceIssuerName (default {defaults.provider_name!r})")
@@ -148,11 +149,12 @@ def _dispatch(conn: psycopg.Connection[object], args: argparse.Namespace, when: 
     if args.report == "chargeback":
         month = when["month"]
         if args.format == "html":
-            if args.pricing != "gpu" or args.by != "namespace":
-                raise ConfigError("--format html is the statement by namespace at GPU prices (no --by pod/--pricing)")
+            if args.by != "namespace":
+                raise ConfigError("--format html is the statement by namespace (no --by pod)")
             out = args.output or Path(f"statement-{month:%Y-%m}.html")
             out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_text(statement.statement(conn, month, cluster=args.cluster), encoding="utf-8")
+            out.write_text(statement.statement(conn, month, cluster=args.cluster, pricing=args.pricing),
+                           encoding="utf-8")
             print(f"statement written to {out}", file=sys.stderr)
             return 0
         if args.pricing == "profile":
@@ -234,7 +236,7 @@ def _focus(conn: psycopg.Connection[object], args: argparse.Namespace, month: da
         provider_name=args.provider_name, publisher_name=args.provider_name, invoice_issuer_name=args.provider_name,
         billing_account_id=args.billing_account_id, billing_account_name=args.billing_account_name,
     )
-    dataset = focus.export(conn, month, identity, cluster=args.cluster)
+    dataset = focus.export(conn, month, identity, cluster=args.cluster, pricing=args.pricing)
     if args.format == "parquet":
         focus.write_parquet(dataset, args.output)
     elif args.output is not None:

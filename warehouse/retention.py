@@ -28,6 +28,7 @@ from processor.grains import GRAINS, usage_tables
 
 __all__ = [
     "HYPERTABLES",
+    "TREND_ROLLUPS",
     "DEFAULT_KEEP",
     "Chunk",
     "parse_keep",
@@ -38,7 +39,13 @@ __all__ = [
 ]
 
 # granularity -> the hypertables holding it; a whitelist, so no table name ever comes from input.
-HYPERTABLES: dict[str, tuple[str, ...]] = {**{g: usage_tables(g) for g in GRAINS}, "events": ("layout_events",)}
+# The trend's per-day rollups (sql/034) have the 1d tables' 365-day chunks: dropped with them, same days.
+TREND_ROLLUPS = ("gpu_usage_model_1d", "tenant_usage_namespace_1d")
+HYPERTABLES: dict[str, tuple[str, ...]] = {
+    **{g: usage_tables(g) for g in GRAINS},
+    "1d": (*usage_tables("1d"), *TREND_ROLLUPS),
+    "events": ("layout_events",),
+}
 # None = keep forever. 1m rows are for drill-down and debugging; 1h rows carry two years of
 # trends; 1d rows are the chargeback record and are small (one row per GPU/tenant per day).
 DEFAULT_KEEP: dict[str, timedelta | None] = {

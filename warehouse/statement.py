@@ -11,6 +11,8 @@ never disagree with them; every text from the warehouse (tenant names) is HTML-e
 Sections: the period and the price list used; the bill by namespace with its total; the
 reconciliation (and any warning of the chargeback report); allocated GPU-hours per day (stacked
 bars) and cost per namespace (bars); the top idle allocations; the right-sizing savings.
+``pricing="profile"`` bills as ``report chargeback --pricing profile`` (its lines, its
+``(not covered)`` line and its notes) and lists the profile prices and share rules in force.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ from typing import Any
 
 import psycopg
 
-from warehouse import reports, rightsize
+from migmeter.errors import ConfigError
+from warehouse import profile_pricing, reports, rightsize
 from warehouse.render import Column, Report, format_cell
 
 __all__ = ["MAX_SERIES", "TOP", "statement", "render_html", "svg_stacked_bars", "svg_bars"]
@@ -145,30 +148,62 @@ def _prices_used(conn: psycopg.Connection[Any], month: date) -> Report:
                        Column("effective_from", "day"), Column("effective_to", "day")), tuple(rows))
 
 
+# The bill's columns in print order: the default chargeback's, or the profile-priced one's.
+_BILL_COLUMNS = ("line", "namespace", "instance_hours", "alloc_gpu_hours", "used_gpu_hours", "alloc_util_pct",
+                 "profile_priced_hours", "cost_alloc", "cost", "cost_used", "currency")
+_PRICING_TEXT = {
+    "gpu": "A MIG instance costs its share of its GPU's hourly price (compute slices / total); unassigned instances and"
+           " unallocated slices are lines of their own.",
+    "profile": "A MIG instance costs its profile's instance-hour price where one is set, else its share of its GPU's"
+               " hourly price by the model's share rule (compute, memory or the larger); what that leaves of the"
+               " GPUs' cost is the (not covered) line.",
+}
+
+
+def _total_cell(name: str, kind: str, currency: str) -> Any:
+    if name in ("line", "currency"):
+        return "total" if name == "line" else currency
+    return {"money": Decimal(0), "hours": 0.0, "pct": None}.get(kind, "")
+
+
+def _bill_totals(bill: Report, names: Sequence[str], cost_key: str) -> dict[str, list[Any]]:
+    """One total row per currency over the bill's additive columns (hours, money)."""
+    kinds = {c.name: c.kind for c in bill.columns}
+    totals: dict[str, list[Any]] = {}
+    for r in bill.as_dicts():
+        if r["currency"] is None or r[cost_key] is None:
+            continue
+        t = totals.setdefault(r["currency"], [_total_cell(n, kinds[n], r["currency"]) for n in names])
+        for i, n in enumerate(names):
+            if kinds[n] in ("hours", "money"):
+                t[i] += r[n] or 0
+    return totals
+
+
 def render_html(month: date, cluster: str | None, generated: datetime, bill: Report, daily: Report, idle: Report,
-                sizing: Report, price_list: Report) -> str:
+                sizing: Report, price_list: Report, pricing: str = "gpu",
+                profile_prices: Report | None = None) -> str:
     """The statement from the reports' contents (pure, so tests can feed it hostile names)."""
     start, end = reports.month_range(month)
     scope = f"cluster {cluster}" if cluster else "all clusters"
-    totals: dict[str, list[Any]] = {}
-    for r in bill.as_dicts():
-        if r["currency"] is None:
-            continue
-        t = totals.setdefault(r["currency"], ["total", "", 0.0, 0.0, None, Decimal(0), Decimal(0), r["currency"]])
-        t[2] += r["alloc_gpu_hours"] or 0.0
-        t[3] += r["used_gpu_hours"] or 0.0
-        t[5] += r["cost_alloc"] or 0
-        t[6] += r["cost_used"] or 0
-    bill_cols = ("line", "namespace", "alloc_gpu_hours", "used_gpu_hours", "alloc_util_pct", "cost_alloc", "cost_used",
-                 "currency")
+    names = [c.name for c in bill.columns]
+    cost_key = "cost_alloc" if "cost_alloc" in names else "cost"
+    bill_cols = tuple(n for n in _BILL_COLUMNS if n in names)
+    totals = _bill_totals(bill, bill_cols, cost_key)
     bill_table = _table(bill, bill_cols, next(iter(totals.values())) if len(totals) == 1 else None)
     days, series = _daily_series(daily)
-    cost_by_ns = [(r["namespace"], float(r["cost_alloc"])) for r in bill.as_dicts() if r["cost_alloc"] is not None]
+    cost_by_ns = [(r["namespace"], float(r[cost_key])) for r in bill.as_dicts() if r[cost_key] is not None]
     saving = [c.name for c in sizing.columns].index("saving_per_month")
     savers = Report("", sizing.columns, tuple(r for r in sizing.rows if r[saving] is not None and r[saving] > 0)[:TOP])
     notes = "".join(f'<p class="{"warn" if n.startswith("warning") or "NOT" in n else "note"}">{_e(n)}</p>'
                     for n in bill.notes)
-    total_line = "; ".join(f"{v[5]:,.2f} {c}" for c, v in sorted(totals.items())) or "nothing priced"
+    total_line = "; ".join(f"{v[bill_cols.index(cost_key)]:,.2f} {c}" for c, v in sorted(totals.items())) \
+        or "nothing priced"
+    profile_section = "" if profile_prices is None else (
+        "<h3>Profile prices and share rules</h3>" + _table(profile_prices, ("gpu_model", "what", "price_per_hour",
+                                                                             "currency", "effective_from", "effective_to"))
+        + '<p class="note">Profile prices are per hour of one instance; a share rule says how instances without one'
+          ' share the GPU-hour price.</p>')
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
@@ -178,8 +213,8 @@ def render_html(month: date, cluster: str | None, generated: datetime, bill: Rep
 <p>Period {start:%Y-%m-%d} 00:00 to {end:%Y-%m-%d} 00:00 UTC (end excluded), {_e(scope)}.
 Total billed by allocation: <strong>{_e(total_line)}</strong>. Generated {generated:%Y-%m-%d %H:%M} UTC by migmeter.</p>
 <h2>Bill by namespace</h2>
-<p class="note">Allocated GPU-hours = Σ share of the GPU × time; used = allocated × utilization. A MIG instance
-costs its share of its GPU's hourly price; unassigned instances and unallocated slices are lines of their own.</p>
+<p class="note">Allocated GPU-hours = Σ share of the GPU × time; used = allocated × utilization.
+{_e(_PRICING_TEXT[pricing])}</p>
 {bill_table}
 <h2>Reconciliation</h2>
 {notes}
@@ -198,17 +233,34 @@ costs its share of its GPU's hourly price; unassigned instances and unallocated 
 <h2>Prices used</h2>
 {_table(price_list, ("gpu_model", "price_per_gpu_hour", "currency", "effective_from", "effective_to"))}
 <p class="note">Prices are per whole GPU-hour, applied per UTC day; effective to = first day of the next price.</p>
+{profile_section}
 </body></html>
 """
 
 
+def _profile_prices_used(conn: psycopg.Connection[Any], month: date) -> Report:
+    start, end = reports.month_range(month)
+    rows = conn.execute(
+        "SELECT gpu_model, profile, price_per_instance_hour, currency, effective_from, effective_to"
+        " FROM gpu_profile_prices WHERE effective_from < %(end)s AND (effective_to IS NULL OR effective_to > %(start)s)"
+        " UNION ALL SELECT gpu_model, 'share rule: ' || rule, NULL, NULL, effective_from, effective_to"
+        " FROM gpu_share_rules WHERE effective_from < %(end)s AND (effective_to IS NULL OR effective_to > %(start)s)"
+        " ORDER BY 1, 2, 5", {"start": start.date(), "end": end.date()}).fetchall()
+    return Report("", (Column("gpu_model"), Column("what"), Column("price_per_hour", "number"), Column("currency"),
+                       Column("effective_from", "day"), Column("effective_to", "day")), tuple(rows))
+
+
 def statement(conn: psycopg.Connection[Any], month: date, cluster: str | None = None,
-              now: datetime | None = None) -> str:
-    """The month's statement as one HTML document."""
-    bill = reports.chargeback(conn, month, by="namespace", cluster=cluster)
+              now: datetime | None = None, pricing: str = "gpu") -> str:
+    """The month's statement as one HTML document, billed by ``pricing`` (gpu or profile)."""
+    if pricing not in profile_pricing.PRICINGS:
+        raise ConfigError(f"pricing {pricing[:20]!r} is not one of {', '.join(profile_pricing.PRICINGS)}")
+    bill = reports.chargeback(conn, month, by="namespace", cluster=cluster) if pricing == "gpu" \
+        else profile_pricing.chargeback(conn, month, cluster=cluster)
     daily = reports.chargeback_daily(conn, month, cluster=cluster)
     idle = reports.idle_capacity(conn, month, cluster=cluster, top=TOP)
     sizing = rightsize.rightsize(conn, month, cluster=cluster)
     generated = now or datetime.now(timezone.utc)
-    return render_html(month, cluster, generated, bill, daily, idle, sizing, _prices_used(conn, month))
+    return render_html(month, cluster, generated, bill, daily, idle, sizing, _prices_used(conn, month), pricing,
+                       _profile_prices_used(conn, month) if pricing == "profile" else None)
 

@@ -1,8 +1,12 @@
 """Long-horizon trend: GPU-hours, utilization, allocation, cost and coverage per week or month.
 
-Why from the daily rows: a two-year range must answer in well under a second, so the query
-reads only the 1-day tables (``gpu_usage_hours_1d``, or the chargeback's daily lines
-``chargeback_namespace_daily`` with ``--by-namespace``), never the 1-minute or 1-hour ones.
+Why from the per-day rollups: a two-year range must answer in well under a second, so the
+query reads one row per day, cluster and GPU model (``trend_gpu_model_daily``; with
+``--by-namespace`` one per day, cluster, model and namespace, ``trend_namespace_daily``), the
+rollups sql/034 keeps current from the daily rows, never the 1-minute, 1-hour or per-GPU
+rows. ``source="rows"`` sums the stored daily rows instead (``gpu_usage_hours_1d``,
+``chargeback_namespace_daily``): the reference the rollups are tested against, and the
+"before" of ``bench/trend_query.py``; the numbers agree to ~1e-12 relative.
 Rules:
 
 1. Periods are UTC calendar months or ISO weeks (Monday); a week that starts before
@@ -39,10 +43,11 @@ from migmeter.errors import ConfigError
 from warehouse import reports
 from warehouse.render import Column, Report
 
-__all__ = ["UNITS", "GROUPS", "DEFAULT_FORECAST", "MIN_FIT_PERIODS", "TrendRow", "least_squares", "forecast",
+__all__ = ["UNITS", "SOURCES", "GROUPS", "DEFAULT_FORECAST", "MIN_FIT_PERIODS", "TrendRow", "least_squares", "forecast",
            "period_end", "trend"]
 
 UNITS = ("week", "month")
+SOURCES = ("rollup", "rows")
 # --by-model / --by-namespace / neither -> (query, one series per GPU model?)
 GROUPS: dict[str, tuple[str, bool]] = {
     "fleet": ("trend_fleet", False),
@@ -139,18 +144,21 @@ def trend(
     cluster: str | None = None,
     forecast_periods: int = DEFAULT_FORECAST,
     now: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
+    source: str = "rollup",
 ) -> Report:
     """Actual rows per period and group, then each group's forecast rows (rules 1-3)."""
     if unit not in UNITS:
         raise ConfigError(f"--by {unit[:20]!r} is not one of {', '.join(UNITS)}")
     if group not in GROUPS:
         raise ConfigError(f"group {group[:20]!r} is not one of {', '.join(GROUPS)}")
+    if source not in SOURCES:
+        raise ConfigError(f"source {source[:20]!r} is not one of {', '.join(SOURCES)}")
     if not (0 <= forecast_periods <= 24):
         raise ConfigError("--forecast must be 0..24 periods")
     start, end = _range(start_month, end_month)
     name, by_model = GROUPS[group]
     with conn.cursor(row_factory=class_row(TrendRow)) as cur:
-        cur.execute(reports.load_query(name),  # type: ignore[arg-type]
+        cur.execute(reports.load_query(name if source == "rollup" else f"{name}_rows"),  # type: ignore[arg-type]
                     {"start": start, "end": end, "cluster": cluster, "unit": unit, "by_model": by_model})
         actual = [r if r.currency is not None else replace(r, cost=None) for r in cur.fetchall()]
     by_group: dict[str, list[TrendRow]] = defaultdict(list)

@@ -1,18 +1,20 @@
--- Fleet (or per GPU model) trend per week or month over a bucket range, from the daily GPU
--- rows (gpu_usage_hours_1d). Coverage is metered / capacity and the cost is the capacity's
--- (what the chargeback bills in all, its (unmetered) line included): aggregate per day and GPU model first, join the day's price to
--- that small set, then sum per period: one series ('all') or one per GPU model (by_model).
+-- Fleet (or per GPU model) trend per week or month over a bucket range, from the per-day
+-- (cluster, GPU model) rollup (reader view trend_gpu_model_daily, sql/034): one row per day,
+-- cluster and model instead of one per GPU-day, the same sums. Coverage is metered / capacity
+-- and the cost is the capacity's (what the chargeback bills in all, its (unmetered) line
+-- included): sum per day and GPU model, join the day's price to that small set, then sum per
+-- period: one series ('all') or one per GPU model (by_model).
 -- %(unit)s is 'week' (ISO, Monday) or 'month', checked by warehouse/trend.py.
 -- Params: start, end (timestamptz), cluster (text or NULL), unit (text), by_model (boolean).
 WITH daily AS (
     SELECT bucket, gpu_model, CASE WHEN %(by_model)s THEN gpu_model ELSE 'all' END AS grp,
-           count(*)                  AS gpu_days,
+           sum(gpu_days)::bigint     AS gpu_days,
            sum(gpu_hours)            AS gpu_hours,
            sum(capacity_gpu_hours)   AS capacity_gpu_hours,
            sum(alloc_gpu_hours)      AS alloc_gpu_hours,
-           sum(busy_gpu_hours)       AS used_gpu_hours,
+           sum(used_gpu_hours)       AS used_gpu_hours,
            sum(util_known_gpu_hours) AS util_known_gpu_hours
-    FROM gpu_usage_hours_1d
+    FROM trend_gpu_model_daily
     WHERE bucket >= %(start)s AND bucket < %(end)s
       AND (%(cluster)s::text IS NULL OR cluster = %(cluster)s::text)
     GROUP BY bucket, gpu_model
