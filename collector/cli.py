@@ -32,19 +32,10 @@ from collector.snapshot import MAX_TEXT_BYTES, MAX_TEXT_CHARS, TS_MAX, TS_MIN
 from collector.sources.base import Source
 from collector.sources.fetch import stoppable
 from collector.spool import DEFAULT_MAX_BYTES, FULL_POLICIES, Spool
-from migmeter import cli_support, preflight, settings
+from migmeter import cli_support, kafka_security, preflight, settings
+from migmeter.kafka_security import describe_security
 from migmeter.cli_support import non_negative_float, port, positive_float, positive_int, stop_on_signals
 from migmeter.errors import ConfigError
-from migmeter.kafka_security import (
-    ENV_SASL_MECHANISM,
-    ENV_SASL_PASSWORD,
-    ENV_SASL_PASSWORD_FILE,
-    ENV_SASL_USERNAME,
-    ENV_SECURITY_PROTOCOL,
-    ENV_SSL_CAFILE,
-    describe_security,
-    kafka_security,
-)
 
 __all__ = ["configure", "run", "ENV_CLUSTER", "ENV_SPOOL_DIR", "SOURCES", "default_spool_dir"]
 
@@ -81,6 +72,18 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "spool), 2 usage or configuration error."
     )
     cli_support.quiet_loggers(parser, "kafka")  # its INFO lines (connects, closes) are noise here
+    _source_arguments(parser)
+    _run_arguments(parser)
+    _publishing_arguments(parser)
+    kafka_security.add_arguments(parser)
+    _spool_arguments(parser)
+    _metrics_arguments(parser)
+    _prometheus_arguments(parser)
+    _simulate_arguments(parser)
+
+
+def _source_arguments(parser: argparse.ArgumentParser) -> None:
+    """Which source, where it is, and what it labels."""
     g = parser.add_argument_group("source")
     g.add_argument("--source", required=True, choices=SOURCES, help="where GPU data comes from (required)")
     g.add_argument(
@@ -113,6 +116,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "or HTTP timeout of one Prometheus query (default 30)",
     )
 
+
+def _run_arguments(parser: argparse.ArgumentParser) -> None:
+    """How long and how often."""
     g = parser.add_argument_group("run")
     g.add_argument("--once", action="store_true", help="run one round, then exit (no /metrics server)")
     g.add_argument("--rounds", type=positive_int, default=None, metavar="N", help="run N rounds, then exit")
@@ -121,6 +127,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help=f"seconds between progress lines on stderr (default {DEFAULT_LOG_EVERY_S:g}); a summary is logged at exit",
     )
 
+
+def _publishing_arguments(parser: argparse.ArgumentParser) -> None:
+    """Kafka: where snapshots go."""
     g = parser.add_argument_group("publishing")
     g.add_argument(
         "--stdout", action="store_true",
@@ -137,24 +146,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
         f"(default {DEFAULT_FLUSH_TIMEOUT_S:g})",
     )
 
-    g = parser.add_argument_group("Kafka security (TLS/SASL; credentials only from the environment or a file)")
-    g.add_argument(
-        "--security-protocol", choices=("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"), default=None,
-        help=f"(env {ENV_SECURITY_PROTOCOL}; default PLAINTEXT)",
-    )
-    g.add_argument(
-        "--sasl-mechanism", default=None, metavar="NAME",
-        help=f"PLAIN, SCRAM-SHA-256, SCRAM-SHA-512, ... (env {ENV_SASL_MECHANISM}); user and password from "
-        f"env {ENV_SASL_USERNAME} and {ENV_SASL_PASSWORD}",
-    )
-    g.add_argument(
-        "--sasl-password-file", default=None, metavar="PATH",
-        help=f"read the SASL password from this file instead (env {ENV_SASL_PASSWORD_FILE})",
-    )
-    g.add_argument("--ssl-cafile", default=None, metavar="PATH", help=f"CA bundle for TLS (env {ENV_SSL_CAFILE})")
-    g.add_argument("--ssl-certfile", default=None, metavar="PATH", help="client certificate for mutual TLS")
-    g.add_argument("--ssl-keyfile", default=None, metavar="PATH", help="client key for mutual TLS")
 
+def _spool_arguments(parser: argparse.ArgumentParser) -> None:
+    """The on-disk spool for snapshots Kafka could not take yet."""
     g = parser.add_argument_group("spool (snapshots Kafka could not take yet)")
     g.add_argument(
         "--spool-dir", default=None, metavar="DIR",
@@ -172,6 +166,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "'drop-oldest' discards the oldest snapshots (counted and logged)",
     )
 
+
+def _metrics_arguments(parser: argparse.ArgumentParser) -> None:
+    """The collector's own /metrics."""
     g = parser.add_argument_group("/metrics")
     g.add_argument(
         "--metrics-addr", default=DEFAULT_METRICS_ADDR,
@@ -182,6 +179,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help=f"port to serve /metrics on (default {DEFAULT_METRICS_PORT}, next to dcgm-exporter's 9400; 0 disables)",
     )
 
+
+def _prometheus_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of the prometheus (backfill) source."""
     g = parser.add_argument_group("prometheus source (backfill from a Prometheus that scrapes dcgm-exporter)")
     g.add_argument(
         "--start", default=None, metavar="TIME",
@@ -194,6 +194,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="prometheus: seconds between evaluation steps (default --interval)",
     )
 
+
+def _simulate_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of the simulated fleet."""
     g = parser.add_argument_group("simulate source (a deterministic fleet, no GPU needed)")
     g.add_argument("--seed", type=int, default=1, help="fleet seed: same seed, same fleet and readings (default 1)")
     g.add_argument("--hosts", type=positive_int, default=2, help="simulated hosts (default 2)")
@@ -206,7 +209,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--speed", type=non_negative_float, default=1.0,
         help="simulated seconds per wall second: rounds come every interval/speed (default 1; 0 = no waiting)",
     )
-
 
 def run(args: argparse.Namespace) -> int:
     _check_cluster(args.cluster)
@@ -311,11 +313,7 @@ def _import_source(name: str) -> Any:
 def _make_publisher(args: argparse.Namespace, stop: threading.Event, metrics: CollectorMetrics) -> Publisher:
     if args.stdout:
         return StdoutPublisher(stop=stop)
-    security = kafka_security(
-        security_protocol=args.security_protocol, sasl_mechanism=args.sasl_mechanism,
-        ssl_cafile=args.ssl_cafile, ssl_certfile=args.ssl_certfile, ssl_keyfile=args.ssl_keyfile,
-        sasl_password_file=args.sasl_password_file,
-    )
+    security = kafka_security.from_args(args)
     bootstrap = settings.kafka_bootstrap(args.bootstrap)
     preflight.kafka_tls(bootstrap, security)  # TLS that can never verify: exit 2 before anything is spooled
     spool = None

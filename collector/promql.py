@@ -173,35 +173,69 @@ def _fmt(x: float) -> str:
     return repr(float(x))
 
 
+@dataclass(frozen=True)
+class _Rule:
+    """One rule of the group; ``for_`` is None for a recording rule, an alert's duration otherwise."""
+
+    name: str
+    expr: str
+    for_: str | None = None
+    labels: dict[str, str] = field(default_factory=dict)
+    annotations: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _Checked:
+    """``RuleOptions`` after validation: what the rules are built from."""
+
+    sel: str
+    wsel: str
+    by: tuple[str, ...]
+    util_t: float
+    idle_t: float
+    util_for: str
+    idle_for: str
+    window: str
+    group_name: str
+
+
 def rules_yaml(opts: RuleOptions) -> str:
     """The rules file for ``opts`` as YAML text, ready for ``rule_files:``. Validates ``opts``."""
-    sel = validate_selector(opts.selector)
-    wsel = validate_selector(opts.weights_selector)
-    by = validate_by(opts.by)
-    util_t = validate_ratio(opts.util_threshold, "--util-threshold")
-    idle_t = validate_ratio(opts.idle_threshold, "--idle-threshold")
-    util_for = validate_duration(opts.util_for, "--for")
-    idle_for = validate_duration(opts.idle_for, "--idle-for")
-    window = validate_duration(opts.layout_window, "--layout-window")
+    checked = _check(opts)
+    return _render(checked.group_name, [*_recording_rules(checked), *_alert_rules(checked)])
+
+
+def _check(opts: RuleOptions) -> _Checked:
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", opts.group_name):
         raise PromqlOptionError(f"group name {opts.group_name!r} must be [A-Za-z0-9_.-]+")
+    return _Checked(
+        sel=validate_selector(opts.selector),
+        wsel=validate_selector(opts.weights_selector),
+        by=validate_by(opts.by),
+        util_t=validate_ratio(opts.util_threshold, "--util-threshold"),
+        idle_t=validate_ratio(opts.idle_threshold, "--idle-threshold"),
+        util_for=validate_duration(opts.util_for, "--for"),
+        idle_for=validate_duration(opts.idle_for, "--idle-for"),
+        window=validate_duration(opts.layout_window, "--layout-window"),
+        group_name=opts.group_name,
+    )
 
+
+def _recording_rules(c: _Checked) -> list[_Rule]:
+    """Weights, weighted utilization per GPU, per tenant label set, and the layout counters."""
     tenant_labels: list[str] = []
-    for b in by:
+    for b in c.by:
         for lab in BY_LABELS[b]:
             if lab not in tenant_labels:
                 tenant_labels.append(lab)
     keep = ", ".join(["UUID", "GPU_I_ID", *tenant_labels])
-
-    slices = _sel(INSTANCE_SLICES_METRIC, wsel)
-    total = _sel(GPU_TOTAL_SLICES_METRIC, wsel)
-    util = _sel(UTIL_METRIC, sel)
-
-    rules: list[tuple[str, str, str, dict[str, str], dict[str, str]]] = []
-    # (kind, name, expr, labels, annotations); kind = "record" | "alert:<for>"
+    slices = _sel(INSTANCE_SLICES_METRIC, c.wsel)
+    total = _sel(GPU_TOTAL_SLICES_METRIC, c.wsel)
+    util = _sel(UTIL_METRIC, c.sel)
+    rules: list[_Rule] = []
 
     def rec(name: str, expr: str) -> None:
-        rules.append(("record", name, expr, {}, {}))
+        rules.append(_Rule(name, expr))
 
     rec(
         "migmeter:instance_weight:ratio",
@@ -274,7 +308,7 @@ count by (UUID) (migmeter:instance_weight:ratio)""",
 # integer slices, so changes() sees every resize exactly
 sum by (UUID) (max by (UUID, GPU_I_ID) ({slices}))""",
     )
-    for b in by:
+    for b in c.by:
         key = b.lower()
         labs = ", ".join(BY_LABELS[b])
         rec(
@@ -291,36 +325,37 @@ sum by ({labs}) (migmeter:instance_weight_observed:ratio)""",
 # per tenant ({labs}): allocated GPUs, sum(w) (3g + 1g on a 7-slice GPU = 0.571)
 sum by ({labs}) (migmeter:instance_weight_observed:ratio)""",
         )
+    return rules
 
-    rules.append(
-        (
-            f"alert:{util_for}",
+
+def _alert_rules(c: _Checked) -> list[_Rule]:
+    """High weighted utilization, an allocated but idle instance, and a layout change."""
+    slices = _sel(INSTANCE_SLICES_METRIC, c.wsel)
+    window = c.window
+    return [
+        _Rule(
             "MigGpuWeightedUtilizationHigh",
-            f"migmeter:gpu_gr_engine_active_weighted:ratio > {_fmt(util_t)}",
+            f"migmeter:gpu_gr_engine_active_weighted:ratio > {_fmt(c.util_t)}",
+            c.util_for,
             {"severity": "warning"},
             {
                 "summary": "GPU {{ $labels.UUID }}: slice-weighted utilization of allocated MIG capacity is high",
                 "description": "Weighted GR engine activity {{ $value | humanizePercentage }} > "
-                + f"{util_t * 100:g}% for {util_for} (sum(w*u)/sum(w) over its MIG instances).",
+                + f"{c.util_t * 100:g}% for {c.util_for} (sum(w*u)/sum(w) over its MIG instances).",
             },
-        )
-    )
-    rules.append(
-        (
-            f"alert:{idle_for}",
+        ),
+        _Rule(
             "MigAllocatedInstanceIdle",
-            f"migmeter:instance_gr_engine_active:ratio < {_fmt(idle_t)}",
+            f"migmeter:instance_gr_engine_active:ratio < {_fmt(c.idle_t)}",
+            c.idle_for,
             {"severity": "info"},
             {
                 "summary": "MIG instance {{ $labels.GPU_I_ID }} on GPU {{ $labels.UUID }} is allocated but idle",
                 "description": "GR engine activity {{ $value | humanizePercentage }} < "
-                + f"{idle_t * 100:g}% for {idle_for}; its slices could serve another tenant.",
+                + f"{c.idle_t * 100:g}% for {c.idle_for}; its slices could serve another tenant.",
             },
-        )
-    )
-    rules.append(
-        (
-            "alert:0s",
+        ),
+        _Rule(
             "MigLayoutChanged",
             f"""
 # instance count or allocated slices changed, or an instance (GI id + profile) appeared
@@ -338,37 +373,35 @@ or on (UUID)
   and on (UUID)
   count by (UUID) ({slices} offset {window})
 )""",
+            "0s",
             {"severity": "info"},
             {
                 "summary": "MIG layout of GPU {{ $labels.UUID }} changed in the last " + window,
                 "description": "Instances were created, destroyed or resized; per-instance history "
                 + "before the change belongs to the old layout.",
             },
-        )
-    )
+        ),
+    ]
 
+
+def _render(group_name: str, rules: list[_Rule]) -> str:
     out = [
         "# Generated by `migmeter promql rules`: MIG slice-weighted GPU utilization.",
         f"# Joins {UTIL_METRIC} (dcgm-exporter) to {INSTANCE_SLICES_METRIC} / {GPU_TOTAL_SLICES_METRIC}",
         "# (migmeter collector) on (UUID, GPU_I_ID). Ratios are 0..1.",
         "groups:",
-        f"  - name: {json.dumps(opts.group_name)}",
+        f"  - name: {json.dumps(group_name)}",
         "    rules:",
     ]
-    for kind, name, expr, labels, annotations in rules:
-        if kind == "record":
-            out.append(f"      - record: {name}")
-        else:
-            out.append(f"      - alert: {name}")
-        out.append(f"        expr: {_block(expr, 10)}")
-        if kind.startswith("alert:"):
-            dur = kind.split(":", 1)[1]
-            if dur != "0s":
-                out.append(f"        for: {dur}")
-            if labels:
-                out.append("        labels:")
-                out += [f"          {k}: {json.dumps(v)}" for k, v in labels.items()]
-            if annotations:
-                out.append("        annotations:")
-                out += [f"          {k}: {json.dumps(v)}" for k, v in annotations.items()]
+    for rule in rules:
+        out.append(f"      - alert: {rule.name}" if rule.for_ is not None else f"      - record: {rule.name}")
+        out.append(f"        expr: {_block(rule.expr, 10)}")
+        if rule.for_ not in (None, "0s"):
+            out.append(f"        for: {rule.for_}")
+        if rule.labels:
+            out.append("        labels:")
+            out += [f"          {k}: {json.dumps(v)}" for k, v in rule.labels.items()]
+        if rule.annotations:
+            out.append("        annotations:")
+            out += [f"          {k}: {json.dumps(v)}" for k, v in rule.annotations.items()]
     return "\n".join(out) + "\n"

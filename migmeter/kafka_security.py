@@ -7,6 +7,7 @@ security settings here. Secrets come only from the environment or a file, never 
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 from collections.abc import Mapping
@@ -27,6 +28,8 @@ __all__ = [
     "SECURITY_KEYS",
     "kafka_security",
     "describe_security",
+    "add_arguments",
+    "from_args",
 ]
 
 ENV_SECURITY_PROTOCOL = "MIGMETER_KAFKA_SECURITY_PROTOCOL"
@@ -35,8 +38,7 @@ ENV_SASL_USERNAME = "MIGMETER_KAFKA_SASL_USERNAME"
 ENV_SASL_PASSWORD = "MIGMETER_KAFKA_SASL_PASSWORD"
 ENV_SASL_PASSWORD_FILE = "MIGMETER_KAFKA_SASL_PASSWORD_FILE"
 ENV_SSL_CAFILE = "MIGMETER_KAFKA_SSL_CAFILE"
-# Mutual TLS: the client certificate and its (unencrypted) key, as paths; the processor has no
-# flags for them, so the environment is how a deployment passes them.
+# Mutual TLS: the client certificate and its (unencrypted) key, as paths.
 ENV_SSL_CERTFILE = "MIGMETER_KAFKA_SSL_CERTFILE"
 ENV_SSL_KEYFILE = "MIGMETER_KAFKA_SSL_KEYFILE"
 
@@ -113,3 +115,35 @@ def kafka_security(
 def describe_security(security: Mapping[str, Any]) -> str:
     """A log-safe summary: the settings' names and non-secret values."""
     return json.dumps({k: ("***" if k in _SECRET_KEYS else v) for k, v in sorted(security.items())})
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The Kafka security flags of every command that talks to Kafka (collect, process): one copy."""
+    g = parser.add_argument_group("Kafka security (TLS/SASL; credentials only from the environment or a file)")
+    g.add_argument(
+        "--security-protocol", choices=("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"), default=None,
+        help=f"(env {ENV_SECURITY_PROTOCOL}; default PLAINTEXT)",
+    )
+    g.add_argument(
+        "--sasl-mechanism", default=None, metavar="NAME",
+        help=f"PLAIN, SCRAM-SHA-256, SCRAM-SHA-512, ... (env {ENV_SASL_MECHANISM}); user and password from "
+        f"env {ENV_SASL_USERNAME} and {ENV_SASL_PASSWORD}",
+    )
+    g.add_argument(
+        "--sasl-password-file", default=None, metavar="PATH",
+        help=f"read the SASL password from this file instead (env {ENV_SASL_PASSWORD_FILE})",
+    )
+    g.add_argument("--ssl-cafile", default=None, metavar="PATH", help=f"CA bundle for TLS (env {ENV_SSL_CAFILE})")
+    g.add_argument("--ssl-certfile", default=None, metavar="PATH",
+                   help=f"client certificate for mutual TLS (env {ENV_SSL_CERTFILE})")
+    g.add_argument("--ssl-keyfile", default=None, metavar="PATH",
+                   help=f"client key for mutual TLS (env {ENV_SSL_KEYFILE})")
+
+
+def from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """:func:`kafka_security` from the flags of :func:`add_arguments`, then the environment."""
+    return kafka_security(
+        security_protocol=args.security_protocol, sasl_mechanism=args.sasl_mechanism,
+        ssl_cafile=args.ssl_cafile, ssl_certfile=args.ssl_certfile, ssl_keyfile=args.ssl_keyfile,
+        sasl_password_file=args.sasl_password_file,
+    )

@@ -11,7 +11,7 @@ import argparse
 import logging
 import os
 
-from migmeter import preflight, settings
+from migmeter import kafka_security, preflight, settings
 from migmeter.cli_support import (
     add_database_url,
     non_negative_float,
@@ -22,7 +22,7 @@ from migmeter.cli_support import (
     stop_on_signals,
 )
 from migmeter.errors import ConfigError
-from migmeter.kafka_security import describe_security, kafka_security
+from migmeter.kafka_security import describe_security
 from processor.consumer import (
     DEFAULT_BATCH_MS,
     DEFAULT_BATCH_RECORDS,
@@ -101,6 +101,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="exit 0 once caught up and nothing new arrived for this long "
                              "(backfills, benchmarks; default 0 = run until signalled)")
     parser.add_argument("--metrics-addr", default=DEFAULT_METRICS_ADDR, help="/metrics address (default %(default)s)")
+    kafka_security.add_arguments(parser)
     parser.add_argument("--metrics-port", type=port, default=DEFAULT_METRICS_PORT,
                         help="/metrics port (default %(default)s; 0 disables); also serves /healthz (the "
                              "process is not wedged) and /readyz (Kafka and the database answered a recent probe)")
@@ -110,7 +111,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    security = kafka_security()
+    security = kafka_security.from_args(args)
     config = ProcessorConfig(
         bootstrap=settings.kafka_bootstrap(args.bootstrap),
         database_url=settings.database_url(args.database_url),

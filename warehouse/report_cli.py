@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from datetime import date, datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -146,87 +147,115 @@ def _when(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _dispatch(conn: psycopg.Connection[object], args: argparse.Namespace, when: dict[str, Any]) -> int:
-    if args.report == "chargeback":
-        month = when["month"]
-        if args.format == "html":
-            if args.by != "namespace":
-                raise ConfigError("--format html is the statement by namespace (no --by pod)")
-            out = args.output or Path(f"statement-{month:%Y-%m}.html")
-            out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_text(statement.statement(conn, month, cluster=args.cluster, pricing=args.pricing),
-                           encoding="utf-8")
-            print(f"statement written to {out}", file=sys.stderr)
-            return 0
-        if args.pricing == "profile":
-            if args.by != "namespace":
-                raise ConfigError("--pricing profile reports by namespace only")
-            _emit(profile_pricing.chargeback(conn, month, cluster=args.cluster), args.format)
-            return 0
-        report = reports.chargeback(conn, month, by=args.by, cluster=args.cluster)
-        _emit(report, args.format)
-        if args.plot:
-            daily = reports.chargeback_daily(conn, month, cluster=args.cluster)
-            out = plot.plot_chargeback(
-                daily.column("day"), daily.column("namespace"), daily.column("alloc_gpu_hours"), args.plot,
-                f"Allocated GPU-hours per day, {month:%Y-%m}",
-            )
-            print(f"plot written to {out}", file=sys.stderr)
+    run = _REPORTS.get(args.report)
+    if run is None:
+        raise ConfigError(f"unknown report {args.report!r}")
+    return run(conn, args, when)
+
+
+def _chargeback_report(conn: psycopg.Connection[object], args: argparse.Namespace, when: dict[str, Any]) -> int:
+    month = when["month"]
+    if args.format == "html":
+        if args.by != "namespace":
+            raise ConfigError("--format html is the statement by namespace (no --by pod)")
+        out = args.output or Path(f"statement-{month:%Y-%m}.html")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(statement.statement(conn, month, cluster=args.cluster, pricing=args.pricing),
+                       encoding="utf-8")
+        print(f"statement written to {out}", file=sys.stderr)
         return 0
-    if args.report == "utilization":
+    if args.pricing == "profile":
+        if args.by != "namespace":
+            raise ConfigError("--pricing profile reports by namespace only")
+        _emit(profile_pricing.chargeback(conn, month, cluster=args.cluster), args.format)
+        return 0
+    report = reports.chargeback(conn, month, by=args.by, cluster=args.cluster)
+    _emit(report, args.format)
+    if args.plot:
+        daily = reports.chargeback_daily(conn, month, cluster=args.cluster)
+        out = plot.plot_chargeback(
+            daily.column("day"), daily.column("namespace"), daily.column("alloc_gpu_hours"), args.plot,
+            f"Allocated GPU-hours per day, {month:%Y-%m}",
+        )
+        print(f"plot written to {out}", file=sys.stderr)
+    return 0
+
+
+def _utilization_report(conn: psycopg.Connection[object], args: argparse.Namespace, when: dict[str, Any]) -> int:
+    start, end = when["start"], when["end"]
+    report = reports.utilization(conn, start, end, by=args.by, gpu=args.gpu, host=args.host, cluster=args.cluster)
+    _emit(report, args.format)
+    if args.plot:
+        rows = [r for r in report.as_dicts() if r["bucket"] != "total"]
+        out = plot.plot_utilization(
+            [r["bucket"] for r in rows],
+            {
+                name: [r[f"{key}_pct"] for r in rows]
+                for name, key in (("simple mean", "simple_util"), ("weighted (allocated)", "weighted_util"),
+                                  ("whole GPU", "whole_util"), ("allocation", "allocation"))
+            },
+            args.plot,
+            report.title,
+        )
+        print(f"plot written to {out}", file=sys.stderr)
+    return 0
+
+
+def _layout_report(conn: psycopg.Connection[object], args: argparse.Namespace, when: dict[str, Any]) -> int:
+    if when["start"] is not None:
         start, end = when["start"], when["end"]
-        report = reports.utilization(conn, start, end, by=args.by, gpu=args.gpu, host=args.host, cluster=args.cluster)
-        _emit(report, args.format)
-        if args.plot:
-            rows = [r for r in report.as_dicts() if r["bucket"] != "total"]
-            out = plot.plot_utilization(
-                [r["bucket"] for r in rows],
-                {
-                    name: [r[f"{key}_pct"] for r in rows]
-                    for name, key in (("simple mean", "simple_util"), ("weighted (allocated)", "weighted_util"),
-                                      ("whole GPU", "whole_util"), ("allocation", "allocation"))
-                },
-                args.plot,
-                report.title,
-            )
-            print(f"plot written to {out}", file=sys.stderr)
+        before = reports.layout_at(conn, args.gpu, start)
+        changes = reports.layout_changes(conn, args.gpu, start, end)
+        if args.format == "json":  # one JSON document, not two concatenated
+            sys.stdout.write("[" + render(before, "json") + "," + render(changes, "json") + "]\n")
+        else:
+            _emit(before, args.format)
+            sys.stdout.write("\n")
+            _emit(changes, args.format)
         return 0
-    if args.report == "layout":
-        if when["start"] is not None:
-            start, end = when["start"], when["end"]
-            before = reports.layout_at(conn, args.gpu, start)
-            changes = reports.layout_changes(conn, args.gpu, start, end)
-            if args.format == "json":  # one JSON document, not two concatenated
-                sys.stdout.write("[" + render(before, "json") + "," + render(changes, "json") + "]\n")
-            else:
-                _emit(before, args.format)
-                sys.stdout.write("\n")
-                _emit(changes, args.format)
-            return 0
-        at = datetime.now(timezone.utc) if when["at"] is None else when["at"]
-        _emit(reports.layout_at(conn, args.gpu, at), args.format)
-        return 0
-    if args.report == "focus":
-        return _focus(conn, args, when["month"])
-    if args.report == "rightsize":
-        month = when["month"]
-        _emit(rightsize.rightsize(conn, month, cluster=args.cluster, headroom=args.headroom), args.format)
-        return 0
-    if args.report == "stranded":
-        _emit(stranded.stranded(conn, when["month"], cluster=args.cluster), args.format)
-        return 0
-    if args.report == "trend":
-        group = "model" if args.by_model else "namespace" if args.by_namespace else "fleet"
-        report = trend.trend(conn, when["start"], when["end"], unit=args.by,
-                             group=group, cluster=args.cluster, forecast_periods=args.forecast)
-        _emit(report, args.format)
-        if args.plot:
-            out = plot.plot_trend([(r[0], r[1], r[2], r[5]) for r in report.rows], args.plot, report.title)
-            print(f"plot written to {out}", file=sys.stderr)
-        return 0
-    if args.report == "idle":
-        _emit(reports.idle_capacity(conn, when["month"], cluster=args.cluster, top=args.top), args.format)
-        return 0
-    raise ConfigError(f"unknown report {args.report!r}")
+    at = datetime.now(timezone.utc) if when["at"] is None else when["at"]
+    _emit(reports.layout_at(conn, args.gpu, at), args.format)
+    return 0
+
+
+def _rightsize_report(conn: psycopg.Connection[object], args: argparse.Namespace, when: dict[str, Any]) -> int:
+    month = when["month"]
+    _emit(rightsize.rightsize(conn, month, cluster=args.cluster, headroom=args.headroom), args.format)
+    return 0
+
+
+def _stranded_report(conn: psycopg.Connection[object], args: argparse.Namespace, when: dict[str, Any]) -> int:
+    _emit(stranded.stranded(conn, when["month"], cluster=args.cluster), args.format)
+    return 0
+
+
+def _trend_report(conn: psycopg.Connection[object], args: argparse.Namespace, when: dict[str, Any]) -> int:
+    group = "model" if args.by_model else "namespace" if args.by_namespace else "fleet"
+    report = trend.trend(conn, when["start"], when["end"], unit=args.by,
+                         group=group, cluster=args.cluster, forecast_periods=args.forecast)
+    _emit(report, args.format)
+    if args.plot:
+        out = plot.plot_trend([(r[0], r[1], r[2], r[5]) for r in report.rows], args.plot, report.title)
+        print(f"plot written to {out}", file=sys.stderr)
+    return 0
+
+
+def _idle_report(conn: psycopg.Connection[object], args: argparse.Namespace, when: dict[str, Any]) -> int:
+    _emit(reports.idle_capacity(conn, when["month"], cluster=args.cluster, top=args.top), args.format)
+    return 0
+
+
+# report name -> the function that prints it; `when` holds the parsed --month or --from/--to/--at.
+_REPORTS: dict[str, Callable[[psycopg.Connection[object], argparse.Namespace, dict[str, Any]], int]] = {
+    "chargeback": _chargeback_report,
+    "utilization": _utilization_report,
+    "layout": _layout_report,
+    "focus": lambda conn, args, when: _focus(conn, args, when["month"]),  # takes the month only
+    "rightsize": _rightsize_report,
+    "stranded": _stranded_report,
+    "trend": _trend_report,
+    "idle": _idle_report,
+}
 
 
 def _focus(conn: psycopg.Connection[object], args: argparse.Namespace, month: date) -> int:
