@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 
-__all__ = ["Profile", "table_model", "profiles_for", "find_profile"]
+__all__ = ["Profile", "table_model", "profiles_for", "find_profile", "memory_slices_total"]
 
 # (upper-cased substrings that must all occur in the reported model, table model); order matters:
 # GH200 before H200 (it contains "H200"), the NVL/PCIe variants before the plain H100.
@@ -73,6 +73,12 @@ def profiles_for(reported_model: str) -> tuple[Profile, ...]:
     """Every profile the model offers (empty when the model is not in the table)."""
     model = table_model(reported_model)
     return _table().get(model, ()) if model else ()
+
+
+def memory_slices_total(total_compute_slices: int) -> int:
+    """Memory slices of a MIG GPU: 8 on 7-compute-slice GPUs, 4 on 4-slice GPUs (A30, RTX PRO 6000).
+    NVML's GPU-instance placements (``start``/``size``) count in these."""
+    return 8 if total_compute_slices == 7 else 4
 
 
 def find_profile(reported_model: str, profile: str) -> Profile | None:

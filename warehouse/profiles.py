@@ -11,14 +11,10 @@ from __future__ import annotations
 
 from fractions import Fraction
 
-from collector.profiles import Profile, find_profile, profiles_for, table_model
+from collector.profiles import Profile, find_profile, memory_slices_total, profiles_for, table_model
 
 __all__ = ["Profile", "table_model", "profiles_for", "find_profile", "memory_slices_total", "memory_share",
            "compute_share"]
-
-
-def memory_slices_total(total_compute_slices: int) -> int:
-    return 8 if total_compute_slices == 7 else 4
 
 
 def compute_share(slices: int, total_slices: int) -> Fraction:

@@ -24,6 +24,17 @@ derived as ``<slices>g.<GiB>gb``. Weights never depend on the name: ``slices`` c
 ``gpuInstanceSliceCount`` and ``total_slices`` from the profile table's largest profile (or
 the model rule in :mod:`collector.slices`; ``total_slices_overrides`` beats both).
 
+Placement: where a GPU instance sits (``placement_start``, its first memory slice: what lets
+``report stranded`` split free slices exactly) comes from ``nvmlDeviceGetGpuInstanceById`` on the
+parent device with the MIG device's GI id, then ``nvmlGpuInstanceGetInfo(gi).placement``. NVML
+documents the first call as needing a privileged user, so an unprivileged collector gets
+NoPermission: the placement stays unknown (None), which the stranded report labels an estimate.
+The placement is kept only when its ``size`` is the memory slices the instance holds (its memory
+over the GPU's largest profile's, in the 8 or 4 memory slices of :mod:`collector.profiles`:
+3g.40gb on an H100 is size 4, 7g.80gb size 8, 1g.20gb size 2) and ``start + size`` fits the
+GPU; otherwise, or with no profile table to check it against, it is left unknown. Every
+instance left unknown is counted (``placement:<reason>``) and each reason is logged once per GPU.
+
 Degradation: NoPermission and NotSupported on a metric leave that metric None, log the reason
 once and count it in ``stats``; an error in what defines the layout (UUID, MIG devices,
 slice counts) skips that GPU for the round (counted) rather than publish a partial layout,
@@ -42,6 +53,7 @@ from functools import partial
 from types import ModuleType
 from typing import Any
 
+from collector.profiles import memory_slices_total
 from collector.slices import total_slices_for_model
 from collector.snapshot import FULL_GPU_GI_ID, Instance, Metrics, Snapshot, Tenant
 from collector.sources.base import ReadStats
@@ -96,6 +108,15 @@ class _GpuInfo:
         self.profiles = profiles
         self.total_slices = total_slices
         self.gpm = gpm
+
+    def placement_size(self, mem_mb: int) -> int | None:
+        """Memory slices an instance of ``mem_mb`` holds (NVML's placement size), or None
+        without a profile table: its share of the largest profile's memory, rounded."""
+        full_mb = max((p.mem_mb for p in self.profiles), default=0)
+        if full_mb <= 0:
+            return None
+        slots = memory_slices_total(self.total_slices)
+        return max(1, min(slots, round(mem_mb / full_mb * slots)))
 
 
 class NvmlSource:
@@ -283,6 +304,7 @@ class NvmlSource:
                 tenant=Tenant(),
                 sm_count=int(attrs.multiprocessorCount),
                 mem_total_mib=float(mem_mb),
+                placement_start=self._placement(dev, gpu_uuid, info, gi_id, slices, mem_mb),
             )
         return tuple(instances[g] for g in sorted(instances))
 
@@ -309,6 +331,34 @@ class NvmlSource:
         return Instance(FULL_GPU_GI_ID, "", info.total_slices, Metrics(fb_used_mib=fb_used, fb_free_mib=fb_free,
                                                                        **ratios),
                         Tenant(), sm_count, mem_total)
+
+    def _placement(self, dev: Any, gpu_uuid: str, info: _GpuInfo, gi_id: int, slices: int, mem_mb: int) -> int | None:
+        """The GI's first memory slice as NVML reports it, or None (see "Placement" above)."""
+        nvml = self._nvml
+        try:
+            placement = nvml.nvmlGpuInstanceGetInfo(nvml.nvmlDeviceGetGpuInstanceById(dev, gi_id)).placement
+            start, size = int(placement.start), int(placement.size)
+        except nvml.NVMLError as exc:
+            hint = " (nvmlDeviceGetGpuInstanceById needs a privileged user)" \
+                if isinstance(exc, nvml.NVMLError_NoPermission) else ""
+            self._degrade(gpu_uuid, "placement", exc, f"GPU-instance placements unavailable{hint}; report stranded "
+                                                        "estimates this GPU's split")
+            return None
+        expected = info.placement_size(mem_mb)
+        if expected is None:
+            self.stats.skip("placement:unchecked")
+            self._warn_once(gpu_uuid, "placement:unchecked",
+                            f"GPU {gpu_uuid}: no GPU-instance profile table to check placements against; "
+                            "placements left unknown")
+            return None
+        if size != expected or start < 0 or start + size > memory_slices_total(info.total_slices):
+            self.stats.skip("placement:size_mismatch")
+            self._warn_once(gpu_uuid, "placement:size_mismatch",
+                            f"GPU {gpu_uuid}: GI {gi_id} ({slices} compute slices, {mem_mb} MiB: {expected} of "
+                            f"{memory_slices_total(info.total_slices)} memory slices) reports placement "
+                            f"{start}:{size} (start:size), which it cannot hold; placement left unknown")
+            return None
+        return start
 
     # -- metrics -----------------------------------------------------------------------
 

@@ -4,7 +4,8 @@ Only the GPU is faked: constants, error classes and ctypes structures are the re
 nvidia-ml-py, so a misspelt constant, a wrong struct field or an error class that does not
 exist fails here as it would on a GPU host. The functions the NVML source calls are
 re-implemented over configurable devices and behave like the driver where it matters:
-calls before ``nvmlInit`` fail, empty MIG device slots raise NotFound, utilization rates are
+calls before ``nvmlInit`` fail, empty MIG device slots raise NotFound, a GPU instance is looked
+up on the parent device by GI id and reports its placement, utilization rates are
 NotSupported on MIG handles, GPM samples must be allocated, filled, not yet freed, taken from
 the same target and in order, and ``nvmlGpmMetricsGet`` needs the right version.
 
@@ -40,6 +41,9 @@ class FakeMig:
     used_mb: int = 0
     decoders: int = 0
     gpm: dict[int, float] = field(default_factory=dict)
+    # (start, size) in memory slices, as nvmlGpuInstanceGetInfo reports it (`nvidia-smi mig -lgi`
+    # "Placement Start:Size"); None: this driver cannot say (NotSupported).
+    placement: tuple[int, int] | None = None
 
 
 @dataclass
@@ -88,6 +92,10 @@ class _Handle:
     def __init__(self, gpu: FakeGpu, mig: FakeMig | None = None) -> None:
         self.gpu = gpu
         self.mig = mig
+
+
+class _GiHandle(_Handle):
+    """A GPU-instance handle (``c_nvmlGpuInstance_t``): not a device, so device calls refuse it."""
 
 
 def _from_table(model: str, nvml: dict[int, tuple[str, int, int]]) -> dict[int, tuple[int, int, str, int, int]]:
@@ -227,6 +235,25 @@ def build(state: FakeState) -> ModuleType:
         if h.mig is None:
             raise real.NVMLError_InvalidArgument()
         return h.mig.gi_id
+
+    @api
+    def nvmlDeviceGetGpuInstanceById(h: _Handle, gi_id: int) -> _GiHandle:
+        g = parent(h)  # the PARENT device plus the GI id, like GPM
+        mig = next((m for m in g.migs if m is not None and m.gi_id == gi_id), None)
+        if not g.mig_enabled or mig is None:
+            raise real.NVMLError_NotFound()
+        return _GiHandle(g, mig)
+
+    @api
+    def nvmlGpuInstanceGetInfo(gi: _GiHandle) -> Any:
+        if not isinstance(gi, _GiHandle) or gi.mig is None:
+            raise real.NVMLError_InvalidArgument()
+        if gi.mig.placement is None:
+            raise real.NVMLError_NotSupported()
+        info = real.c_nvmlGpuInstanceInfo_t()
+        info.id = gi.mig.gi_id
+        info.placement.start, info.placement.size = gi.mig.placement
+        return info
 
     @api
     def nvmlDeviceGetAttributes(h: _Handle) -> Any:

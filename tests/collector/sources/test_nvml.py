@@ -30,15 +30,18 @@ T0 = datetime(2025, 3, 1, 12, tzinfo=timezone.utc)
 
 
 def h100_mig(uuid: str = "GPU-h100", **kw: Any) -> FakeGpu:
-    """H100 with 3g + 2g + 1g (one slice unallocated) and an empty MIG device slot in between."""
+    """H100 with 3g + 2g + 1g (one slice unallocated) and an empty MIG device slot in between.
+    Placements (start, size) in its 8 memory slices: 2g at 0-1, 1g at 2, slot 3 free, 3g at 4-7."""
     return FakeGpu(
         uuid=uuid, name="NVIDIA H100 80GB HBM3", mig_enabled=True, profiles=h100_profiles(), gpm_supported=True,
         migs=[
             FakeMig(gi_id=2, slices=3, sm_count=60, mem_mb=40_320, used_mb=30_000,
-                    gpm={GR: 95.0, SM: 80.0, TENSOR: 40.0, DRAM: 30.0}),
+                    gpm={GR: 95.0, SM: 80.0, TENSOR: 40.0, DRAM: 30.0}, placement=(4, 4)),
             None,
-            FakeMig(gi_id=3, slices=2, sm_count=32, mem_mb=19_968, used_mb=1_024, gpm={GR: 70.0, SM: 60.0}),
-            FakeMig(gi_id=9, slices=1, sm_count=16, mem_mb=9_856, decoders=1, gpm={GR: 100.4, SM: 99.0}),
+            FakeMig(gi_id=3, slices=2, sm_count=32, mem_mb=19_968, used_mb=1_024, gpm={GR: 70.0, SM: 60.0},
+                    placement=(0, 2)),
+            FakeMig(gi_id=9, slices=1, sm_count=16, mem_mb=9_856, decoders=1, gpm={GR: 100.4, SM: 99.0},
+                    placement=(2, 1)),
         ],
         **kw,
     )
@@ -52,9 +55,10 @@ def a100_whole(uuid: str = "GPU-a100", **kw: Any) -> FakeGpu:
 def a30_mig(uuid: str = "GPU-a30", **kw: Any) -> FakeGpu:
     return FakeGpu(
         uuid=uuid, name="NVIDIA A30", mig_enabled=True, max_mig=4, profiles=a30_profiles(),
-        migs=[FakeMig(gi_id=1, slices=2, sm_count=28, mem_mb=11_928, decoders=2),
-              FakeMig(gi_id=5, slices=1, sm_count=14, mem_mb=5_836, used_mb=100),
-              FakeMig(gi_id=6, slices=1, sm_count=14, mem_mb=5_836, decoders=1)],
+        # 4 memory slices: 2g.12gb at 0-1, 1g.6gb at 2, 1g.6gb+me at 3.
+        migs=[FakeMig(gi_id=1, slices=2, sm_count=28, mem_mb=11_928, decoders=2, placement=(0, 2)),
+              FakeMig(gi_id=5, slices=1, sm_count=14, mem_mb=5_836, used_mb=100, placement=(2, 1)),
+              FakeMig(gi_id=6, slices=1, sm_count=14, mem_mb=5_836, decoders=1, placement=(3, 1))],
         **kw,
     )
 
@@ -241,6 +245,80 @@ def test_profile_name_is_derived_without_a_profile_table() -> None:
     src, _ = source(gpu)
     (s,) = src.read()
     assert s.total_slices == 7 and s.instances[0].profile == "1g.16gb"
+
+
+def test_placements_reach_the_snapshot() -> None:
+    src, _ = source(h100_mig(), a30_mig())
+    snaps = by_uuid(src.read())
+    # The 3g.40gb has size 4 (40,320 / 80,896 MiB x 8 = 3.99 -> 4 memory slices), not its 3 compute slices.
+    assert [(i.gi_id, i.slices, i.placement_start) for i in snaps["GPU-h100"].instances] == [
+        (2, 3, 4), (3, 2, 0), (9, 1, 2)]
+    # A30: 11,928 / 24,062 MiB x 4 = 1.98 -> size 2; 5,836 / 24,062 x 4 = 0.97 -> size 1.
+    assert [(i.gi_id, i.placement_start) for i in snaps["GPU-a30"].instances] == [(1, 0), (5, 2), (6, 3)]
+    assert from_json(snaps["GPU-h100"].to_json()) == snaps["GPU-h100"]  # on the wire too
+    assert not [k for k in src.stats.skipped if k.startswith("placement")]
+
+
+def test_full_gpu_and_double_memory_profiles_have_their_memory_size() -> None:
+    full = FakeGpu(uuid="GPU-7g", name="NVIDIA H100 80GB HBM3", mig_enabled=True, profiles=h100_profiles(),
+                   migs=[FakeMig(gi_id=0, slices=7, sm_count=132, mem_mb=80_896, placement=(0, 8))])
+    # 4g.40gb at 0-3 and 1g.20gb at 4-5: 19,968 / 80,896 x 8 = 1.97 -> size 2 for one compute slice.
+    mixed = FakeGpu(uuid="GPU-mixed", name="NVIDIA H100 80GB HBM3", mig_enabled=True, profiles=h100_profiles(),
+                    migs=[FakeMig(gi_id=1, slices=4, sm_count=64, mem_mb=40_320, placement=(0, 4)),
+                          FakeMig(gi_id=11, slices=1, sm_count=16, mem_mb=19_968, placement=(4, 2))])
+    src, _ = source(full, mixed)
+    snaps = by_uuid(src.read())
+    assert [(i.profile, i.placement_start) for i in snaps["GPU-7g"].instances] == [("7g.80gb", 0)]
+    assert [(i.profile, i.placement_start) for i in snaps["GPU-mixed"].instances] == [("4g.40gb", 0), ("1g.20gb", 4)]
+    assert not [k for k in src.stats.skipped if k.startswith("placement")]
+
+
+@pytest.mark.parametrize("call, error", [
+    ("nvmlDeviceGetGpuInstanceById", pynvml.NVMLError_NoPermission),  # NVML: "Requires privileged user"
+    ("nvmlDeviceGetGpuInstanceById", pynvml.NVMLError_NotSupported),
+    ("nvmlGpuInstanceGetInfo", pynvml.NVMLError_Unknown),
+])
+def test_placement_errors_leave_it_unknown_and_are_said_once(
+        call: str, error: type[pynvml.NVMLError], caplog: pytest.LogCaptureFixture) -> None:
+    src, _ = source(h100_mig("GPU-locked", fail={call: error}), a30_mig())
+    with caplog.at_level(logging.WARNING):
+        rounds = [by_uuid(src.read()), by_uuid(src.read())]
+    for snaps in rounds:
+        locked = snaps["GPU-locked"]
+        assert [(i.gi_id, i.slices, i.placement_start) for i in locked.instances] == [
+            (2, 3, None), (3, 2, None), (9, 1, None)]  # layout intact, placement unknown
+        assert [i.placement_start for i in snaps["GPU-a30"].instances] == [0, 2, 3]  # other GPUs unaffected
+    # The scrape is otherwise whole: memory every round, GPM utilization from the second round.
+    assert rounds[1]["GPU-locked"].instances[0].metrics.fb_used_mib == 30_000
+    assert rounds[1]["GPU-locked"].instances[0].metrics.gr_engine_active == pytest.approx(0.95)
+    name = error.__name__.removeprefix("NVMLError_")
+    assert src.stats.skipped[f"placement:{name}"] == 6  # 3 instances x 2 rounds, all counted
+    warnings = [r.getMessage() for r in caplog.records if "placement" in r.getMessage()]
+    assert len(warnings) == 1 and "GPU-locked" in warnings[0]  # logged once per GPU, not per scrape
+    assert ("privileged" in warnings[0]) == (error is pynvml.NVMLError_NoPermission)
+
+
+def test_a_placement_the_instance_cannot_hold_is_left_unknown(caplog: pytest.LogCaptureFixture) -> None:
+    gpu = h100_mig("GPU-odd")
+    gpu.migs[0].placement = (6, 4)  # type: ignore[union-attr]  # 3g of size 4 at 6: 6 + 4 > 8 memory slices
+    gpu.migs[3].placement = (2, 2)  # type: ignore[union-attr]  # 1g.10gb: 9,856 / 80,896 x 8 = 0.97 -> size 1, not 2
+    src, _ = source(gpu)
+    with caplog.at_level(logging.WARNING):
+        src.read()
+        (s,) = src.read()
+    assert [(i.gi_id, i.placement_start) for i in s.instances] == [(2, None), (3, 0), (9, None)]
+    assert src.stats.skipped["placement:size_mismatch"] == 4  # 2 instances x 2 rounds
+    (warning,) = [r.getMessage() for r in caplog.records if "placement" in r.getMessage()]
+    assert "GPU-odd" in warning and "GI 2" in warning and "6:4" in warning and "4 of 8 memory slices" in warning
+
+
+def test_placement_without_a_profile_table_is_left_unknown() -> None:
+    gpu = FakeGpu(uuid="GPU-x", name="NVIDIA H200", mig_enabled=True,
+                  migs=[FakeMig(gi_id=7, slices=1, sm_count=16, mem_mb=16_384, placement=(0, 1))])
+    src, _ = source(gpu)
+    (s,) = src.read()
+    assert s.instances[0].placement_start is None  # nothing to check its size against
+    assert src.stats.skipped["placement:unchecked"] == 1
 
 
 def test_timestamps_come_from_the_clock() -> None:
