@@ -51,6 +51,7 @@ keyed to one partition, so each usage row has exactly one writer.
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import threading
@@ -84,6 +85,8 @@ __all__ = [
     "DEFAULT_BATCH_RECORDS",
     "DEFAULT_BATCH_MS",
     "DEFAULT_METADATA_MAX_AGE_MS",
+    "BACKLOG_BATCH_FACTOR",
+    "GC_THRESHOLDS",
     "ProcessorConfig",
     "Processor",
 ]
@@ -125,6 +128,21 @@ DLQ_MAX_BLOCK_MS = 5_000
 DLQ_FLUSH_TIMEOUT_S = 10.0
 # Dead-letter topic messages carry at most this much of the rejected payload.
 DLQ_PAYLOAD_MAX = 64 * 1024
+# Under backlog (at least one more batch of records already waiting in Kafka) a batch may grow
+# to this many times --batch-records within its --batch-ms: every batch re-merges the 1h and 1d
+# rows of the GPUs it touches and pays one transaction, so fewer, larger batches cut the
+# database's work per sample (bench/RESULTS.md), and a backlog bounds latency anyway. Caught
+# up, batches close at --batch-records or --batch-ms as configured.
+BACKLOG_BATCH_FACTOR = 4
+# The loop allocates some 25 container objects per instance-sample (parsed JSON, snapshot
+# objects, partials), nearly all freed by reference counting. CPython's default (700, 10, 10)
+# runs a young collection every 700 net allocations and, as a batch grows, full collections
+# over every live object (pending records included): 15-25 % of the loop's CPU, measured.
+# Rarer collections cost some memory (only reference cycles wait longer), never a result.
+GC_THRESHOLDS = (10_000, 50, 100)
+# Records decoded into snapshot objects at a time while folding a batch (memory: a snapshot of
+# seven instances is some 4 KiB as objects, its record ~2 KiB); GPU states are read per slice.
+DECODE_CHUNK_RECORDS = 2_000
 # Fetch sizes: snapshots are ~2 KiB; the client's 1 MiB per partition would cap a poll at a
 # few hundred records per partition.
 MAX_PARTITION_FETCH_BYTES = 8 * 1024 * 1024
@@ -233,6 +251,8 @@ class Processor:
         self._consumer.subscribe([cfg.topic], listener=_Listener(self))
         log.info("processing %s in group %s (batch %d records / %d ms) into %r", cfg.topic, cfg.group,
                  cfg.batch_records, cfg.batch_ms, self.sink)
+        gc_before = gc.get_threshold()
+        gc.set_threshold(*GC_THRESHOLDS)
         try:
             while not self._stop.is_set():
                 if self._need_seek:
@@ -241,8 +261,7 @@ class Processor:
                 self._poll_once()
                 if self._inflight is not None and self._inflight[0].done():
                     self._collect()
-                if self._pending and (len(self._pending) >= cfg.batch_records
-                                      or time.monotonic() - self._pending_since >= cfg.batch_ms / 1000):
+                if self._pending and self._batch_due():
                     self._flush()
                 self._summary.maybe_log(self, cfg.summary_every_s)
                 if cfg.stop_when_idle_s > 0 and self._idle_for() >= cfg.stop_when_idle_s:
@@ -253,6 +272,7 @@ class Processor:
                 self._flush()
             self._collect()
         finally:
+            gc.set_threshold(*gc_before)
             self._summary.log(self, final=True)
             self._close()
 
@@ -272,6 +292,28 @@ class Processor:
         self.reader.close()
         log.info("processor stopped")
 
+    def _batch_due(self) -> bool:
+        """A batch closes ``batch_ms`` after its first record, or at ``batch_records`` records unless
+        another batch's worth already waits in Kafka: then it grows, up to BACKLOG_BATCH_FACTOR times."""
+        cfg = self.config
+        n = len(self._pending)
+        if time.monotonic() - self._pending_since >= cfg.batch_ms / 1000:
+            return True
+        if n < cfg.batch_records:
+            return False
+        return n >= cfg.batch_records * BACKLOG_BATCH_FACTOR or self._backlog() < cfg.batch_records
+
+    def _backlog(self) -> int:
+        """Records waiting in Kafka past what this loop has taken (from the client's last fetch responses)."""
+        assert self._consumer is not None
+        consumer = self._consumer
+        waiting = 0
+        for tp, nxt in self._next.items():
+            hw = self._kafka_call("highwater", lambda: consumer.highwater(tp), None)
+            if hw is not None and hw > nxt:
+                waiting += hw - nxt
+        return waiting
+
     def _idle_for(self) -> float:
         """Seconds since the last record arrived, provided nothing is pending and no lag is known."""
         if self._pending or self._inflight is not None or self._need_seek or not self._next:
@@ -289,7 +331,9 @@ class Processor:
     def _poll_once(self) -> None:
         assert self._consumer is not None
         consumer = self._consumer
-        room = max(1, self.config.batch_records - len(self._pending))
+        # Up to batch_records; past that only a batch that grows under backlog is polling (_batch_due).
+        limit = self.config.batch_records
+        room = max(1, (limit if len(self._pending) < limit else limit * BACKLOG_BATCH_FACTOR) - len(self._pending))
         polled = self._kafka_call("poll", lambda: consumer.poll(timeout_ms=POLL_MS, max_records=room), None)
         if polled is None:
             # Whatever poll() did before failing (a rebalance, a fetch) is not trusted: drop
@@ -449,23 +493,20 @@ class Processor:
             for rec in records:
                 fold.refuse(rec.topic, rec.partition, rec.offset, rec.key, rec.value, refused)
             return fold.finish()
-        decoded: list[Snapshot | BadSnapshot] = []
-        for rec in records:
-            try:
-                if rec.value is None:
-                    raise BadSnapshot("record has no value (tombstone)")
-                decoded.append(from_json(rec.value))
-            except BadSnapshot as exc:
-                decoded.append(exc)
-        missing = {s.gpu_uuid for s in decoded if isinstance(s, Snapshot) and s.gpu_uuid not in self._states}
-        if missing:
-            loaded = self.reader.load_states(missing)
-            for uuid in missing:
-                self._states[uuid] = loaded.get(uuid)
         fold = BatchFold(self._states, stored, self.config.max_future_skew_s, self.config.max_backward_skew_s,
                          self.clock, self.config.max_age_s, self.config.max_gap_s)
-        for rec, snap in zip(records, decoded):
-            fold.add(rec.topic, rec.partition, rec.offset, rec.key, rec.value, snap)
+        # Decoded a slice at a time, so a large batch never holds all its snapshots as objects.
+        for i in range(0, len(records), DECODE_CHUNK_RECORDS):
+            chunk = records[i:i + DECODE_CHUNK_RECORDS]
+            decoded = [_decode(rec.value) for rec in chunk]
+            missing = {s.gpu_uuid for s in decoded if isinstance(s, Snapshot) and s.gpu_uuid not in self._states}
+            if missing:
+                # The fold reads self._states (the same dict): GPUs first seen in this slice.
+                loaded = self.reader.load_states(missing)
+                for uuid in missing:
+                    self._states[uuid] = loaded.get(uuid)
+            for rec, snap in zip(chunk, decoded):
+                fold.add(rec.topic, rec.partition, rec.offset, rec.key, rec.value, snap)
         return fold.finish()
 
     def _committed(self, batch: FoldedBatch, rows: dict[str, int], started: float, write_s: float) -> None:
@@ -745,6 +786,16 @@ class _Summary:
                  "final: " if final else "", self.records, self.batches, self.merged, self.samples,
                  self.samples / elapsed, self.dups, self.dead, elapsed)
         self.reset()
+
+
+def _decode(value: bytes | None) -> Snapshot | BadSnapshot:
+    """One record's value as a snapshot, or the reason it is not one."""
+    try:
+        if value is None:
+            raise BadSnapshot("record has no value (tombstone)")
+        return from_json(value)
+    except BadSnapshot as exc:
+        return exc
 
 
 def _dlq_value(d: DeadLetter) -> bytes:
