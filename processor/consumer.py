@@ -51,12 +51,13 @@ keyed to one partition, so each usage row has exactly one writer.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -134,11 +135,12 @@ DLQ_PAYLOAD_MAX = 64 * 1024
 # database's work per sample (bench/RESULTS.md), and a backlog bounds latency anyway. Caught
 # up, batches close at --batch-records or --batch-ms as configured.
 BACKLOG_BATCH_FACTOR = 4
-# The loop allocates some 25 container objects per instance-sample (parsed JSON, snapshot
-# objects, partials), nearly all freed by reference counting. CPython's default (700, 10, 10)
-# runs a young collection every 700 net allocations and, as a batch grows, full collections
-# over every live object (pending records included): 15-25 % of the loop's CPU, measured.
-# Rarer collections cost some memory (only reference cycles wait longer), never a result.
+# Folding a batch allocates some 25 container objects per instance-sample (parsed JSON,
+# snapshot objects, partials), nearly all freed by reference counting. CPython's default
+# (700, 10, 10) runs a young collection every 700 net allocations and, as the batch grows, full
+# collections over every live object (pending records included): 15-25 % of the fold's CPU,
+# measured. These thresholds apply only while a batch is folded (_gc_relaxed); outside, the
+# interpreter's own are in force, so the Kafka client's garbage is collected as it expects.
 GC_THRESHOLDS = (10_000, 50, 100)
 # Records decoded into snapshot objects at a time while folding a batch (memory: a snapshot of
 # seven instances is some 4 KiB as objects, its record ~2 KiB); GPU states are read per slice.
@@ -251,8 +253,6 @@ class Processor:
         self._consumer.subscribe([cfg.topic], listener=_Listener(self))
         log.info("processing %s in group %s (batch %d records / %d ms) into %r", cfg.topic, cfg.group,
                  cfg.batch_records, cfg.batch_ms, self.sink)
-        gc_before = gc.get_threshold()
-        gc.set_threshold(*GC_THRESHOLDS)
         try:
             while not self._stop.is_set():
                 if self._need_seek:
@@ -272,7 +272,6 @@ class Processor:
                 self._flush()
             self._collect()
         finally:
-            gc.set_threshold(*gc_before)
             self._summary.log(self, final=True)
             self._close()
 
@@ -365,7 +364,8 @@ class Processor:
         records, self._pending = self._pending, []
         started = self._pending_since
         try:
-            batch = self._fold(records)
+            with _gc_relaxed():
+                batch = self._fold(records)
         except SinkError as exc:  # reading GPU states failed
             self._collect()
             if not self._need_seek:
@@ -786,6 +786,17 @@ class _Summary:
                  "final: " if final else "", self.records, self.batches, self.merged, self.samples,
                  self.samples / elapsed, self.dups, self.dead, elapsed)
         self.reset()
+
+
+@contextlib.contextmanager
+def _gc_relaxed() -> Iterator[None]:
+    """GC_THRESHOLDS for the duration of the block; the previous thresholds afterwards."""
+    before = gc.get_threshold()
+    gc.set_threshold(*GC_THRESHOLDS)
+    try:
+        yield
+    finally:
+        gc.set_threshold(*before)
 
 
 def _decode(value: bytes | None) -> Snapshot | BadSnapshot:

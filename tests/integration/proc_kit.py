@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import psycopg
+import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from collector.snapshot import Snapshot
@@ -19,7 +20,8 @@ from migmeter import settings
 from processor.consumer import Processor, ProcessorConfig
 from processor.metrics import ProcessorMetrics
 
-__all__ = ["produce", "produce_raw", "config", "run_until_idle", "Oracle", "db_totals", "spawn_processor",
+__all__ = ["produce", "produce_raw", "config", "run_until_idle", "Oracle", "db_totals", "assert_matches_oracle",
+           "spawn_processor",
            "end_offsets", "stored_offsets_total", "read_topic"]
 
 
@@ -190,3 +192,20 @@ def db_totals(db: str, grain: str = "1m") -> dict[str, float]:
         "tenant_busy": {(r[0], r[1]): r[3] for r in t},  # type: ignore[dict-item]
         "instance_alloc_gpu_seconds": i[0], "instance_rows_samples": i[1],
     }
+
+
+def assert_matches_oracle(db: str, oracle: Oracle, rel: float) -> None:
+    """Every grain of the warehouse holds the oracle's totals: counts exactly, GPU-seconds, allocated
+    and busy GPU-seconds (fleet, instance rows and per tenant) within ``rel``."""
+    for grain in ("1m", "1h", "1d"):
+        got = db_totals(db, grain)
+        assert got["snapshots"] == oracle.snapshots, grain
+        assert got["instance_samples"] == oracle.instance_samples == got["instance_rows_samples"], grain
+        assert got["gpu_seconds"] == pytest.approx(oracle.gpu_seconds, rel=rel)
+        assert got["alloc_gpu_seconds"] == pytest.approx(oracle.alloc_gpu_seconds, rel=rel)
+        assert got["busy_gpu_seconds"] == pytest.approx(oracle.busy_gpu_seconds, rel=rel)
+        assert got["instance_alloc_gpu_seconds"] == pytest.approx(oracle.alloc_gpu_seconds, rel=rel)
+        assert got["tenant_alloc"].keys() == oracle.tenant_alloc.keys()
+        for tenant, alloc in oracle.tenant_alloc.items():
+            assert got["tenant_alloc"][tenant] == pytest.approx(alloc, rel=rel), tenant
+            assert got["tenant_busy"][tenant] == pytest.approx(oracle.tenant_busy[tenant], rel=rel, abs=1e-9), tenant
