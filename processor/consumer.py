@@ -620,7 +620,7 @@ class Processor:
             self._backoff_s = min(self._backoff_s * 2, self.config.retry_max_s)
         assert self._consumer is not None
         consumer = self._consumer
-        assignment = self._kafka_call("assignment", consumer.assignment, set())
+        assignment: set[TopicPartition] = self._kafka_call("assignment", consumer.assignment, set())
         if assignment:
             # If pausing fails, records still polled are ignored: _next is empty until _recover().
             self._kafka_call("pause", lambda: consumer.pause(*assignment), None)
@@ -646,7 +646,7 @@ class Processor:
             self._wait(min(1.0, self._retry_at - time.monotonic()))
             return
         consumer = self._consumer
-        assignment = set(self._kafka_call("assignment", consumer.assignment, set()))
+        assignment: set[TopicPartition] = set(self._kafka_call("assignment", consumer.assignment, set()))
         try:
             self._seek(assignment)
             if assignment:
