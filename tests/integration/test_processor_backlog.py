@@ -40,7 +40,8 @@ def test_batches_grow_under_backlog_and_the_warehouse_stays_exact(kafka_bootstra
     snaps = _snaps(50)  # 8 GPUs x 50 rounds = 400 records, all waiting before the processor starts
     produce(kafka_bootstrap, topic, snaps)
     gc_before = gc.get_threshold()
-    run_until_idle(config(kafka_bootstrap, fresh_db, topic, batch_records=50, batch_ms=5000))
+    # batch_ms long enough that only the record counts close batches, even on a loaded machine.
+    run_until_idle(config(kafka_bootstrap, fresh_db, topic, batch_records=50, batch_ms=20_000))
     sizes = _batch_sizes(caplog)
     assert sum(sizes) == 400
     # 50 records per batch would be 8 batches; with 350 more waiting, the first batch grows to
@@ -63,6 +64,9 @@ def test_caught_up_batches_close_at_batch_records(kafka_bootstrap, new_topic, fr
     snaps = _snaps(8)[:60]  # 60 records: once 50 are taken only 10 wait, less than a batch
     produce(kafka_bootstrap, topic, snaps)
     run_until_idle(config(kafka_bootstrap, fresh_db, topic, batch_records=50, batch_ms=3000))
-    # 50 at batch_records (no growth: 10 < 50 waiting), then the last 10 at batch_ms.
-    assert _batch_sizes(caplog) == [50, 10]
+    sizes = _batch_sizes(caplog)
+    # Normally [50, 10]: 50 at batch_records (no growth: 10 < 50 waiting), the last 10 at
+    # batch_ms; a poll cut short on a loaded machine may split them further, but no batch ever
+    # exceeds 50 (grown, the first would hold all 60).
+    assert sum(sizes) == 60 and max(sizes) <= 50, sizes
     assert stored_offsets_total(fresh_db) == (60, 60, 0, 0)
