@@ -790,7 +790,12 @@ class _Summary:
 
 @contextlib.contextmanager
 def _gc_relaxed() -> Iterator[None]:
-    """GC_THRESHOLDS for the duration of the block; the previous thresholds afterwards."""
+    """GC_THRESHOLDS for the duration of the block; the previous thresholds afterwards.
+
+    The thresholds are the interpreter's: with several processors in one process (as some
+    tests run them, in threads), overlapping folds may leave the relaxed ones in force, which
+    changes only when garbage cycles are collected.
+    """
     before = gc.get_threshold()
     gc.set_threshold(*GC_THRESHOLDS)
     try:
