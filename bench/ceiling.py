@@ -26,12 +26,21 @@ from bench.common import DENSE_MODEL, DenseFleet, fresh_database, load_average, 
 from processor.fold import BatchFold
 from processor.sink import USAGE_TABLES
 
-__all__ = ["consume_only", "copy_ceiling", "usage_rows"]
+__all__ = ["CONSUME_MODES", "consume_only", "copy_ceiling", "usage_rows"]
 
 _CONSUMER = r"""
 import json, sys, time
 from kafka import KafkaConsumer, TopicPartition
-bootstrap, topic, ends = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+bootstrap, topic, ends, mode = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), sys.argv[4]
+if mode == "json":
+    decode = json.loads
+elif mode == "orjson":
+    import orjson
+    decode = orjson.loads
+elif mode == "from_json":
+    from collector.snapshot import from_json as decode
+else:
+    decode = None
 c = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
                   max_partition_fetch_bytes=8 * 1024 * 1024, client_id="migmeter-bench-consume-only")
 tps = [TopicPartition(topic, int(p)) for p in ends]
@@ -46,16 +55,27 @@ while n < target:
     for tp, recs in c.poll(timeout_ms=500, max_records=10000).items():
         n += len(recs)
         nbytes += sum(len(r.value) for r in recs)
+        if decode is not None:
+            for r in recs:
+                decode(r.value)
 t = time.perf_counter() - t0
 print(json.dumps({"records": n, "bytes": nbytes, "seconds": t}))
 """
 
 
-def consume_only(bootstrap: str, topic: str, ends: dict[int, int], repeats: int) -> dict[str, Any]:
-    """Records/s of a bare kafka-python consumer over the whole topic (median of ``repeats``)."""
+# The reference loops: kafka-python iterating the records only, then also parsing every value
+# with json, with orjson (the processor's parser), and with the processor's whole decoder.
+CONSUME_MODES = ("count", "json", "orjson", "from_json")
+
+
+def consume_only(bootstrap: str, topic: str, ends: dict[int, int], repeats: int, mode: str = "count") -> dict[str, Any]:
+    """Records/s of a bare kafka-python consumer over the whole topic (median of ``repeats``);
+    ``mode`` (CONSUME_MODES) says what it does with each value."""
+    if mode not in CONSUME_MODES:
+        raise ValueError(f"mode {mode!r} is not one of {CONSUME_MODES}")
     rates, load = [], []
     for _ in range(repeats):
-        out = subprocess.run([sys.executable, "-c", _CONSUMER, bootstrap, topic, json.dumps(ends)],
+        out = subprocess.run([sys.executable, "-c", _CONSUMER, bootstrap, topic, json.dumps(ends), mode],
                              capture_output=True, text=True, timeout=600, check=True)
         r = json.loads(out.stdout.strip().splitlines()[-1])
         rates.append(r["records"] / r["seconds"])

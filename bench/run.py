@@ -12,6 +12,7 @@ shared: every figure is stored with the load average at the time it was taken.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -112,6 +113,9 @@ def run(plan: Plan, parts: tuple[str, ...], path: Path, compare_rev: str | None 
             if "ceiling" in parts:
                 p.do("consume_only", "consume-only ceiling", lambda: ceiling.consume_only(
                     settings.kafka_bootstrap(), topic, loaded.end, max(plan.repeats, 3)))
+                for mode in ceiling.CONSUME_MODES[1:]:
+                    p.do(f"consume_{mode}", f"kafka-python + {mode} of every value", lambda m=mode: ceiling.consume_only(
+                        settings.kafka_bootstrap(), topic, loaded.end, max(plan.repeats, 3), mode=m))
             if "throughput" in parts:
                 p.do("throughput", f"processor throughput, batch sizes {plan.batch_sizes} x {plan.repeats}",
                      lambda: throughput.throughput(loaded, plan.batch_sizes, plan.repeats))
@@ -120,8 +124,17 @@ def run(plan: Plan, parts: tuple[str, ...], path: Path, compare_rev: str | None 
                 p.do("before_after", f"before/after: processor at {rev} vs the working tree",
                      lambda: _before_after(loaded, rev, plan))
             if "scaleout" in parts:
-                p.do("scale_out", "scale-out: 1 vs 2 processors",
-                     lambda: throughput.scale_out(loaded, plan.default_batch, plan.repeats))
+                # One run per configuration (each is a full catch-up of the topic; the machine is shared).
+                p.do("scale_out", "scale-out: 1, 2 and 4 processors on 4 partitions",
+                     lambda: throughput.scale_out(loaded, plan.default_batch, 1, processes=(1, 2, 4)))
+    if "scaleout" in parts:
+        with fresh_topic(8) as topic8:
+            loaded8 = p.do("loaded8", f"pre-loading {plan.snapshots} snapshots into 8 partitions",
+                           lambda: throughput.load_topic(topic8, plan.snapshots))
+            res.pop("loaded8")
+            if isinstance(loaded8, throughput.Loaded):
+                p.do("scale_out_8", "scale-out: 1 and 2 processors on 8 partitions",
+                     lambda: throughput.scale_out(loaded8, plan.default_batch, 1, processes=(1, 2)))
     if "ceiling" in parts:
         p.do("copy_ceiling", "COPY ceiling", lambda: ceiling.copy_ceiling(
             ceiling.usage_rows(plan.copy_rows_snapshots, gpus=1000)["instance_usage_1m"], max(plan.repeats, 3)))
@@ -245,15 +258,23 @@ def render(res: dict[str, Any]) -> str:
     if ba:
         for label in ba.get("trees", []):
             v = ba.get(label) or {}
+            merged = (v.get("rows_merged") or 0) / (_get(res, "dataset", "instance_samples") or 1)
             rows.append((f"processor at {label}, batch {v.get('batch_records')}",
                          f"{_f(v.get('instance_samples_per_s'))} inst-samples/s",
                          f"steady {_f(v.get('steady_instance_samples_per_s'))}/s; "
-                         f"{_f(v.get('cpu_s_per_1m_instance_samples'), 1)} CPU s per 1M samples"))
+                         f"{_f(v.get('cpu_s_per_1m_instance_samples'), 1)} CPU s per 1M samples + its DB backend "
+                         f"{_f(v.get('db_backend_cpu_s_per_1m_instance_samples'), 1)} s; {merged:.3f} rows merged per "
+                         f"sample; peak RSS {_f(v.get('peak_rss_mib'))} MiB"))
     co = res.get("consume_only")
     if co:
         avg = _get(res, "dataset", "avg_instances_per_snapshot") or 0
         rows.append(("ceiling: kafka-python consume-only", f"{_f(co['records_per_s'])} records/s",
                      f"= {_f(co['records_per_s'] * avg)} inst-samples/s, no decoding, same topic"))
+        for mode in ceiling.CONSUME_MODES[1:]:
+            cm = res.get(f"consume_{mode}")
+            if cm:
+                rows.append((f"kafka-python + {mode} of every value", f"{_f(cm['records_per_s'])} records/s",
+                             f"= {_f(cm['records_per_s'] * avg)} inst-samples/s, same topic"))
     cc = res.get("copy_ceiling")
     if cc:
         rows.append(("ceiling: COPY into empty hypertable", f"{_f(cc['rows_per_s_formatted'])} rows/s",
@@ -265,12 +286,15 @@ def render(res: dict[str, Any]) -> str:
                          "baseline" if m == "copy_merge" else f"COPY+merge is {v['copy_merge_speedup']:.1f}x faster"))
         rows.append(("write path: same table contents", str(wp["results_identical"]),
                      f"{wp['rows_per_pass']:,} rows x 2 passes (insert, then merge)"))
-    so = res.get("scale_out")
-    if so:
-        for n, v in so.items():
+    for so in (res.get("scale_out"), res.get("scale_out_8")):
+        for n, v in (so or {}).items():
             if v.get("instance_samples_per_s"):
-                rows.append((f"scale-out: {n} processor(s)", f"{_f(v['instance_samples_per_s'])} inst-samples/s",
-                             f"CPU {_f(v['cpu_s_per_1m_instance_samples'], 1)} s per 1M samples (all processes)"))
+                rows.append((f"scale-out: {n} processor(s), {v.get('partitions', 4)} partitions",
+                             f"{_f(v['instance_samples_per_s'])} inst-samples/s",
+                             f"steady {_f(v.get('steady_instance_samples_per_s'))}/s; CPU "
+                             f"{_f(v['cpu_s_per_1m_instance_samples'], 1)} s per 1M samples (all processes) + DB "
+                             f"backends {_f(v.get('db_backend_cpu_s_per_1m_instance_samples'), 1)} s; "
+                             f"wall {_f(v.get('wall_s'), 1)} s"))
     for key, label in (("latency_1x", "latency @ 2,000 GPUs/15 s"), ("latency_10x", "latency @ 20,000 GPUs/15 s"),
                        ("latency_10x_batch30s", "latency @ 20,000 GPUs/15 s, 30 s batches")):
         lat = res.get(key)
@@ -335,6 +359,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compare-rev", metavar="REV",
                         help="also run the processor of git revision(s) REV[,REV...] against the working tree "
                              "(before/after), at the default batch size, interleaved")
+    parser.add_argument("--snapshots", type=int, metavar="N",
+                        help="pre-load N snapshots for the throughput, ceiling and scale-out parts instead of the "
+                             "plan's (60,000 full, 8,000 quick)")
     parser.add_argument("--render", metavar="JSON", help="print the table of an earlier results file and exit")
     args = parser.parse_args(argv)
     if args.render:
@@ -345,7 +372,12 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown parts: {', '.join(sorted(unknown))}")
     path = RESULTS_DIR / f"{time.strftime('%Y%m%dT%H%M%S')}{'-quick' if args.quick else ''}.json"
-    res = run(PLANS["quick" if args.quick else "full"], parts, path, args.compare_rev)
+    plan = PLANS["quick" if args.quick else "full"]
+    if args.snapshots:
+        if args.snapshots < 1:
+            parser.error("--snapshots must be at least 1")
+        plan = dataclasses.replace(plan, snapshots=args.snapshots)
+    res = run(plan, parts, path, args.compare_rev)
     res["mode"] = "quick" if args.quick else "full"
     path.write_text(json.dumps(res, indent=1, default=str))
     print(render(res))

@@ -238,14 +238,14 @@ def throughput(loaded: Loaded, batch_sizes: Sequence[int], repeats: int, batch_m
     return {str(b): _summarize(loaded, rs) for b, rs in runs.items()}
 
 
-def scale_out(loaded: Loaded, batch_records: int, repeats: int, batch_ms: int = 2000) -> dict[str, Any]:
-    """One processor vs two in one group, same topic, interleaved runs."""
-    one: list[ProcessRun] = []
-    two: list[ProcessRun] = []
+def scale_out(loaded: Loaded, batch_records: int, repeats: int, batch_ms: int = 2000,
+              processes: Sequence[int] = (1, 2)) -> dict[str, Any]:
+    """1, 2, ... processors in one group on the same topic, interleaved runs; keyed by process count."""
+    runs: dict[int, list[ProcessRun]] = {n: [] for n in processes}
     for _ in range(repeats):
-        one.append(process_once(loaded, batch_records, batch_ms, processes=1))
-        two.append(process_once(loaded, batch_records, batch_ms, processes=2))
-    return {"1": _summarize(loaded, one), "2": _summarize(loaded, two)}
+        for n in processes:
+            runs[n].append(process_once(loaded, batch_records, batch_ms, processes=n))
+    return {str(n): {"partitions": len(loaded.end), **_summarize(loaded, rs)} for n, rs in runs.items()}
 
 
 def compare_trees(loaded: Loaded, batch_records: int, repeats: int, trees: dict[str, Path | None],

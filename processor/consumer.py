@@ -51,11 +51,13 @@ keyed to one partition, so each usage row has exactly one writer.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import json
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -87,6 +89,8 @@ __all__ = [
     "DEFAULT_SESSION_TIMEOUT_MS",
     "DEFAULT_SUMMARY_EVERY_S",
     "RETRY_MAX_S",
+    "BACKLOG_BATCH_FACTOR",
+    "GC_THRESHOLDS",
     "ProcessorConfig",
     "Processor",
 ]
@@ -132,6 +136,22 @@ DLQ_MAX_BLOCK_MS = 5_000
 DLQ_FLUSH_TIMEOUT_S = 10.0
 # Dead-letter topic messages carry at most this much of the rejected payload.
 DLQ_PAYLOAD_MAX = 64 * 1024
+# Under backlog (at least one more batch of records already waiting in Kafka) a batch may grow
+# to this many times --batch-records within its --batch-ms: every batch re-merges the 1h and 1d
+# rows of the GPUs it touches and pays one transaction, so fewer, larger batches cut the
+# database's work per sample (bench/RESULTS.md), and a backlog bounds latency anyway. Caught
+# up, batches close at --batch-records or --batch-ms as configured.
+BACKLOG_BATCH_FACTOR = 4
+# Folding a batch allocates some 25 container objects per instance-sample (parsed JSON,
+# snapshot objects, partials), nearly all freed by reference counting. CPython's default
+# (700, 10, 10) runs a young collection every 700 net allocations and, as the batch grows, full
+# collections over every live object (pending records included): 15-25 % of the fold's CPU,
+# measured. These thresholds apply only while a batch is folded (_gc_relaxed); outside, the
+# interpreter's own are in force, so the Kafka client's garbage is collected as it expects.
+GC_THRESHOLDS = (10_000, 50, 100)
+# Records decoded into snapshot objects at a time while folding a batch (memory: a snapshot of
+# seven instances is some 4 KiB as objects, its record ~2 KiB); GPU states are read per slice.
+DECODE_CHUNK_RECORDS = 2_000
 # Fetch sizes: snapshots are ~2 KiB; the client's 1 MiB per partition would cap a poll at a
 # few hundred records per partition.
 MAX_PARTITION_FETCH_BYTES = 8 * 1024 * 1024
@@ -257,8 +277,7 @@ class Processor:
                 self._poll_once()
                 if self._inflight is not None and self._inflight[0].done():
                     self._collect()
-                if self._pending and (len(self._pending) >= cfg.batch_records
-                                      or time.monotonic() - self._pending_since >= cfg.batch_ms / 1000):
+                if self._pending and self._batch_due():
                     self._flush()
                 self._summary.maybe_log(self, cfg.summary_every_s)
                 if cfg.stop_when_idle_s > 0 and self._idle_for() >= cfg.stop_when_idle_s:
@@ -288,6 +307,28 @@ class Processor:
         self.reader.close()
         log.info("processor stopped")
 
+    def _batch_due(self) -> bool:
+        """A batch closes ``batch_ms`` after its first record, or at ``batch_records`` records unless
+        another batch's worth already waits in Kafka: then it grows, up to BACKLOG_BATCH_FACTOR times."""
+        cfg = self.config
+        n = len(self._pending)
+        if time.monotonic() - self._pending_since >= cfg.batch_ms / 1000:
+            return True
+        if n < cfg.batch_records:
+            return False
+        return n >= cfg.batch_records * BACKLOG_BATCH_FACTOR or self._backlog() < cfg.batch_records
+
+    def _backlog(self) -> int:
+        """Records waiting in Kafka past what this loop has taken (from the client's last fetch responses)."""
+        assert self._consumer is not None
+        consumer = self._consumer
+        waiting = 0
+        for tp, nxt in self._next.items():
+            hw = self._kafka_call("highwater", lambda: consumer.highwater(tp), None)
+            if hw is not None and hw > nxt:
+                waiting += hw - nxt
+        return waiting
+
     def _idle_for(self) -> float:
         """Seconds since the last record arrived, provided nothing is pending and no lag is known."""
         if self._pending or self._inflight is not None or self._need_seek or not self._next:
@@ -305,7 +346,9 @@ class Processor:
     def _poll_once(self) -> None:
         assert self._consumer is not None
         consumer = self._consumer
-        room = max(1, self.config.batch_records - len(self._pending))
+        # Up to batch_records; past that only a batch that grows under backlog is polling (_batch_due).
+        limit = self.config.batch_records
+        room = max(1, (limit if len(self._pending) < limit else limit * BACKLOG_BATCH_FACTOR) - len(self._pending))
         polled = self._kafka_call("poll", lambda: consumer.poll(timeout_ms=POLL_MS, max_records=room), None)
         if polled is None:
             # Whatever poll() did before failing (a rebalance, a fetch) is not trusted: drop
@@ -337,7 +380,8 @@ class Processor:
         records, self._pending = self._pending, []
         started = self._pending_since
         try:
-            batch = self._fold(records)
+            with _gc_relaxed():
+                batch = self._fold(records)
         except SinkError as exc:  # reading GPU states failed
             self._collect()
             if not self._need_seek:
@@ -465,23 +509,20 @@ class Processor:
             for rec in records:
                 fold.refuse(rec.topic, rec.partition, rec.offset, rec.key, rec.value, refused)
             return fold.finish()
-        decoded: list[Snapshot | BadSnapshot] = []
-        for rec in records:
-            try:
-                if rec.value is None:
-                    raise BadSnapshot("record has no value (tombstone)")
-                decoded.append(from_json(rec.value))
-            except BadSnapshot as exc:
-                decoded.append(exc)
-        missing = {s.gpu_uuid for s in decoded if isinstance(s, Snapshot) and s.gpu_uuid not in self._states}
-        if missing:
-            loaded = self.reader.load_states(missing)
-            for uuid in missing:
-                self._states[uuid] = loaded.get(uuid)
         fold = BatchFold(self._states, stored, self.config.max_future_skew_s, self.config.max_backward_skew_s,
                          self.clock, self.config.max_age_s, self.config.max_gap_s)
-        for rec, snap in zip(records, decoded):
-            fold.add(rec.topic, rec.partition, rec.offset, rec.key, rec.value, snap)
+        # Decoded a slice at a time, so a large batch never holds all its snapshots as objects.
+        for i in range(0, len(records), DECODE_CHUNK_RECORDS):
+            chunk = records[i:i + DECODE_CHUNK_RECORDS]
+            decoded = [_decode(rec.value) for rec in chunk]
+            missing = {s.gpu_uuid for s in decoded if isinstance(s, Snapshot) and s.gpu_uuid not in self._states}
+            if missing:
+                # The fold reads self._states (the same dict): GPUs first seen in this slice.
+                loaded = self.reader.load_states(missing)
+                for uuid in missing:
+                    self._states[uuid] = loaded.get(uuid)
+            for rec, snap in zip(chunk, decoded):
+                fold.add(rec.topic, rec.partition, rec.offset, rec.key, rec.value, snap)
         return fold.finish()
 
     def _committed(self, batch: FoldedBatch, rows: dict[str, int], started: float, write_s: float) -> None:
@@ -595,7 +636,7 @@ class Processor:
             self._backoff_s = min(self._backoff_s * 2, self.config.retry_max_s)
         assert self._consumer is not None
         consumer = self._consumer
-        assignment = self._kafka_call("assignment", consumer.assignment, set())
+        assignment: set[TopicPartition] = self._kafka_call("assignment", consumer.assignment, set())
         if assignment:
             # If pausing fails, records still polled are ignored: _next is empty until _recover().
             self._kafka_call("pause", lambda: consumer.pause(*assignment), None)
@@ -621,7 +662,7 @@ class Processor:
             self._wait(min(1.0, self._retry_at - time.monotonic()))
             return
         consumer = self._consumer
-        assignment = set(self._kafka_call("assignment", consumer.assignment, set()))
+        assignment: set[TopicPartition] = set(self._kafka_call("assignment", consumer.assignment, set()))
         try:
             self._seek(assignment)
             if assignment:
@@ -761,6 +802,32 @@ class _Summary:
                  "final: " if final else "", self.records, self.batches, self.merged, self.samples,
                  self.samples / elapsed, self.dups, self.dead, elapsed)
         self.reset()
+
+
+@contextlib.contextmanager
+def _gc_relaxed() -> Iterator[None]:
+    """GC_THRESHOLDS for the duration of the block; the previous thresholds afterwards.
+
+    The thresholds are the interpreter's: with several processors in one process (as some
+    tests run them, in threads), overlapping folds may leave the relaxed ones in force, which
+    changes only when garbage cycles are collected.
+    """
+    before = gc.get_threshold()
+    gc.set_threshold(*GC_THRESHOLDS)
+    try:
+        yield
+    finally:
+        gc.set_threshold(*before)
+
+
+def _decode(value: bytes | None) -> Snapshot | BadSnapshot:
+    """One record's value as a snapshot, or the reason it is not one."""
+    try:
+        if value is None:
+            raise BadSnapshot("record has no value (tombstone)")
+        return from_json(value)
+    except BadSnapshot as exc:
+        return exc
 
 
 def _dlq_value(d: DeadLetter) -> bytes:

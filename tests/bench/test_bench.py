@@ -81,6 +81,26 @@ def test_render_shows_missed_targets() -> None:
     assert "NOT met" in text and "| figure" in text
 
 
+def test_render_shows_reference_loops_before_after_and_scale_out() -> None:
+    res = _result(10_000.0, 3.0, 0.5)
+    res.pop("baseline")
+    res["consume_orjson"] = {"records_per_s": 4_000.0}
+    res["before_after"] = {"trees": ["abc1234"], "abc1234": {
+        "batch_records": 10_000, "instance_samples_per_s": 9_000.0, "steady_instance_samples_per_s": 9_500.0,
+        "cpu_s_per_1m_instance_samples": 50.0, "db_backend_cpu_s_per_1m_instance_samples": 20.0,
+        "rows_merged": 5_600, "peak_rss_mib": 240.0}}
+    res["scale_out_8"] = {"2": {"partitions": 8, "instance_samples_per_s": 12_000.0,
+                                "steady_instance_samples_per_s": 15_000.0, "cpu_s_per_1m_instance_samples": 45.0,
+                                "db_backend_cpu_s_per_1m_instance_samples": 18.0, "wall_s": 9.5}}
+    lines = {line.split("|")[1].strip(): line for line in render(res).splitlines() if line.count("|") >= 3}
+    # 4,000 records/s x 7.0 instances per snapshot = 28,000 instance-samples/s.
+    loop = lines["kafka-python + orjson of every value"]
+    assert "4,000 records/s" in loop and "= 28,000 inst-samples/s" in loop
+    # 5,600 rows merged over the dataset's 7,000 instance-samples = 0.800 per sample.
+    assert "0.800 rows merged per sample; peak RSS 240 MiB" in lines["processor at abc1234, batch 10000"]
+    assert "wall 9.5 s" in lines["scale-out: 2 processor(s), 8 partitions"]
+
+
 @pytest.mark.integration
 def test_raw_chargeback_agrees_with_migmeter(fresh_db: str) -> None:
     """The baseline's SQL over raw rows gives the same GPU-hours per line as migmeter's report."""
