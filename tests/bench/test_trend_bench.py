@@ -22,7 +22,8 @@ def test_extend_months_copies_each_day_into_the_following_months(fresh_db: str) 
     feed(fresh_db, [mig(datetime(2025, 1, d, 1, tzinfo=timezone.utc), [inst(1, "7g.40gb", 0.5, "t", "p")],
                         gpu=f"GPU-B{d}", interval_s=3600) for d in (10, 31)])
     counts = extend_months(fresh_db, 4)
-    assert counts == {"tenant_usage_1d": 8, "gpu_usage_1d": 8}  # 2 days x 4 months, no collision
+    # 2 days x 4 months, no collision; the per-day rollups (one model, one namespace) follow the copies
+    assert counts == {"tenant_usage_1d": 8, "gpu_usage_1d": 8, "gpu_usage_model_1d": 8, "tenant_usage_namespace_1d": 8}
     with psycopg.connect(fresh_db) as conn:
         days = [r[0] for r in conn.execute("SELECT (bucket AT TIME ZONE 'UTC')::date FROM gpu_usage_1d ORDER BY 1")]
     assert days == [date(2025, 1, 10), date(2025, 1, 31), date(2025, 2, 10), date(2025, 2, 28),
