@@ -87,6 +87,7 @@ __all__ = [
     "DEFAULT_BATCH_MS",
     "DEFAULT_METADATA_MAX_AGE_MS",
     "DEFAULT_SESSION_TIMEOUT_MS",
+    "JOIN_STALL_SESSIONS",
     "DEFAULT_SUMMARY_EVERY_S",
     "RETRY_MAX_S",
     "BACKLOG_BATCH_FACTOR",
@@ -116,6 +117,11 @@ RETRY_MAX_S = 30.0
 DEFAULT_SUMMARY_EVERY_S = 30.0
 # How soon a dead processor's partitions move to the others (the broker allows 6000 and up).
 DEFAULT_SESSION_TIMEOUT_MS = 10_000
+# A group join still not done this many session timeouts after it began (the subscription, or the
+# end of a revocation) is started over: unsubscribe, subscribe. kafka-python 3.0 was seen to stop
+# heartbeating after a revocation and never join again (a processor idle for good, /healthz live).
+# In a healthy group a join ends within one session timeout (a dead member is dropped by then).
+JOIN_STALL_SESSIONS = 6
 # Backoff after a failed call into the Kafka client (broker down): short and capped low, so
 # the loop notices a restarted broker within seconds; one log line per outage, not per retry.
 KAFKA_RETRY_INITIAL_S = 0.5
@@ -220,6 +226,7 @@ class Processor:
         self._stored: dict[TopicPartition, int | None] = {}
         self._next: dict[TopicPartition, int] = {}
         self._need_seek = False
+        self._joining_since: float | None = None  # monotonic time a group join began; None = joined
         self._retry_at = 0.0
         self._states: dict[str, GpuState | None] = {}
         self._pending: list[Any] = []
@@ -267,6 +274,7 @@ class Processor:
             log.warning("no partition metadata for %s before joining yet (%s); joining anyway", cfg.topic,
                         exc.__class__.__name__)
         self._consumer.subscribe([cfg.topic], listener=_Listener(self))
+        self._joining_since = time.monotonic()
         log.info("processing %s in group %s (batch %d records / %d ms) into %r", cfg.topic, cfg.group,
                  cfg.batch_records, cfg.batch_ms, self.sink)
         try:
@@ -275,6 +283,7 @@ class Processor:
                     self._recover()
                     continue
                 self._poll_once()
+                self._restart_stalled_join()
                 if self._inflight is not None and self._inflight[0].done():
                     self._collect()
                 if self._pending and self._batch_due():
@@ -700,6 +709,24 @@ class Processor:
                     self._consumer.seek(tp, off)
                     self._next[tp] = off
 
+    def _restart_stalled_join(self) -> None:
+        """Start a group join over that has not ended in JOIN_STALL_SESSIONS session timeouts."""
+        cfg = self.config
+        if self._joining_since is None or self._consumer is None:
+            return
+        waited = time.monotonic() - self._joining_since
+        if waited < JOIN_STALL_SESSIONS * cfg.session_timeout_ms / 1000:
+            return
+        log.warning("group %s: joining for %.0f s without an assignment; leaving and joining again", cfg.group, waited)
+        self.metrics.group_rejoins.inc()
+        consumer = self._consumer
+        self._kafka_call("unsubscribe", consumer.unsubscribe, None)
+        self._pending = []  # nothing is owned until the new assignment seeks from the database
+        self._next.clear()
+        self._stored.clear()
+        self._kafka_call("subscribe", lambda: consumer.subscribe([cfg.topic], listener=_Listener(self)), None)
+        self._joining_since = time.monotonic()
+
     def _on_revoked(self, revoked: set[TopicPartition]) -> None:
         log.info("partitions revoked: %s", _fmt_tps(revoked))
         if self._pending and not self._need_seek:
@@ -711,8 +738,10 @@ class Processor:
         for tp in revoked:
             self._stored.pop(tp, None)
             self._next.pop(tp, None)
+        self._joining_since = time.monotonic()  # after the commit above: the join starts now
 
     def _on_assigned(self, assigned: set[TopicPartition]) -> None:
+        self._joining_since = None  # the join is done, even with no partitions for this member
         self._states.clear()
         self._pending = []
         self._next.clear()

@@ -74,6 +74,10 @@ class ProcessorMetrics:
         self.offset_conflicts = Counter(
             "migmeter_processor_offset_conflicts",
             "Batches rolled back because another processor had advanced the stored offset", registry=r)
+        self.group_rejoins = Counter(
+            "migmeter_processor_group_rejoins",
+            "Group joins started over after JOIN_STALL_SESSIONS session timeouts without an assignment",
+            registry=r)
         self.database_up = Gauge(
             "migmeter_processor_database_up", "1 while the last database operation succeeded", registry=r)
 

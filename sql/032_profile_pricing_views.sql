@@ -28,7 +28,7 @@
 --   over-recovered), and 'unmetered' at GPU prices (chargeback_namespace_monthly's line), so
 --   the month's lines add up to the default chargeback's total.
 
-CREATE TABLE profile_memory_shares (
+CREATE TABLE profile_memory_share_records (
     gpu_model            text     NOT NULL CHECK (length(gpu_model) BETWEEN 1 AND 256),
     profile              text     NOT NULL CHECK (length(profile) BETWEEN 1 AND 64),
     memory_slices        smallint NOT NULL,
@@ -36,6 +36,9 @@ CREATE TABLE profile_memory_shares (
     PRIMARY KEY (gpu_model, profile),
     CHECK (memory_slices BETWEEN 1 AND memory_slices_total)
 );
+-- Readers see views only (like gpu_prices over prices): the table is written by `price rule`.
+CREATE VIEW profile_memory_shares AS
+SELECT gpu_model, profile, memory_slices, memory_slices_total FROM profile_memory_share_records;
 
 CREATE VIEW chargeback_profile_lines_daily AS
 SELECT f.bucket, f.day, f.cluster, f.gpu_uuid, f.gpu_model, f.gi_id, f.profile, f.slices, f.total_slices,
@@ -103,6 +106,6 @@ SELECT month, cluster, line, namespace, currency, NULL, alloc_gpu_hours, NULL, c
 FROM chargeback_namespace_monthly
 WHERE line NOT IN ('tenant', 'unassigned', 'unallocated') AND alloc_gpu_hours > 0;
 
-REVOKE ALL ON profile_memory_shares FROM migmeter_reader, migmeter_writer;
+REVOKE ALL ON profile_memory_share_records FROM migmeter_reader, migmeter_writer;
 GRANT SELECT ON profile_memory_shares, chargeback_profile_lines_daily, chargeback_profile_namespace_monthly
     TO migmeter_reader;

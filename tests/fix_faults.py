@@ -194,12 +194,13 @@ def stored_offsets(url: str, group: str) -> dict[int, tuple[int, int, int, int]]
     return {int(r[0]): (int(r[1]), int(r[2]), int(r[3]), int(r[4])) for r in rows}
 
 
-def stored_offsets_total(db: str, group: str = "g") -> tuple[int, int, int, int]:
-    """(Σ next_offset, Σ snapshots, Σ duplicates, Σ dead_letters) over the group's partitions."""
+def stored_offsets_total(db: str, group: str | None = None) -> tuple[int, int, int, int]:
+    """(Σ next_offset, Σ snapshots, Σ duplicates, Σ dead_letters) over the group's partitions
+    (every group's when ``group`` is None: each test has a database of its own)."""
     with psycopg.connect(db) as conn:
         row = conn.execute("SELECT coalesce(sum(next_offset), 0), coalesce(sum(snapshots), 0), "
                            "coalesce(sum(duplicates), 0), coalesce(sum(dead_letters), 0) FROM sink_offsets "
-                           "WHERE consumer_group = %s", (group,)).fetchone()
+                           "WHERE %(group)s::text IS NULL OR consumer_group = %(group)s", {"group": group}).fetchone()
     assert row is not None
     return tuple(int(x) for x in row)  # type: ignore[return-value]
 
@@ -467,7 +468,11 @@ def caught_up(bootstrap: str, topic: str, url: str, group: str) -> Callable[[], 
 # --------------------------------------------------------------------------- a processor in this process
 
 
-def config(bootstrap: str, db: str, topic: str, group: str = "g", **kw) -> ProcessorConfig:  # type: ignore[no-untyped-def]
+def config(bootstrap: str, db: str, topic: str, group: str | None = None, **kw) -> ProcessorConfig:  # type: ignore[no-untyped-def]
+    """A processor for one test. Its Kafka group is the test's own (``g.<topic>``) unless named: on the
+    shared broker a group is shared by every test that names it, and a member another test left
+    behind (killed, or still closing) would hold up this test's rebalances."""
+    group = group or f"g.{topic}"
     kw.setdefault("batch_records", 2000)
     kw.setdefault("batch_ms", 300)
     kw.setdefault("stop_when_idle_s", 1.5)

@@ -290,7 +290,7 @@ def set_share_rule(conn: psycopg.Connection[Any], gpu_model: str, rule: str, eff
         if memory is None or p.compute_slices >= p.total_compute_slices:
             continue  # a whole-GPU profile always bills the whole price
         conn.execute(
-            "INSERT INTO profile_memory_shares (gpu_model, profile, memory_slices, memory_slices_total)"
+            "INSERT INTO profile_memory_share_records (gpu_model, profile, memory_slices, memory_slices_total)"
             " VALUES (%s, %s, %s, %s) ON CONFLICT (gpu_model, profile) DO UPDATE"
             " SET memory_slices = EXCLUDED.memory_slices, memory_slices_total = EXCLUDED.memory_slices_total",
             (model, p.name, memory.numerator * (profiles.memory_slices_total(p.total_compute_slices)

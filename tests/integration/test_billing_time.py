@@ -30,7 +30,7 @@ def _seven_g(ts: datetime, interval_s: float = 15.0, util: float | None = 0.5, *
     return mig(ts, [inst(0, "7g.80gb", util, "team", "pod")], interval_s=interval_s, **kw)
 
 
-def _process(bootstrap: str, db: str, topic: str, snaps: list[Snapshot], group: str = "g"):  # type: ignore[no-untyped-def]
+def _process(bootstrap: str, db: str, topic: str, snaps: list[Snapshot], group: str | None = None):  # type: ignore[no-untyped-def]
     produce(bootstrap, topic, snaps)
     return run_until_idle(config(bootstrap, db, topic, group))
 

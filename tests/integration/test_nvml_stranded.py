@@ -65,9 +65,9 @@ def nvml_db(kafka_bootstrap: str, new_topic: Callable[..., str], fresh_db: str) 
     _collect(kafka_bootstrap, topic, "nvml-root", _h100("GPU-N-ROOT"))
     _collect(kafka_bootstrap, topic, "nvml-user", _h100("GPU-N-USER",
                                                        fail={"nvmlDeviceGetGpuInstanceById": pynvml.NVMLError_NoPermission}))
-    run_until_idle(config(kafka_bootstrap, fresh_db, topic, group="g"))
+    run_until_idle(config(kafka_bootstrap, fresh_db, topic))
     # every record accounted for: 2 GPUs x 4 rounds, no duplicates, no dead letters
-    assert stored_offsets_total(fresh_db, "g") == (2 * ROUNDS, 2 * ROUNDS, 0, 0)
+    assert stored_offsets_total(fresh_db) == (2 * ROUNDS, 2 * ROUNDS, 0, 0)
     with psycopg.connect(fresh_db) as conn:
         prices.set_price(conn, prices.Price(H100, Decimal("7.00"), "USD", NOV))
     yield fresh_db

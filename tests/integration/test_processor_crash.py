@@ -25,7 +25,12 @@ from tests.fix_faults import (
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-GROUP = "g"
+
+
+def _group(topic: str) -> str:
+    """Each test's own Kafka group: on the shared broker a group named by two tests would make a
+    member one test killed hold up the other's rebalances."""
+    return f"crash.{topic}"
 
 
 @pytest.fixture
@@ -35,7 +40,7 @@ def spawn(kafka_bootstrap, fresh_db, tmp_path):  # type: ignore[no-untyped-def]
     procs: list[Proc] = []
 
     def start(topic: str, name: str, *extra: str) -> Proc:
-        proc = start_processor(kafka_bootstrap, fresh_db, topic, GROUP, tmp_path, "--session-timeout-ms", "6000",
+        proc = start_processor(kafka_bootstrap, fresh_db, topic, _group(topic), tmp_path, "--session-timeout-ms", "6000",
                                *extra, name=name)
         procs.append(proc)
         return proc
@@ -62,7 +67,7 @@ def _feeder(bootstrap: str, topic: str, rounds: int, pause_after: int | None = N
 def _wait_progress(db: str, above: int, proc: Proc) -> int:
     """Waits until the stored offsets pass ``above``; returns their sum then."""
     def progressed() -> int:
-        total = stored_offsets_total(db, GROUP)[0]
+        total = stored_offsets_total(db)[0]
         return total if total > above else 0
     return int(wait_until(progressed, f"progress past offset {above}", alive=[proc]))
 
@@ -73,7 +78,7 @@ def _wait_assigned(proc: Proc, topic: str) -> None:
 
 
 def _wait_caught_up(bootstrap: str, topic: str, db: str, proc: Proc) -> None:
-    wait_until(caught_up(bootstrap, topic, db, GROUP), "the processor to catch up", alive=[proc])
+    wait_until(caught_up(bootstrap, topic, db, _group(topic)), "the processor to catch up", alive=[proc])
 
 
 def _stop(proc: Proc) -> None:
@@ -84,7 +89,7 @@ def _stop(proc: Proc) -> None:
 
 def _assert_exact(bootstrap: str, topic: str, db: str, sent: list[Snapshot]) -> None:
     expected = oracle(sent)
-    next_sum, merged, dups, dead = stored_offsets_total(db, GROUP)
+    next_sum, merged, dups, dead = stored_offsets_total(db)
     assert next_sum == end_offsets_total(bootstrap, topic) == len(sent)
     assert (merged, dups, dead) == (expected.snapshots, expected.duplicates, 0)
     assert_same_totals(expected, db, instance_rows=True)
@@ -102,7 +107,7 @@ def test_sigkill_at_random_moments_then_restart(kafka_bootstrap, new_topic, fres
         progress = _wait_progress(fresh_db, progress, proc)
         time.sleep(rng.uniform(0.0, 0.6))  # a random moment inside the next batches, not an assertion
         proc.kill()
-        progress = stored_offsets_total(fresh_db, GROUP)[0]
+        progress = stored_offsets_total(fresh_db)[0]
     sent = feeder.finish()
     proc = spawn(topic, "process", "--instance-id", "p1")
     _wait_caught_up(kafka_bootstrap, topic, fresh_db, proc)
@@ -141,7 +146,7 @@ def test_stalled_zombie_processor_is_fenced(kafka_bootstrap, new_topic, fresh_db
     _wait_caught_up(kafka_bootstrap, topic, fresh_db, b)
     try:
         feeder.go_on.set()  # snapshots keep arriving ...
-        _wait_progress(fresh_db, stored_offsets_total(fresh_db, GROUP)[0], a)
+        _wait_progress(fresh_db, stored_offsets_total(fresh_db)[0], a)
         a.popen.send_signal(signal.SIGSTOP)  # ... and a freezes mid-stream, likely holding a batch
         sent = feeder.finish()
         # b takes over every partition once a's session times out, and catches up.

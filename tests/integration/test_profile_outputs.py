@@ -134,7 +134,7 @@ def test_a_rule_without_recorded_memory_shares_bills_compute_everywhere(fleet_db
     # A share rule written before its memory shares were recorded: the reports and the views
     # both fall back to compute (team-a 4 h x 1/7 x 7.00 = 4.00) and the report says so.
     with psycopg.connect(fleet_db) as conn:
-        conn.execute("DELETE FROM profile_memory_shares")
+        conn.execute("DELETE FROM profile_memory_share_records")
         report = profile_pricing.chargeback(conn, NOV)
         view = conn.execute("SELECT sum(cost) FROM chargeback_profile_namespace_monthly WHERE namespace = 'team-a'"
                             ).fetchone()
