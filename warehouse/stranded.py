@@ -35,9 +35,10 @@ from warehouse.render import Column, Report
 
 __all__ = ["ESTIMATE_NOTE", "FreeHour", "split_hour", "stranded"]
 
-ESTIMATE_NOTE = ("estimated where the source gives no placement_start (dcgm-exporter, Prometheus): the best valid"
-                 " placement of the instances present is assumed, so stranded slices are those no placement could"
-                 " have used; exact where every instance's placement_start is known (NVML, the simulator)")
+ESTIMATE_NOTE = ("estimated where the source gives no placement_start (dcgm-exporter, Prometheus), or an instance"
+                 " moved within the hour (a reconfiguration): the best valid placement of the instances present is"
+                 " assumed, so stranded slices are those no placement could have used; exact where every instance's"
+                 " placement_start is known and fixed for the hour (NVML, the simulator)")
 
 
 @dataclass(frozen=True, slots=True)
