@@ -17,7 +17,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, TypeGuard, cast
 
 import orjson
 
@@ -294,7 +294,7 @@ def from_dict(obj: dict[str, Any]) -> Snapshot:
         gpu_model=_req(obj, "gpu_model", str),
         mig_enabled=_req(obj, "mig_enabled", bool),
         total_slices=_int(obj, "total_slices"),
-        instances=tuple(fast) if values_checked else tuple(_instance(i) for i in raw_instances),
+        instances=tuple(cast(list[Instance], fast)) if values_checked else tuple(_instance(i) for i in raw_instances),
     )
     _check_snapshot(snap, values_checked)
     return snap
@@ -361,7 +361,7 @@ def _fast_mib(v: Any) -> bool:
     return v is None or ((type(v) is float or type(v) is int) and 0 <= v <= MAX_MIB)
 
 
-def _fast_int32(v: Any) -> bool:
+def _fast_int32(v: Any) -> TypeGuard[int]:
     return type(v) is int and _INT32_MIN <= v <= _INT32_MAX
 
 

@@ -35,8 +35,8 @@ from processor.consumer import (
     ProcessorConfig,
 )
 from processor.fold import DEFAULT_MAX_AGE_S, DEFAULT_MAX_BACKWARD_SKEW_S, DEFAULT_MAX_FUTURE_SKEW_S
-from processor.health import DEFAULT_INTERVAL_S, STALE_ROUNDS, HealthState, Prober, probe_database, probe_kafka
-from processor.metrics import DEFAULT_METRICS_ADDR, DEFAULT_METRICS_PORT, ProcessorMetrics, serve
+from processor.health import DEFAULT_INTERVAL_S, STALE_ROUNDS, Check, HealthState, Prober, probe_database, probe_kafka
+from processor.metrics import DEFAULT_METRICS_ADDR, DEFAULT_METRICS_PORT, DatabaseUp, ProcessorMetrics, serve
 
 # --max-gap from the environment (seconds; 0 = 3 x each snapshot's interval_s).
 ENV_MAX_GAP = "MIGMETER_MAX_GAP"
@@ -140,8 +140,12 @@ def run(args: argparse.Namespace) -> int:
     metrics = ProcessorMetrics()
     health = HealthState(stale_after_s=STALE_ROUNDS * args.health_interval)
     stop_http = serve(metrics.registry, args.metrics_port, args.metrics_addr, health)
-    prober = Prober(health, (lambda: probe_kafka(config.bootstrap, security),
-                             lambda: probe_database(config.database_url)), args.health_interval)
+    def database_check() -> Check:
+        check = probe_database(config.database_url)
+        metrics.database_up.mark(DatabaseUp.PROBE, check.ok)  # an idle processor still sees an outage
+        return check
+
+    prober = Prober(health, (lambda: probe_kafka(config.bootstrap, security), database_check), args.health_interval)
     processor = Processor(config, metrics)
     if stop_http is not None:
         prober.start()

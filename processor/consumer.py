@@ -55,11 +55,14 @@ import contextlib
 import gc
 import json
 import logging
+import sys
 import threading
 import time
+import traceback
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer, TopicPartition
@@ -77,7 +80,7 @@ from processor.fold import (
     FoldedBatch,
 )
 from processor.layout import GpuState
-from processor.metrics import ProcessorMetrics
+from processor.metrics import DatabaseUp, ProcessorMetrics
 from processor.refusals import REFUSED_RETRIES, DatabaseRefused, DataRefused
 from processor.sink import OffsetConflict, Sink
 
@@ -118,10 +121,11 @@ DEFAULT_SUMMARY_EVERY_S = 30.0
 # How soon a dead processor's partitions move to the others (the broker allows 6000 and up).
 DEFAULT_SESSION_TIMEOUT_MS = 10_000
 # A group join still not done this many session timeouts after it began (the subscription, or the
-# end of a revocation) is started over: unsubscribe, subscribe. kafka-python 3.0 was seen to stop
-# heartbeating after a revocation and never join again (a processor idle for good, /healthz live).
+# end of a revocation) is started over with a new Kafka client. kafka-python 3.0 was seen to stop
+# after a revocation (the leader's first assignment made from empty metadata, a rejoin at once)
+# and never join again: its IO thread silent, a processor idle for good while /healthz said live.
 # In a healthy group a join ends within one session timeout (a dead member is dropped by then).
-JOIN_STALL_SESSIONS = 6
+JOIN_STALL_SESSIONS = 3
 # Backoff after a failed call into the Kafka client (broker down): short and capped low, so
 # the loop notices a restarted broker within seconds; one log line per outage, not per retry.
 KAFKA_RETRY_INITIAL_S = 0.5
@@ -248,15 +252,8 @@ class Processor:
 
     def run(self) -> None:
         cfg = self.config
-        opts = dict(cfg.kafka_options)
         try:
-            self._consumer = KafkaConsumer(
-                bootstrap_servers=cfg.bootstrap, group_id=cfg.group, client_id=cfg.client_id,
-                enable_auto_commit=False, auto_offset_reset="earliest",
-                max_partition_fetch_bytes=MAX_PARTITION_FETCH_BYTES, session_timeout_ms=cfg.session_timeout_ms,
-                heartbeat_interval_ms=max(1000, cfg.session_timeout_ms // 3), group_instance_id=cfg.instance_id,
-                reconnect_backoff_max_ms=KAFKA_RECONNECT_BACKOFF_MAX_MS,
-                metadata_max_age_ms=cfg.metadata_max_age_ms, **opts)
+            self._consumer = self._new_consumer()
         except KafkaError as exc:
             # kafka-python raises once its bootstrap timeout passes: one clear line and exit 1
             # (the supervisor restarts us), not an uncaught traceback.
@@ -264,17 +261,7 @@ class Processor:
             self.reader.close()
             self._writer.shutdown()
             raise MigmeterError(f"cannot reach Kafka at {cfg.bootstrap}: {exc.__class__.__name__}") from None
-        try:
-            # kafka-python joins the group with the topic metadata it has: without the topic's
-            # partitions it joins with none, rejoins at once, and that second join was seen never to
-            # finish on a loaded machine (a processor idle for good while /healthz said live). Fetch
-            # the partitions first; a topic that does not exist yet is found by the subscription later.
-            self._consumer.partitions_for_topic(cfg.topic)
-        except KafkaError as exc:
-            log.warning("no partition metadata for %s before joining yet (%s); joining anyway", cfg.topic,
-                        exc.__class__.__name__)
-        self._consumer.subscribe([cfg.topic], listener=_Listener(self))
-        self._joining_since = time.monotonic()
+        self._subscribe(self._consumer)
         log.info("processing %s in group %s (batch %d records / %d ms) into %r", cfg.topic, cfg.group,
                  cfg.batch_records, cfg.batch_ms, self.sink)
         try:
@@ -299,6 +286,31 @@ class Processor:
         finally:
             self._summary.log(self, final=True)
             self._close()
+
+    def _new_consumer(self) -> KafkaConsumer:
+        cfg = self.config
+        return KafkaConsumer(
+            bootstrap_servers=cfg.bootstrap, group_id=cfg.group, client_id=cfg.client_id,
+            enable_auto_commit=False, auto_offset_reset="earliest",
+            max_partition_fetch_bytes=MAX_PARTITION_FETCH_BYTES, session_timeout_ms=cfg.session_timeout_ms,
+            heartbeat_interval_ms=max(1000, cfg.session_timeout_ms // 3), group_instance_id=cfg.instance_id,
+            reconnect_backoff_max_ms=KAFKA_RECONNECT_BACKOFF_MAX_MS,
+            metadata_max_age_ms=cfg.metadata_max_age_ms, **dict(cfg.kafka_options))
+
+    def _subscribe(self, consumer: KafkaConsumer) -> None:
+        """Join the group on ``consumer``; the join's clock starts now."""
+        topic = self.config.topic
+        try:
+            # kafka-python joins the group with the topic metadata it has: without the topic's
+            # partitions it joins with none, rejoins at once, and that second join was seen never to
+            # finish on a loaded machine (a processor idle for good while /healthz said live). Fetch
+            # the partitions first; a topic that does not exist yet is found by the subscription later.
+            consumer.partitions_for_topic(topic)
+        except KafkaError as exc:
+            log.warning("no partition metadata for %s before joining yet (%s); joining anyway", topic,
+                        exc.__class__.__name__)
+        consumer.subscribe([topic], listener=_Listener(self))
+        self._joining_since = time.monotonic()
 
     def _close(self) -> None:
         if self._consumer is not None:
@@ -436,7 +448,7 @@ class Processor:
             self._fail(backoff=False)
             return
         self.metrics.db_retries.inc()
-        self.metrics.database_up.set(0)
+        self.metrics.database_up.mark(DatabaseUp.LOOP, False)
         if isinstance(exc, DatabaseRefused):
             self.metrics.db_refusals.labels(exc.sqlstate, exc.cause).inc()
             log.warning("batch of %d records refused by the database for a lasting system reason, nothing "
@@ -542,7 +554,7 @@ class Processor:
         if self._refused:
             self._refused = {k: v for k, v in self._refused.items() if k[:2] not in batch.progress}
         m = self.metrics
-        m.database_up.set(1)
+        m.database_up.mark(DatabaseUp.LOOP, True)
         m.batches.inc()
         n = batch.records
         m.records.inc(n)
@@ -678,7 +690,7 @@ class Processor:
                 consumer.resume(*assignment)
         except SinkError as exc:
             self.metrics.db_retries.inc()
-            self.metrics.database_up.set(0)
+            self.metrics.database_up.mark(DatabaseUp.LOOP, False)
             log.warning("database still unavailable (%s); retrying in %.1f s", exc, self._backoff_s)
             self._retry_at = time.monotonic() + self._backoff_s
             self._backoff_s = min(self._backoff_s * 2, self.config.retry_max_s)
@@ -689,7 +701,7 @@ class Processor:
             self._retry_at = time.monotonic() + self._kafka_backoff_s
             return
         self._need_seek = False
-        self.metrics.database_up.set(1)
+        self.metrics.database_up.mark(DatabaseUp.LOOP, True)
         log.info("resumed from stored offsets: %s", _fmt(self._stored))
 
     def _seek(self, partitions: set[TopicPartition]) -> None:
@@ -717,14 +729,27 @@ class Processor:
         waited = time.monotonic() - self._joining_since
         if waited < JOIN_STALL_SESSIONS * cfg.session_timeout_ms / 1000:
             return
-        log.warning("group %s: joining for %.0f s without an assignment; leaving and joining again", cfg.group, waited)
+        log.warning("group %s: joining for %.0f s without an assignment; joining again with a new client "
+                    "(Kafka client threads: %s)", cfg.group, waited, _kafka_threads())
         self.metrics.group_rejoins.inc()
-        consumer = self._consumer
-        self._kafka_call("unsubscribe", consumer.unsubscribe, None)
+        # A new client, not unsubscribe/subscribe on the old one: the stalled client's coordinator
+        # (its heartbeat thread, its member id the broker has dropped) was seen to stay stalled.
+        try:
+            fresh = self._new_consumer()
+        except KafkaError as exc:
+            log.warning("group %s: no new Kafka client (%s); keeping the old one", cfg.group, exc.__class__.__name__)
+            self._joining_since = time.monotonic()
+            return
+        stalled, self._consumer = self._consumer, fresh
         self._pending = []  # nothing is owned until the new assignment seeks from the database
+        self._states.clear()
         self._next.clear()
         self._stored.clear()
-        self._kafka_call("subscribe", lambda: consumer.subscribe([cfg.topic], listener=_Listener(self)), None)
+        try:
+            stalled.close(autocommit=False, timeout_ms=cfg.session_timeout_ms)
+        except KafkaError as exc:
+            log.warning("closing the stalled consumer: %s", exc)
+        self._kafka_call("subscribe", lambda: self._subscribe(fresh), None)
         self._joining_since = time.monotonic()
 
     def _on_revoked(self, revoked: set[TopicPartition]) -> None:
@@ -870,6 +895,19 @@ def _dlq_value(d: DeadLetter) -> bytes:
 
 def _fmt_tps(tps: set[TopicPartition]) -> str:
     return ", ".join(f"{tp.topic}[{tp.partition}]" for tp in sorted(tps)) or "none"
+
+
+def _kafka_threads() -> str:
+    """Where the Kafka client's own threads are (innermost frames): evidence for a stalled join."""
+    names = {t.ident: t.name for t in threading.enumerate()}
+    parts = []
+    for ident, frame in sys._current_frames().items():
+        if ident == threading.get_ident() or not names.get(ident, "").startswith("kafka"):
+            continue
+        stack = traceback.extract_stack(frame)[-3:]
+        parts.append(f"{names[ident]} at " + " < ".join(f"{Path(f.filename).name}:{f.lineno} {f.name}"
+                                                      for f in reversed(stack)))
+    return "; ".join(parts) or "none"
 
 
 def _fmt(stored: dict[TopicPartition, int | None]) -> str:

@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from migmeter.cli_support import DEFAULT_METRICS_ADDR, serve_metrics
 
-__all__ = ["DEFAULT_METRICS_ADDR", "DEFAULT_METRICS_PORT", "HealthView", "ProcessorMetrics", "serve"]
+__all__ = ["DEFAULT_METRICS_ADDR", "DEFAULT_METRICS_PORT", "DatabaseUp", "HealthView", "ProcessorMetrics", "serve"]
 
 # The collector serves on 9401 (next to dcgm-exporter's 9400); the processor takes the next one.
 DEFAULT_METRICS_PORT = 9402
@@ -78,8 +78,38 @@ class ProcessorMetrics:
             "migmeter_processor_group_rejoins",
             "Group joins started over after JOIN_STALL_SESSIONS session timeouts without an assignment",
             registry=r)
-        self.database_up = Gauge(
-            "migmeter_processor_database_up", "1 while the last database operation succeeded", registry=r)
+        self.database_up = DatabaseUp(Gauge(
+            "migmeter_processor_database_up",
+            "1 while both the processing loop's and the health probe's last database operation succeeded",
+            registry=r))
+
+
+class DatabaseUp:
+    """``migmeter_processor_database_up`` from two sources that each keep their last outcome.
+
+    The processing loop learns of an outage only when it writes or seeks; an idle processor
+    would report a dead database as up. The health probe connects every round whether or not
+    data flows. The gauge is 1 only while both last succeeded: a source whose last attempt
+    failed tries again (the loop retries with backoff, the probe every round), so neither can
+    hold the gauge at 0 after the database is back. A write refused while the probe's read
+    works keeps it at 0 (no flapping between the two).
+    """
+
+    LOOP = "loop"
+    PROBE = "probe"
+
+    def __init__(self, gauge: Gauge) -> None:
+        self.gauge = gauge
+        self._ok = {self.LOOP: True, self.PROBE: True}
+        self._value = 0  # the gauge's own start: nothing known yet
+
+    def mark(self, source: str, ok: bool) -> None:
+        self._ok[source] = ok
+        self._value = 1 if all(self._ok.values()) else 0
+        self.gauge.set(self._value)
+
+    def value(self) -> int:
+        return self._value
 
 
 class HealthView(Protocol):

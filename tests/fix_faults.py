@@ -395,15 +395,21 @@ def read_topic(bootstrap: str, topic: str, expect: int, timeout_s: float = 20.0)
     return out
 
 
+# An open-ended Feeder stops here even if nobody calls finish() (a failed test): 2,000 rounds.
+OPEN_ROUNDS_MAX = 2000
+
+
 class Feeder(threading.Thread):
     """Produces a simulated fleet round by round from a thread; ``sent`` is the production order.
 
     ``mutate(round_no, snapshots)`` may return a different list for a round (clock trouble,
     poison values, re-sent rounds); ``pause_s`` spaces the rounds so faults land while data still
     flows. With ``pause_after`` it sets ``paused`` before that round and waits for ``go_on``.
+    ``rounds=None`` feeds until :meth:`finish` (at most OPEN_ROUNDS_MAX rounds): data still flows
+    at whatever moment a slow machine brings the fault, however long the processors took to start.
     """
 
-    def __init__(self, bootstrap: str, topic: str, rounds: int, *, pause_s: float = 0.05, seed: int = 8,
+    def __init__(self, bootstrap: str, topic: str, rounds: int | None, *, pause_s: float = 0.05, seed: int = 8,
                  hosts: int = 2, gpus_per_host: int = 4, reconfigure_every_s: float = 1800.0,
                  mutate: Callable[[int, list[Snapshot]], list[Snapshot]] | None = None,
                  producer_options: dict[str, Any] | None = None, pause_after: int | None = None) -> None:
@@ -419,12 +425,15 @@ class Feeder(threading.Thread):
         self.pause_after = pause_after
         self.paused = threading.Event()
         self.go_on = threading.Event()
+        self._enough = threading.Event()
 
     def run(self) -> None:
         producer = self.producer = KafkaProducer(bootstrap_servers=self.bootstrap, acks="all", linger_ms=5,
                                                  **self.producer_options)
         try:
-            for n in range(self.rounds):
+            for n in range(OPEN_ROUNDS_MAX if self.rounds is None else self.rounds):
+                if self.rounds is None and self._enough.is_set():
+                    break
                 if n == self.pause_after:
                     self.paused.set()
                     self.go_on.wait(DEADLINE_S)
@@ -442,6 +451,8 @@ class Feeder(threading.Thread):
             producer.close(5)
 
     def finish(self, timeout_s: float = DEADLINE_S) -> list[Snapshot]:
+        """Wait for the last round (an open-ended feeder stops after the round in progress)."""
+        self._enough.set()
         self.join(timeout_s)
         assert not self.is_alive(), "the feeder did not finish"
         if self.error is not None:

@@ -60,7 +60,7 @@ def test_database_missing_at_start_then_appearing(kafka_bootstrap, new_topic, ad
         migrate(url)
         thread.join(DEADLINE_S)
         assert not thread.is_alive() and not errors
-        assert metrics.database_up._value.get() == 1
+        assert metrics.database_up.value() == 1
         _assert_exact(url, snaps)
     finally:
         proc.stop()

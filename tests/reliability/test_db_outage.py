@@ -67,7 +67,7 @@ def test_database_down_then_back(kafka_bootstrap: str, new_topic, private_pg, tm
 def _start(kafka_bootstrap: str, new_topic: Any, url: str, group: str, tmp_path: Path) -> tuple[str, Feeder, Any]:
     """A 4-partition topic, a feeder (not started yet) and a processor on it."""
     topic = new_topic(partitions=4)
-    feeder = Feeder(kafka_bootstrap, topic, rounds=160, pause_s=0.1)
+    feeder = Feeder(kafka_bootstrap, topic, rounds=None, pause_s=0.1)
     proc = start_processor(kafka_bootstrap, url, topic, group, tmp_path, metrics=True)
     return topic, feeder, proc
 

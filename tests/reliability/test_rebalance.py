@@ -47,7 +47,7 @@ def test_processors_join_and_leave_mid_batch(kafka_bootstrap: str, new_topic, fr
                                              tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     rng = random.Random(20261128)
     topic = new_topic(partitions=6)
-    feeder = Feeder(kafka_bootstrap, topic, rounds=260, pause_s=0.08, hosts=3, gpus_per_host=4)
+    feeder = Feeder(kafka_bootstrap, topic, rounds=None, pause_s=0.08, hosts=3, gpus_per_host=4)
 
     def processor(name: str) -> Proc:
         # DEBUG: the log then shows each batch commit, the evidence checked at the end.
