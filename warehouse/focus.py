@@ -442,7 +442,7 @@ def _text(value: Any, kind: Kind) -> str:
     if kind == "decimal":
         return format(value, "f")
     if kind == "datetime":
-        return value.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        return str(value.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"))
     text = str(value)
     # A cell starting with = + - @ is a formula to spreadsheet programs (CSV injection); FOCUS
     # string columns we fill from collector labels get a leading quote, like render_csv's.

@@ -116,7 +116,7 @@ def rightsize(
         raise ConfigError(f"--headroom {headroom} outside 0..1 (0.2 = 20 %)")
     start, end = reports.month_range(month)
     with conn.cursor(row_factory=class_row(Workload)) as cur:
-        cur.execute(reports.load_query("rightsize"), {"start": start, "end": end, "cluster": cluster})  # type: ignore[arg-type]
+        cur.execute(reports.load_query("rightsize"), {"start": start, "end": end, "cluster": cluster})
         workloads: Sequence[Workload] = cur.fetchall()
     rows = []
     savings: dict[str, Decimal] = {}

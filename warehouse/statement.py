@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import html
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import date, datetime, timezone
 from decimal import Decimal
 from typing import Any
@@ -71,7 +71,7 @@ def _table(report: Report, names: Sequence[str], total: Sequence[Any] | None = N
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}{foot}</tbody></table>"
 
 
-def svg_stacked_bars(days: Sequence[date], series: dict[str, Sequence[float]], title: str,
+def svg_stacked_bars(days: Sequence[date], series: Mapping[str, Sequence[float]], title: str,
                      width: int = 900, height: int = 300) -> str:
     """Stacked bars, one per day, one colour per series, with a legend; inline SVG, no script."""
     left, bottom, top, legend_w = 60, 30, 30, 180
@@ -86,7 +86,7 @@ def svg_stacked_bars(days: Sequence[date], series: dict[str, Sequence[float]], t
              f'<text x="{left - 6}" y="{top + 4}" font-size="10" text-anchor="end">{peak:,.1f}</text>',
              f'<text x="{left - 6}" y="{top + plot_h}" font-size="10" text-anchor="end">0</text>']
     for i, d in enumerate(days):
-        y = top + plot_h
+        y: float = top + plot_h
         for k, (name, values) in enumerate(series.items()):
             h = plot_h * values[i] / peak
             if h > 0:

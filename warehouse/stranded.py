@@ -99,10 +99,10 @@ def stranded(conn: psycopg.Connection[Any], month: date, cluster: str | None = N
     start, end = reports.month_range(month)
     params = {"start": start, "end": end, "cluster": cluster}
     demand: dict[tuple[str, str], tuple[str, int]] = {}
-    for c, model, profile, slices, _hours in conn.execute(reports.load_query("profile_demand"), params):  # type: ignore[arg-type]
+    for c, model, profile, slices, _hours in conn.execute(reports.load_query("profile_demand"), params):
         demand.setdefault((c, model), (profile, int(slices)))  # rows come most instance-hours first
     with conn.cursor(row_factory=class_row(FreeHour)) as cur:
-        cur.execute(reports.load_query("stranded"), params)  # type: ignore[arg-type]
+        cur.execute(reports.load_query("stranded"), params)
         hours = cur.fetchall()
     groups: dict[tuple[str, str], _Group] = defaultdict(_Group)
     for h in hours:
@@ -125,8 +125,7 @@ def stranded(conn: psycopg.Connection[Any], month: date, cluster: str | None = N
     rows = []
     for (c, model), g in sorted(groups.items(), key=lambda kv: (-kv[1].stranded, kv[0])):
         priced = not g.unpriced and len(g.currencies) == 1
-        target = demand.get((c, model), (None, None))[0]
-        rows.append((c, model, len(g.gpus), target, g.unallocated, g.hostable, g.stranded,
+        rows.append((c, model, len(g.gpus), demand[(c, model)][0] if (c, model) in demand else None, g.unallocated, g.hostable, g.stranded,
                      100.0 * g.stranded / g.unallocated if g.unallocated else None,
                      g.cost_unallocated.quantize(Decimal("0.000001")) if priced else None,
                      g.cost_stranded.quantize(Decimal("0.000001")) if priced else None,

@@ -158,7 +158,7 @@ def trend(
     start, end = _range(start_month, end_month)
     name, by_model = GROUPS[group]
     with conn.cursor(row_factory=class_row(TrendRow)) as cur:
-        cur.execute(reports.load_query(name if source == "rollup" else f"{name}_rows"),  # type: ignore[arg-type]
+        cur.execute(reports.load_query(name if source == "rollup" else f"{name}_rows"),
                     {"start": start, "end": end, "cluster": cluster, "unit": unit, "by_model": by_model})
         actual = [r if r.currency is not None else replace(r, cost=None) for r in cur.fetchall()]
     by_group: dict[str, list[TrendRow]] = defaultdict(list)
