@@ -55,14 +55,11 @@ import contextlib
 import gc
 import json
 import logging
-import sys
 import threading
 import time
-import traceback
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, TypeVar
 
 from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer, TopicPartition
@@ -79,6 +76,7 @@ from processor.fold import (
     DeadLetter,
     FoldedBatch,
 )
+from processor.kafka_join import finish_orphaned_join, kafka_threads
 from processor.layout import GpuState
 from processor.metrics import DatabaseUp, ProcessorMetrics
 from processor.refusals import REFUSED_RETRIES, DatabaseRefused, DataRefused
@@ -121,10 +119,9 @@ DEFAULT_SUMMARY_EVERY_S = 30.0
 # How soon a dead processor's partitions move to the others (the broker allows 6000 and up).
 DEFAULT_SESSION_TIMEOUT_MS = 10_000
 # A group join still not done this many session timeouts after it began (the subscription, or the
-# end of a revocation) is started over with a new Kafka client. kafka-python 3.0 was seen to stop
-# after a revocation (the leader's first assignment made from empty metadata, a rejoin at once)
-# and never join again: its IO thread silent, a processor idle for good while /healthz said live.
-# In a healthy group a join ends within one session timeout (a dead member is dropped by then).
+# end of a revocation) is started over with a new Kafka client: the safety net behind
+# processor.kafka_join's fix of the one kafka-python stall we know (a rejoin left unfinished), for
+# any other. In a healthy group a join ends within one session timeout (a dead member is dropped).
 JOIN_STALL_SESSIONS = 3
 # Backoff after a failed call into the Kafka client (broker down): short and capped low, so
 # the loop notices a restarted broker within seconds; one log line per outage, not per retry.
@@ -371,6 +368,7 @@ class Processor:
         limit = self.config.batch_records
         room = max(1, (limit if len(self._pending) < limit else limit * BACKLOG_BATCH_FACTOR) - len(self._pending))
         polled = self._kafka_call("poll", lambda: consumer.poll(timeout_ms=POLL_MS, max_records=room), None)
+        self._finish_orphaned_join(consumer)
         if polled is None:
             # Whatever poll() did before failing (a rebalance, a fetch) is not trusted: drop
             # what is not committed and re-seek from the stored offsets once Kafka answers.
@@ -673,6 +671,7 @@ class Processor:
                 return
             polled = self._kafka_call("poll", lambda: consumer.poll(
                 timeout_ms=int(min(left, 1.0) * 1000) or 1, max_records=1, update_offsets=False), None)
+            self._finish_orphaned_join(consumer)
             if polled is None:
                 self._stop.wait(min(left, 1.0))  # a refused connection fails at once: no busy loop
 
@@ -721,6 +720,13 @@ class Processor:
                     self._consumer.seek(tp, off)
                     self._next[tp] = off
 
+    def _finish_orphaned_join(self, consumer: KafkaConsumer) -> None:
+        """kafka-python left a rejoin unfinished (:mod:`processor.kafka_join`): ask it to join again."""
+        if finish_orphaned_join(consumer):
+            self.metrics.orphaned_joins.inc()
+            log.warning("group %s: the Kafka client left a rejoin unfinished (a kafka-python 3.0 bug); "
+                        "asked it to join again", self.config.group)
+
     def _restart_stalled_join(self) -> None:
         """Start a group join over that has not ended in JOIN_STALL_SESSIONS session timeouts."""
         cfg = self.config
@@ -730,7 +736,7 @@ class Processor:
         if waited < JOIN_STALL_SESSIONS * cfg.session_timeout_ms / 1000:
             return
         log.warning("group %s: joining for %.0f s without an assignment; joining again with a new client "
-                    "(Kafka client threads: %s)", cfg.group, waited, _kafka_threads())
+                    "(Kafka client threads: %s)", cfg.group, waited, kafka_threads())
         self.metrics.group_rejoins.inc()
         # A new client, not unsubscribe/subscribe on the old one: the stalled client's coordinator
         # (its heartbeat thread, its member id the broker has dropped) was seen to stay stalled.
@@ -895,19 +901,6 @@ def _dlq_value(d: DeadLetter) -> bytes:
 
 def _fmt_tps(tps: set[TopicPartition]) -> str:
     return ", ".join(f"{tp.topic}[{tp.partition}]" for tp in sorted(tps)) or "none"
-
-
-def _kafka_threads() -> str:
-    """Where the Kafka client's own threads are (innermost frames): evidence for a stalled join."""
-    names = {t.ident: t.name for t in threading.enumerate()}
-    parts = []
-    for ident, frame in sys._current_frames().items():
-        if ident == threading.get_ident() or not names.get(ident, "").startswith("kafka"):
-            continue
-        stack = traceback.extract_stack(frame)[-3:]
-        parts.append(f"{names[ident]} at " + " < ".join(f"{Path(f.filename).name}:{f.lineno} {f.name}"
-                                                      for f in reversed(stack)))
-    return "; ".join(parts) or "none"
 
 
 def _fmt(stored: dict[TopicPartition, int | None]) -> str:

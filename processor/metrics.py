@@ -78,6 +78,10 @@ class ProcessorMetrics:
             "migmeter_processor_group_rejoins",
             "Group joins started over after JOIN_STALL_SESSIONS session timeouts without an assignment",
             registry=r)
+        self.orphaned_joins = Counter(
+            "migmeter_processor_orphaned_joins",
+            "Rejoins the Kafka client left unfinished (a kafka-python 3.0 bug) and was asked to start again",
+            registry=r)
         self.database_up = DatabaseUp(Gauge(
             "migmeter_processor_database_up",
             "1 while both the processing loop's and the health probe's last database operation succeeded",
