@@ -252,7 +252,8 @@ class OncePerInterval(logging.Filter):
     """Lets each message template of the loggers under ``prefix`` through once per ``every_s``.
 
     Auth or TLS errors of the Kafka client still get through (once a minute), so nothing is hidden;
-    records of other loggers are never filtered.
+    records of other loggers are never filtered, nor DEBUG records: they show only when someone
+    asked for DEBUG, and a repeated line there is the evidence (a join that never ends).
     """
 
     def __init__(self, prefix: str = "kafka", every_s: float = RATE_LIMIT_S) -> None:
@@ -262,7 +263,7 @@ class OncePerInterval(logging.Filter):
         self._last: dict[tuple[str, object], float] = {}
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if not record.name.startswith(self._prefix):
+        if record.levelno < logging.INFO or not record.name.startswith(self._prefix):
             return True
         key = (record.name, record.msg)
         if record.created - self._last.get(key, float("-inf")) < self._every_s:

@@ -202,8 +202,8 @@ def test_port_zero_disables_and_a_taken_port_is_a_config_error() -> None:
 
 
 def test_kafka_client_logs_are_let_through_once_a_minute() -> None:
-    def record(name: str, msg: str, created: float) -> logging.LogRecord:
-        r = logging.LogRecord(name, logging.ERROR, __file__, 1, msg, (), None)
+    def record(name: str, msg: str, created: float, level: int = logging.ERROR) -> logging.LogRecord:
+        r = logging.LogRecord(name, level, __file__, 1, msg, (), None)
         r.created = created
         return r
 
@@ -214,6 +214,10 @@ def test_kafka_client_logs_are_let_through_once_a_minute() -> None:
     assert f.filter(record("kafka.net.manager", "Connection failed: %s", 61.0))  # 61 - 0 >= 60
     assert f.filter(record("migmeter.collector.publish", "x", 1.0))
     assert f.filter(record("migmeter.collector.publish", "x", 2.0))  # ours are never filtered
+    # DEBUG lines show only when asked for, and every one is evidence: never filtered.
+    assert f.filter(record("kafka.coordinator", "need_rejoin: %s", 3.0, logging.DEBUG))
+    assert f.filter(record("kafka.coordinator", "need_rejoin: %s", 4.0, logging.DEBUG))
+    assert not f.filter(record("kafka.net.manager", "Connection failed: %s", 62.0, logging.INFO))  # 62 - 61 < 60
 
 
 def test_commands_declare_noisy_loggers_and_only_main_applies_them() -> None:
