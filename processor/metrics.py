@@ -105,15 +105,10 @@ class DatabaseUp:
     def __init__(self, gauge: Gauge) -> None:
         self.gauge = gauge
         self._ok = {self.LOOP: True, self.PROBE: True}
-        self._value = 0  # the gauge's own start: nothing known yet
 
     def mark(self, source: str, ok: bool) -> None:
         self._ok[source] = ok
-        self._value = 1 if all(self._ok.values()) else 0
-        self.gauge.set(self._value)
-
-    def value(self) -> int:
-        return self._value
+        self.gauge.set(1 if all(self._ok.values()) else 0)
 
 
 class HealthView(Protocol):

@@ -205,6 +205,14 @@ def stored_offsets_total(db: str, group: str | None = None) -> tuple[int, int, i
     return tuple(int(x) for x in row)  # type: ignore[return-value]
 
 
+def assert_billed_once(db: str, snaps: Sequence[Snapshot]) -> None:
+    """Every record of ``snaps`` (produced once, in order) accounted for in the stored offsets, none
+    dead-lettered, and the warehouse equal to the oracle."""
+    expected = oracle(snaps)
+    assert stored_offsets_total(db) == (len(snaps), expected.snapshots, expected.duplicates, 0)
+    assert_same_totals(expected, db)
+
+
 # --------------------------------------------------------------------------- processes
 
 
