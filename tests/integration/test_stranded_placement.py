@@ -10,7 +10,6 @@ Most requested profile: 2g.20gb (3 x 4 h = 12 instance-hours; 1g.10gb 8); it sta
 
 from __future__ import annotations
 
-from dataclasses import replace
 from datetime import date, datetime, timezone
 from decimal import Decimal
 
@@ -28,7 +27,7 @@ NOV = date(2025, 11, 1)
 
 
 def _placed(gi: int, profile: str, ns: str, start: int):  # type: ignore[no-untyped-def]
-    return replace(inst(gi, profile, 0.5, ns, f"{ns}-{gi}"), placement_start=start)
+    return inst(gi, profile, 0.5, ns, f"{ns}-{gi}")._replace(placement_start=start)
 
 
 @pytest.fixture

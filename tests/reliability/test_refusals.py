@@ -58,7 +58,7 @@ def _poisoned(fleet: SimulatedFleet, rounds: int) -> tuple[list[Snapshot], set[i
     for n in range(rounds):
         for g, snap in enumerate(fleet.read()):
             if (n, g) in POISON_AT:
-                inst = dataclasses.replace(snap.instances[0], tenant=Tenant(POISON, "pod-x", "c"))
+                inst = snap.instances[0]._replace(tenant=Tenant(POISON, "pod-x", "c"))
                 snap = dataclasses.replace(snap, instances=(inst, *snap.instances[1:]))
                 poison.add(len(out))
             out.append(snap)
