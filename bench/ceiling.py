@@ -22,8 +22,9 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from bench.common import DENSE_MODEL, DenseFleet, fresh_database, load_average, median
+from bench.common import DENSE_MODEL, DenseFleet, coarsen, fresh_database, load_average, median
 from processor.fold import BatchFold
+from processor.grains import FOLD_GRAIN, GRAINS
 from processor.sink import USAGE_TABLES
 
 __all__ = ["CONSUME_MODES", "consume_only", "copy_ceiling", "usage_rows"]
@@ -98,10 +99,12 @@ def usage_rows(snapshots: int = 20_000, gpus: int = 1000, seed: int = 11) -> dic
     batch = fold.finish()
     out: dict[str, list[tuple[Any, ...]]] = {}
     cache: dict[int, datetime] = {}
+    by_grain = {grain: coarsen(batch.aggregates, width) if grain != FOLD_GRAIN else batch.aggregates
+                for grain, width in GRAINS.items()}  # 1h/1d: what the sink's rollups make of them
     for grain, spec, attr in USAGE_TABLES:
         value_cols = spec.columns[len(spec.keys):]
         rows = []
-        for key, sums in getattr(batch.aggregates[grain], attr).items():
+        for key, sums in getattr(by_grain[grain], attr).items():
             ts = cache.get(key[0]) or cache.setdefault(key[0], datetime.fromtimestamp(key[0], tz=timezone.utc))
             rows.append((ts, *key[1:], *(getattr(sums, c) for c in value_cols)))
         out[spec.name] = rows

@@ -50,10 +50,9 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from bench.common import fresh_database, load_average, median
+from bench.common import coarsen, fresh_database, load_average, median
 from collector.sources.simulate import DEFAULT_MODELS, SimulatedFleet
 from warehouse import prices, reports
-from processor.aggregate import Aggregates
 from processor.fold import BatchFold
 from processor.layout import GpuState
 from processor.sink import Sink
@@ -119,7 +118,9 @@ def generate(url: str, hosts: int, gpus_per_host: int, interval_s: float, with_h
     fleet = SimulatedFleet(seed=5, hosts=hosts, gpus_per_host=gpus_per_host, cluster="bench-month",
                            start=START, interval_s=interval_s)
     rounds_per_day = int(86400 // interval_s)
-    sink = Sink(url, "bench")
+    # Chargeback reads only the daily tables: write those (and the hourly ones if asked), from
+    # the batch's partials coarsened to hours first (exact: the sink rolls them up by the same roles).
+    sink = Sink(url, "bench", grains=("1h", "1d") if with_hourly else ("1d",))
     states: dict[str, GpuState | None] = {}
     next_offset: int | None = None
     snapshots, fold_s, write_s = 0, 0.0, 0.0
@@ -133,9 +134,7 @@ def generate(url: str, hosts: int, gpus_per_host: int, interval_s: float, with_h
                     fold.add(TOPIC, 0, offset, snap.key, None, snap)
                     offset += 1
             batch = fold.finish()
-            batch.aggregates["1m"] = Aggregates.empty()
-            if not with_hourly:
-                batch.aggregates["1h"] = Aggregates.empty()
+            batch.aggregates = coarsen(batch.aggregates, 3600)
             t1 = time.perf_counter()
             sink.write(batch)
             t2 = time.perf_counter()

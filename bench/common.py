@@ -19,7 +19,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -35,11 +35,13 @@ from collector.snapshot import Snapshot
 from collector.sources import simulate
 from collector.sources.simulate import SimulatedFleet
 from migmeter import settings
+from processor.aggregate import Aggregates
 from warehouse.migrate import migrate
 
 __all__ = [
     "DENSE_MODEL",
     "DenseFleet",
+    "coarsen",
     "Measure",
     "load_average",
     "median",
@@ -284,3 +286,27 @@ def own_cpu_s() -> float:
     """CPU seconds of this process so far (user + system)."""
     r = resource.getrusage(resource.RUSAGE_SELF)
     return r.ru_utime + r.ru_stime
+
+
+def coarsen(partials: Aggregates, width_s: int) -> Aggregates:
+    """Partials merged into buckets of ``width_s`` by their role lists, as the sink's rollups merge
+    them in SQL (attributes: the latest bucket's; sums add; min/max). For benchmarks that need
+    a batch's 1h/1d rows in Python, or fewer partials to stage than one per minute."""
+    out = Aggregates.empty()
+    for attr in ("instances", "tenants", "gpus"):
+        dst = getattr(out, attr)
+        for key, sums in sorted(getattr(partials, attr).items(), key=lambda kv: kv[0][0]):
+            coarse = key._replace(bucket=key.bucket // width_s * width_s)
+            have = dst.get(coarse)
+            if have is None:
+                dst[coarse] = replace(sums)
+                continue
+            for n in sums.ATTRS:
+                setattr(have, n, getattr(sums, n))
+            for n in sums.SUMS:
+                setattr(have, n, getattr(have, n) + getattr(sums, n))
+            for names, pick in ((sums.MINS, min), (sums.MAXS, max)):
+                for n in names:
+                    a, b = getattr(have, n), getattr(sums, n)
+                    setattr(have, n, b if a is None else a if b is None else pick(a, b))
+    return out

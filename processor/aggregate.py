@@ -30,15 +30,16 @@ u_i = gr_engine_active):
 Unknown utilization stays unknown: allocated time without a value is out of the numerator
 and the denominator of every utilization (weighted, whole-GPU, simple); all unknown -> None.
 
-The processor folds a batch at 1-minute grain only and derives 1h and 1d by merging the
-1-minute partials (:func:`rollup`), which is exact because merge is associative.
+The processor folds a batch at 1-minute grain only; the sink derives 1h and 1d in the
+database by merging the 1-minute partials (``processor.sink``), which is exact because merge
+is associative.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, NamedTuple
+from typing import ClassVar, NamedTuple
 
 from collector.snapshot import Snapshot
 from processor.grains import GRAINS
@@ -56,7 +57,6 @@ __all__ = [
     "Aggregates",
     "fold_snapshot",
     "add_unmetered",
-    "rollup",
 ]
 
 
@@ -110,8 +110,8 @@ def _max(a: float | None, b: float | None) -> float | None:
 class _Mergeable:
     """Merge by field role: ATTRS (last seen wins), SUMS (add), MINS / MAXS (None = no value).
 
-    The same role lists drive the database upsert (``processor.sink``), so the in-memory merge
-    and the SQL merge cannot disagree.
+    The same role lists drive the fold below and the database's merges (``processor.sink``:
+    the upserts and the 1h/1d rollups), so they cannot disagree.
     """
 
     __slots__ = ()
@@ -119,35 +119,6 @@ class _Mergeable:
     SUMS: ClassVar[tuple[str, ...]]
     MINS: ClassVar[tuple[str, ...]]
     MAXS: ClassVar[tuple[str, ...]]
-
-    def absorb(self, other: Any) -> None:
-        """In-place merge; ``other`` is the later part, so its attributes win."""
-        raise NotImplementedError  # replaced per class by _compile_merge_methods
-
-    def copy(self) -> Any:
-        raise NotImplementedError  # replaced per class by _compile_merge_methods
-
-
-def _compile_merge_methods(cls: type[_Mergeable]) -> None:
-    """Generate ``absorb`` and ``copy`` from the role lists (as dataclasses generates __init__).
-
-    Rollups call these for every row of a batch; straight-line code is several times faster
-    than looping over the role lists with getattr/setattr.
-    """
-    lines = ["def absorb(self, other):"]
-    lines += [f"    self.{n} = other.{n}" for n in cls.ATTRS]
-    lines += [f"    self.{n} += other.{n}" for n in cls.SUMS]
-    lines += [f"    self.{n} = _min(self.{n}, other.{n})" for n in cls.MINS]
-    lines += [f"    self.{n} = _max(self.{n}, other.{n})" for n in cls.MAXS]
-    fields = cls.ATTRS + cls.SUMS + cls.MINS + cls.MAXS
-    lines += ["def copy(self):", f"    return _cls({', '.join(f'{n}=self.{n}' for n in fields)})"]
-    namespace: dict[str, Any] = {"_min": _min, "_max": _max, "_cls": cls}
-    exec("\n".join(lines), namespace)  # noqa: S102 - source built from the class's own field names
-    for name in ("absorb", "copy"):
-        fn = namespace[name]
-        fn.__qualname__ = f"{cls.__qualname__}.{name}"
-        fn.__doc__ = getattr(_Mergeable, name).__doc__
-        setattr(cls, name, fn)
 
 
 @dataclass(slots=True)
@@ -283,10 +254,6 @@ class GpuSums(_Mergeable):
             self.whole_util_max = _max(self.whole_util_max, busy)
 
 
-for _cls in (InstanceSums, TenantSums, GpuSums):
-    _compile_merge_methods(_cls)
-
-
 @dataclass(slots=True)
 class Aggregates:
     """Partials of one batch at one grain, keyed like the tables' primary keys."""
@@ -381,28 +348,3 @@ def _gpu_row(gpus_d: dict[GpuKey, GpuSums], b: int, snap: Snapshot) -> GpuSums:
     else:
         gsum.host = snap.host
     return gsum
-
-
-def rollup(src: Aggregates, width_s: int) -> Aggregates:
-    """Merge finer partials into coarser buckets of ``width_s`` (exact: merge is associative).
-
-    ``src`` is iterated in insertion order (the order samples were folded), so "last seen"
-    attributes stay the latest ones.
-    """
-    out = Aggregates.empty()
-    _roll(src.instances.items(), out.instances, width_s)
-    _roll(src.tenants.items(), out.tenants, width_s)
-    _roll(src.gpus.items(), out.gpus, width_s)
-    return out
-
-
-def _roll(items: Iterable[tuple[Any, Any]], dst: dict[Any, Any], width_s: int) -> None:
-    for key, sums in items:
-        # tuple.__new__ on the key's own class: NamedTuple._replace is several times slower.
-        coarse = _new_key(key.__class__, (key[0] // width_s * width_s, *key[1:]))
-        have = dst.get(coarse)
-        if have is None:
-            dst[coarse] = sums.copy()
-        else:
-            have.absorb(sums)
-

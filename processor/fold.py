@@ -54,7 +54,8 @@ from datetime import datetime
 
 from collector.snapshot import Snapshot, format_ts
 from migmeter.errors import BadSnapshot
-from processor.aggregate import GRAINS, Aggregates, add_unmetered, fold_snapshot, rollup
+from processor.aggregate import GRAINS, Aggregates, add_unmetered, fold_snapshot
+from processor.grains import FOLD_GRAIN
 from processor.layout import GpuState, IntervalBook, LayoutEvent, diff_layout
 from processor.timeline import US, bill, split, to_us
 
@@ -143,7 +144,7 @@ class GpuSeen:
 class FoldedBatch:
     """Everything one transaction writes."""
 
-    aggregates: dict[str, Aggregates]  # grain -> partials
+    aggregates: Aggregates  # 1-minute partials (the sink rolls 1h and 1d up from them)
     events: list[LayoutEvent]
     intervals: IntervalBook
     gpus: dict[str, GpuSeen]
@@ -252,7 +253,7 @@ class BatchFold:
         else:
             prog.snapshots += 1
         self._instance_samples += len(snap.instances)
-        width = GRAINS["1m"]
+        width = GRAINS[FOLD_GRAIN]
         if len(billed) == 1:
             parts = split(billed[0][0], billed[0][1], width)
         else:
@@ -314,11 +315,6 @@ class BatchFold:
         return sum(p.records for p in self._progress.values())
 
     def finish(self) -> FoldedBatch:
-        """The batch at every grain (1h and 1d rolled up from the 1-minute partials)."""
-        aggs: dict[str, Aggregates] = {}
-        finer = self._agg
-        for grain, width in GRAINS.items():
-            # Each grain from the next finer one: exact (merge is associative) and fewer rows to merge.
-            finer = aggs[grain] = finer if not aggs else rollup(finer, width)
-        return FoldedBatch(aggs, self._events, self._book, self._gpus, self._new_states, self._dead,
+        """The batch: its 1-minute partials, layout, states, dead letters and progress."""
+        return FoldedBatch(self._agg, self._events, self._book, self._gpus, self._new_states, self._dead,
                            self._progress, self._instance_samples, self._multi_fed)

@@ -1,16 +1,18 @@
 """What the processor writes, by grain: the one list every reader of the usage tables shares.
 
-The processor folds at 1-minute grain and rolls 1h and 1d up from it (``processor.aggregate``);
-the sink writes one table per family and grain (``processor.sink``); retention drops old chunks
-per grain (``warehouse.retention``). All three take the grains and table names from here.
+The processor folds at 1-minute grain (``processor.aggregate``); the sink writes those partials
+and rolls 1h and 1d up from them in the database, one table per family and grain
+(``processor.sink``); retention drops old chunks per grain (``warehouse.retention``). All three
+take the grains and table names from here.
 """
 
 from __future__ import annotations
 
-__all__ = ["GRAINS", "USAGE_FAMILIES", "usage_table", "usage_tables"]
+__all__ = ["GRAINS", "FOLD_GRAIN", "USAGE_FAMILIES", "usage_table", "usage_tables"]
 
 # Grain name -> bucket width in seconds. 1m is what the processor folds; 1h and 1d are rollups.
 GRAINS: dict[str, int] = {"1m": 60, "1h": 3600, "1d": 86400}
+FOLD_GRAIN = "1m"
 # The usage hypertables of one grain are named <family>_<grain> (sql/0NN_*.sql).
 USAGE_FAMILIES: tuple[str, ...] = ("instance_usage", "gpu_usage", "tenant_usage")
 

@@ -15,10 +15,15 @@ cover, and advancing them only by compare-and-set. :meth:`Sink.write` runs these
    partitions (an unkeyed producer, a topic whose partitions grew) can be held by two
    processors; a changed version raises :class:`StateConflict` (an OffsetConflict): roll back,
    re-read, re-fold. So no second is billed twice and ``last_ts`` never moves backward.
-2. COPY the 1m/1h/1d usage partials into per-connection TEMP staging tables.
+2. COPY the batch's 1-minute usage partials into per-connection TEMP staging tables.
 3. Merge them additively: ``INSERT ... SELECT FROM staging ON CONFLICT (key) DO UPDATE SET
-   x = t.x + EXCLUDED.x`` (LEAST/GREATEST for min/max; attributes take the newer value).
-   The column roles come from ``processor.aggregate`` so memory and SQL merge alike.
+   x = t.x + EXCLUDED.x`` (LEAST/GREATEST for min/max; attributes take the newer value),
+   into the 1m tables, and the same staged rows grouped by hour and by day into the 1h and
+   1d tables (:meth:`TableSpec.rollup_sql`: sums add, min/max keep theirs, attributes are
+   those of the latest minute). The column roles come from ``processor.aggregate``, so the
+   fold, the rollups and the upserts merge alike; rolling up in the server spares the
+   processor's one Python thread a second and third copy of every partial (README
+   "Performance").
 4. Append layout events; close and open instance intervals.
 5. Upsert ``gpus`` and ``gpu_state`` (last ts, layout, billed time, version + 1). The state
    upsert applies only on top of the version the batch read (``WHERE t.version =
@@ -51,11 +56,12 @@ from migmeter import settings
 from migmeter.errors import SinkError
 from processor.aggregate import GpuSums, InstanceKey, InstanceSums, TenantKey, TenantSums, GpuKey
 from processor.fold import FoldedBatch
-from processor.grains import GRAINS, usage_table
+from processor.grains import FOLD_GRAIN, GRAINS, usage_table
 from processor.layout import GpuState
 from processor.refusals import is_data_refusal, refusal
 
-__all__ = ["Sink", "OffsetConflict", "StateConflict", "DatabaseUnavailable", "TableSpec", "USAGE_TABLES", "DEAD_LETTER_PAYLOAD_MAX"]
+__all__ = ["Sink", "OffsetConflict", "StateConflict", "DatabaseUnavailable", "TableSpec", "USAGE_TABLES",
+           "DEAD_LETTER_PAYLOAD_MAX"]
 
 log = logging.getLogger("migmeter.processor.sink")
 
@@ -101,6 +107,38 @@ class TableSpec:
         return f"_stage_{self.name}"
 
     def upsert_sql(self) -> sql.Composed:
+        """Merge this table's staged rows into it."""
+        cols = sql.SQL(", ").join(map(sql.Identifier, self.columns))
+        return sql.SQL("INSERT INTO {table} AS t ({cols}) SELECT {cols} FROM {stage} {conflict}").format(
+            table=sql.Identifier(self.name), cols=cols, stage=sql.Identifier(self.stage),
+            conflict=self._on_conflict())
+
+    def rollup_sql(self, finer: TableSpec, width_s: int) -> sql.Composed:
+        """Merge ``finer``'s staged rows, grouped into buckets of ``width_s``, into this table.
+
+        Both tables have the same columns, ``bucket`` first. Per group, by role: sums add
+        (``sum``), min/max keep theirs (``min``/``max`` skip NULL, as the fold's do), attributes
+        are those of the group's latest bucket (TimescaleDB's ``last(value, bucket)``; the
+        buckets of one group are distinct, so it is well defined). Buckets are UTC-aligned like
+        the fold's: ``date_bin`` from the Unix epoch.
+        """
+        if finer.columns != self.columns or self.keys[0] != "bucket":
+            raise ValueError(f"{finer.name} does not roll up into {self.name}")
+        bucket, other_keys = sql.Identifier("bucket"), list(map(sql.Identifier, self.keys[1:]))
+        width = sql.Literal(f"{int(width_s)} seconds")
+        values: list[sql.Composable] = [
+            sql.SQL("date_bin({}::interval, {}, TIMESTAMPTZ 'epoch')").format(width, bucket), *other_keys]
+        for role, func in ((self.attrs, "last({}, bucket)"), (self.sums, "sum({})"), (self.mins, "min({})"),
+                           (self.maxs, "max({})")):
+            values += [sql.SQL(func).format(sql.Identifier(c)) for c in role]
+        return sql.SQL("INSERT INTO {table} AS t ({cols}) SELECT {values} FROM {stage} GROUP BY {groups} "
+                       "{conflict}").format(
+            table=sql.Identifier(self.name), cols=sql.SQL(", ").join(map(sql.Identifier, self.columns)),
+            values=sql.SQL(", ").join(values), stage=sql.Identifier(finer.stage),
+            groups=sql.SQL(", ").join([sql.SQL("1"), *other_keys]), conflict=self._on_conflict())
+
+    def _on_conflict(self) -> sql.Composed:
+        """``ON CONFLICT (keys) DO UPDATE``: each column merged by its role."""
         t, ex = sql.Identifier("t"), sql.Identifier("excluded")
 
         def col(table: sql.Identifier, c: str) -> sql.Composable:
@@ -115,10 +153,7 @@ class TableSpec:
             sets.append(sql.SQL("{} = LEAST({}, {})").format(sql.Identifier(c), col(t, c), col(ex, c)))
         for c in self.maxs:
             sets.append(sql.SQL("{} = GREATEST({}, {})").format(sql.Identifier(c), col(t, c), col(ex, c)))
-        cols = sql.SQL(", ").join(map(sql.Identifier, self.columns))
-        return sql.SQL("INSERT INTO {table} AS t ({cols}) SELECT {cols} FROM {stage} "
-                       "ON CONFLICT ({keys}) DO UPDATE SET {sets}").format(
-            table=sql.Identifier(self.name), cols=cols, stage=sql.Identifier(self.stage),
+        return sql.SQL("ON CONFLICT ({keys}) DO UPDATE SET {sets}").format(
             keys=sql.SQL(", ").join(map(sql.Identifier, self.keys)), sets=sql.SQL(", ").join(sets))
 
 
@@ -126,7 +161,7 @@ def _usage_spec(name: str, key_type: Any, sums_type: Any) -> TableSpec:
     return TableSpec(name, tuple(key_type._fields), sums_type.ATTRS, sums_type.SUMS, sums_type.MINS, sums_type.MAXS)
 
 
-# (table, which Aggregates dict feeds it) for every grain; order = write order.
+# (grain, table, which Aggregates dict of the batch feeds it) for every grain; order = write order.
 USAGE_TABLES: tuple[tuple[str, TableSpec, str], ...] = tuple(
     (grain, spec, attr)
     for grain in GRAINS
@@ -135,6 +170,12 @@ USAGE_TABLES: tuple[tuple[str, TableSpec, str], ...] = tuple(
         (_usage_spec(usage_table("tenant_usage", grain), TenantKey, TenantSums), "tenants"),
         (_usage_spec(usage_table("gpu_usage", grain), GpuKey, GpuSums), "gpus"),
     )
+)
+# Per family: (the fold grain's table, its Aggregates dict, ((grain, width, coarser table), ...)).
+_USAGE_FAMILIES: tuple[tuple[TableSpec, str, tuple[tuple[str, int, TableSpec], ...]], ...] = tuple(
+    (fine, attr, tuple((grain, GRAINS[grain], spec) for grain, spec, a in USAGE_TABLES
+                       if a == attr and grain != FOLD_GRAIN))
+    for g, fine, attr in USAGE_TABLES if g == FOLD_GRAIN
 )
 _GPUS = TableSpec("gpus", ("gpu_uuid",), ("cluster", "host", "gpu_index", "gpu_model", "total_slices", "mig_enabled"),
                   mins=("first_seen",), maxs=("last_seen",))
@@ -178,10 +219,19 @@ VALUES (%s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING
 class Sink:
     """Writes folded batches for one consumer group into one database; owns one connection."""
 
-    def __init__(self, url: str, consumer_group: str, connect_timeout_s: float = 10.0) -> None:
+    def __init__(self, url: str, consumer_group: str, connect_timeout_s: float = 10.0,
+                 grains: Sequence[str] = tuple(GRAINS)) -> None:
+        """``grains``: the usage grains written (default all); the 1-minute partials are staged
+        either way, since the coarser grains are rolled up from them."""
+        unknown = set(grains) - set(GRAINS)
+        if unknown:
+            raise ValueError(f"unknown grains {sorted(unknown)}; known: {list(GRAINS)}")
         self.url = url
         self.consumer_group = consumer_group
         self.connect_timeout_s = connect_timeout_s
+        self._families = tuple((fine, attr, FOLD_GRAIN in grains,
+                                tuple((width, spec) for grain, width, spec in coarser if grain in grains))
+                               for fine, attr, coarser in _USAGE_FAMILIES)
         self._conn: psycopg.Connection[Any] | None = None
         self._ts_cache: dict[int, datetime] = {}
         # Staging table -> type names of the COPY columns, for binary COPY (read per connection).
@@ -307,11 +357,20 @@ class Sink:
                     # Step 1: offsets compare-and-set, then the GPU fence.
                     self._advance_offsets(cur, batch)
                     self._fence_states(cur, batch)
-                    # Steps 2-3: COPY partials into staging, merge additively.
-                    for grain, spec, attr in USAGE_TABLES:
-                        parts = getattr(batch.aggregates[grain], attr)
-                        if parts:
-                            rows[spec.name] = self._merge(cur, spec, _usage_rows(parts, spec, self._bucket_ts))
+                    # Steps 2-3: COPY the 1-minute partials into staging, merge them additively
+                    # into the 1m tables and, grouped by hour and day, into the 1h and 1d tables.
+                    for fine, attr, store_fine, coarser in self._families:
+                        parts = getattr(batch.aggregates, attr)
+                        if not parts:
+                            continue
+                        staged = self._copy(cur, fine.stage, fine.columns, _usage_rows(parts, fine, self._bucket_ts),
+                                            self._stage_types[fine.stage])
+                        if store_fine:
+                            cur.execute(fine.upsert_sql())
+                            rows[fine.name] = staged
+                        for width, spec in coarser:
+                            cur.execute(spec.rollup_sql(fine, width))
+                            rows[spec.name] = cur.rowcount
                     # Step 4: layout events and intervals.
                     if batch.events:
                         self._copy(cur, "layout_events", _EVENT_COLUMNS, (
@@ -415,8 +474,8 @@ class Sink:
 
 
 def _staged_specs() -> Iterator[TableSpec]:
-    for _, spec, _ in USAGE_TABLES:
-        yield spec
+    for fine, _, _ in _USAGE_FAMILIES:
+        yield fine
     yield _GPUS
     yield _GPU_STATE
 

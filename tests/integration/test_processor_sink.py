@@ -72,3 +72,60 @@ def test_offset_conflict_rolls_back_everything(fresh_db):  # type: ignore[no-unt
     # The sink's connection is still usable after the conflict.
     sink.write(_batch([mig(at(15), [inst(0, "1g.10gb", 0.5)])], sink, first_offset=1))
     sink.close()
+
+
+def test_hour_and_day_rows_are_rolled_up_from_the_minutes(fresh_db):  # type: ignore[no-untyped-def]
+    """1h and 1d rows are the database's rollup of the staged 1-minute partials (processor.sink
+    step 3): sums add, min/max keep theirs, attributes are the latest minute's, across a day edge
+    and across two batches."""
+    # One 3g instance of 7 slices scraped every 15 s at 86310 + 15k, k = 0..10: covers
+    # (86295, 86460]: 105 s of 2025-03-03 (23:58:15 - 24:00) and 60 s of 2025-03-04.
+    # u = 0.25 / 0.75 alternating up to midnight (k <= 6), then 1.0; the container changes at k = 4
+    # (inside the hour, inside batch 1); fb_used = 1000 + 100 k.
+    def snap(k):  # type: ignore[no-untyped-def]
+        u = (0.25 if k % 2 == 0 else 0.75) if k <= 6 else 1.0
+        return mig(at(86310 + 15 * k), [inst(0, "3g.40gb", u, "a", "p", "before" if k < 4 else "after",
+                                             fb_used=1000.0 + 100 * k)])
+    sink = Sink(fresh_db, "g")
+    sink.write(_batch([snap(k) for k in range(6)], sink))
+    with psycopg.connect(fresh_db) as conn:
+        # After batch 1: the 23:00 hour holds k = 0..5: 90 s, and the latest minute's container.
+        assert conn.execute("SELECT seconds, container, samples FROM instance_usage_1h").fetchall() == [
+            (90.0, "after", 6)]
+    sink.write(_batch([snap(k) for k in range(6, 11)], sink, first_offset=6))
+    w = 3 / 7
+    with psycopg.connect(fresh_db) as conn:
+        for grain, first in (("1h", at(86400 - 3600)), ("1d", at(0))):
+            rows = conn.execute(
+                f"SELECT bucket, seconds, alloc_gpu_seconds, util_seconds, busy_seconds, busy_gpu_seconds, samples, "
+                f"util_min, util_max, fb_used_max_mib, container, cluster, slices FROM instance_usage_{grain} "
+                f"ORDER BY bucket").fetchall()
+            # Before midnight 4 x 0.25 + 3 x 0.75 over 15 s each = 48.75 busy seconds; after, 60 x 1.0.
+            assert rows == [
+                (first, 105.0, pytest.approx(105 * w), 105.0, 48.75, pytest.approx(48.75 * w), 7, 0.25, 0.75,
+                 1600.0, "after", "c1", 3),
+                (at(86400), 60.0, pytest.approx(60 * w), 60.0, 60.0, pytest.approx(60 * w), 4, 1.0, 1.0, 2000.0,
+                 "after", "c1", 3)], grain
+            tenants = conn.execute(f"SELECT bucket, namespace, pod, seconds, samples FROM tenant_usage_{grain} "
+                                   f"ORDER BY bucket").fetchall()
+            assert tenants == [(first, "a", "p", 105.0, 7), (at(86400), "a", "p", 60.0, 4)], grain
+            gpus = conn.execute(f"SELECT bucket, seconds, snapshots, instance_samples, alloc_min, alloc_max, host "
+                                f"FROM gpu_usage_{grain} ORDER BY bucket").fetchall()
+            assert gpus == [(first, 105.0, 7, 7, pytest.approx(w), pytest.approx(w), "h1"),
+                            (at(86400), 60.0, 4, 4, pytest.approx(w), pytest.approx(w), "h1")], grain
+        # Every grain bills the same time: the 1m rows add up to the hours and the days.
+        for family in ("instance_usage", "tenant_usage", "gpu_usage"):
+            totals = [conn.execute(f"SELECT sum(seconds) FROM {family}_{g}").fetchone()[0] for g in ("1m", "1h", "1d")]
+            assert totals == [165.0, 165.0, 165.0], family
+    sink.close()
+
+
+def test_a_sink_writes_only_the_grains_it_is_given(fresh_db):  # type: ignore[no-untyped-def]
+    sink = Sink(fresh_db, "g", grains=("1d",))
+    sink.write(_batch([mig(at(t), [inst(0, "1g.10gb", 0.5)]) for t in (15, 30, 45)], sink))
+    with psycopg.connect(fresh_db) as conn:
+        counts = [conn.execute(f"SELECT count(*), sum(seconds) FROM gpu_usage_{g}").fetchone() for g in ("1m", "1h", "1d")]
+    assert counts == [(0, None), (0, None), (1, 45.0)]
+    sink.close()
+    with pytest.raises(ValueError, match="unknown grains"):
+        Sink(fresh_db, "g", grains=("5m",))

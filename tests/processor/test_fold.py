@@ -115,21 +115,21 @@ def test_every_record_is_accounted_for():
     assert b.instance_samples == sum(p.snapshots for p in b.progress.values())
 
 
-def test_finish_gives_all_three_grains_with_equal_totals():
+def test_finish_gives_the_one_minute_partials():
     f = _fold()
     for t in range(15, 7201, 15):  # covers (0, 7200]: the first snapshot covers (0, 15]
         _add(f, t, mig(at(t), [inst(0, "3g.40gb", 0.5, "a", "p")]))
-    aggs = f.finish().aggregates
-    assert [len(aggs[g].gpus) for g in ("1m", "1h", "1d")] == [120, 2, 1]
-    totals = {g: sum(s.busy_gpu_seconds for s in a.gpus.values()) for g, a in aggs.items()}
-    assert totals["1m"] == pytest.approx(totals["1h"]) == pytest.approx(totals["1d"]) == pytest.approx(0.5 * 3 / 7 * 7200)
+    aggs = f.finish().aggregates  # 1h and 1d are the sink's rollups (tests/integration/test_processor_sink.py)
+    assert (len(aggs.gpus), len(aggs.instances), len(aggs.tenants)) == (120, 120, 120)
+    assert {k.bucket % 60 for k in aggs.gpus} == {0}
+    assert sum(s.busy_gpu_seconds for s in aggs.gpus.values()) == pytest.approx(0.5 * 3 / 7 * 7200)
 
 
 # -- v2 time model (DESIGN.md "Time model") --------------------------------------------------
 
 
 def _seconds(batch):  # type: ignore[no-untyped-def]
-    return sum(g.seconds for g in batch.aggregates["1m"].gpus.values())
+    return sum(g.seconds for g in batch.aggregates.gpus.values())
 
 
 def test_overlapping_second_stream_is_trimmed_and_reported_once():
@@ -167,13 +167,13 @@ def test_gap_beyond_the_limit_is_unmetered_and_the_flag_sets_the_limit():
     _add(f, 0, mig(at(15), [inst(0, "1g.10gb", 0.5)]))
     _add(f, 1, mig(at(90), [inst(0, "1g.10gb", 0.5)]))
     b = f.finish()
-    assert _seconds(b) == 30.0 and sum(g.unmetered_seconds for g in b.aggregates["1h"].gpus.values()) == 60.0
+    assert _seconds(b) == 30.0 and sum(g.unmetered_seconds for g in b.aggregates.gpus.values()) == 60.0
     # --max-gap 120: the same feed is one covered stretch (0, 90].
     f = _fold(max_gap_s=120)
     _add(f, 0, mig(at(15), [inst(0, "1g.10gb", 0.5)]))
     _add(f, 1, mig(at(90), [inst(0, "1g.10gb", 0.5)]))
     b = f.finish()
-    assert _seconds(b) == 90.0 and sum(g.unmetered_seconds for g in b.aggregates["1h"].gpus.values()) == 0.0
+    assert _seconds(b) == 90.0 and sum(g.unmetered_seconds for g in b.aggregates.gpus.values()) == 0.0
 
 
 def test_history_fills_holes_at_any_age_but_a_live_clock_jump_is_a_dead_letter():
@@ -191,7 +191,7 @@ def test_history_fills_holes_at_any_age_but_a_live_clock_jump_is_a_dead_letter()
     assert [d.kind for d in b.dead_letters] == ["clock_backward"]
     assert _seconds(b) == 120.0  # 60 live + 60 history
     # The life now starts at 540: unmetered (600, 86000] = 85,400 s.
-    assert sum(g.unmetered_seconds for g in b.aggregates["1d"].gpus.values()) == 85400.0
+    assert sum(g.unmetered_seconds for g in b.aggregates.gpus.values()) == 85400.0
     assert b.states["GPU-a"].last_ts == at(86060)  # history never moves the clock back
 
 

@@ -107,7 +107,7 @@ def test_billed_plus_unmetered_is_life_and_no_second_twice(feed: list[Snapshot],
             assert uuid not in stored or state.last_ts >= stored[uuid].last_ts  # never backward
             stored[uuid] = state
         cache.update(done.states)
-        for key, g in done.aggregates["1m"].gpus.items():
+        for key, g in done.aggregates.gpus.items():
             seconds[(key.gpu_uuid, key.bucket)] += g.seconds
             unmetered[(key.gpu_uuid, key.bucket)] += g.unmetered_seconds
         i += len(batch)
