@@ -35,9 +35,9 @@ from kafka import KafkaConsumer, TopicPartition
 bootstrap, topic, ends, mode = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), sys.argv[4]
 if mode == "json":
     decode = json.loads
-elif mode == "orjson":
-    import orjson
-    decode = orjson.loads
+elif mode == "msgspec":
+    import msgspec
+    decode = msgspec.json.decode
 elif mode == "from_json":
     from collector.snapshot import from_json as decode
 else:
@@ -65,8 +65,9 @@ print(json.dumps({"records": n, "bytes": nbytes, "seconds": t}))
 
 
 # The reference loops: kafka-python iterating the records only, then also parsing every value
-# with json, with orjson (the processor's parser), and with the processor's whole decoder.
-CONSUME_MODES = ("count", "json", "orjson", "from_json")
+# with json, with msgspec (untyped, to dicts: the processor's parser without its typed schema),
+# and with the processor's whole decoder.
+CONSUME_MODES = ("count", "json", "msgspec", "from_json")
 
 
 def consume_only(bootstrap: str, topic: str, ends: dict[int, int], repeats: int, mode: str = "count") -> dict[str, Any]:

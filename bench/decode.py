@@ -6,7 +6,7 @@
 Dense-fleet snapshots (7 × 1g H100s, the throughput benchmark's data) are serialized once;
 each pass decodes all of them; passes alternate between the decoders and the minimum CPU
 time (``time.process_time``) of each is reported, which is the least disturbed by other
-work on a shared machine. The JSON parse alone (``json.loads`` and ``orjson.loads``) is
+work on a shared machine. The JSON parse alone (``json.loads`` and ``msgspec.json.decode`` to dicts) is
 timed the same way for reference. No Kafka, no database.
 """
 
@@ -26,7 +26,7 @@ from typing import Any
 if __package__ in (None, ""):  # `python bench/decode.py`: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import orjson  # noqa: E402
+import msgspec  # noqa: E402
 
 from bench.common import DENSE_MODEL, DenseFleet, load_average  # noqa: E402
 from collector import snapshot  # noqa: E402
@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     data = payloads(args.rounds)
     decoders: dict[str, Callable[[bytes], Any]] = {
-        "json.loads": json.loads, "orjson.loads": orjson.loads, "from_json (this tree)": snapshot.from_json}
+        "json.loads": json.loads, "msgspec.json.decode": msgspec.json.decode, "from_json (this tree)": snapshot.from_json}
     with tempfile.TemporaryDirectory(prefix="migmeter-decode-") as tmp:
         if args.rev:
             old = _old_decoder(args.rev, Path(tmp))

@@ -84,7 +84,7 @@ def test_render_shows_missed_targets() -> None:
 def test_render_shows_reference_loops_before_after_and_scale_out() -> None:
     res = _result(10_000.0, 3.0, 0.5)
     res.pop("baseline")
-    res["consume_orjson"] = {"records_per_s": 4_000.0}
+    res["consume_msgspec"] = {"records_per_s": 4_000.0}
     res["before_after"] = {"trees": ["abc1234"], "abc1234": {
         "batch_records": 10_000, "instance_samples_per_s": 9_000.0, "steady_instance_samples_per_s": 9_500.0,
         "cpu_s_per_1m_instance_samples": 50.0, "db_backend_cpu_s_per_1m_instance_samples": 20.0,
@@ -94,7 +94,7 @@ def test_render_shows_reference_loops_before_after_and_scale_out() -> None:
                                 "db_backend_cpu_s_per_1m_instance_samples": 18.0, "wall_s": 9.5}}
     lines = {line.split("|")[1].strip(): line for line in render(res).splitlines() if line.count("|") >= 3}
     # 4,000 records/s x 7.0 instances per snapshot = 28,000 instance-samples/s.
-    loop = lines["kafka-python + orjson of every value"]
+    loop = lines["kafka-python + msgspec of every value"]
     assert "4,000 records/s" in loop and "= 28,000 inst-samples/s" in loop
     # 5,600 rows merged over the dataset's 7,000 instance-samples = 0.800 per sample.
     assert "0.800 rows merged per sample; peak RSS 240 MiB" in lines["processor at abc1234, batch 10000"]

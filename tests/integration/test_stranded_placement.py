@@ -15,6 +15,7 @@ from decimal import Decimal
 
 import psycopg
 import pytest
+from msgspec.structs import replace
 
 from tests.integration.feed import feed_priced
 from tests.processor.build import inst, mig
@@ -27,7 +28,7 @@ NOV = date(2025, 11, 1)
 
 
 def _placed(gi: int, profile: str, ns: str, start: int):  # type: ignore[no-untyped-def]
-    return inst(gi, profile, 0.5, ns, f"{ns}-{gi}")._replace(placement_start=start)
+    return replace(inst(gi, profile, 0.5, ns, f"{ns}-{gi}"), placement_start=start)
 
 
 @pytest.fixture

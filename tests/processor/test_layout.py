@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from msgspec.structs import replace
+
 from processor.layout import GpuState, IntervalBook, diff_layout
 from tests.processor.build import at, inst, mig, whole
 
@@ -119,7 +121,7 @@ def test_state_round_trips_through_json():
 def test_an_interval_records_the_reported_placement_and_refuses_garbage():
     # GI 0 sits at memory slice 4 (as NVML's placement.start says), GI 1 reports none, GI 2 reports
     # 12, which no GPU has (8 memory slices at most): recorded as unknown, never stored as a place.
-    snap = mig(at(0), [inst(0, "3g.40gb", 0.1)._replace(placement_start=4), inst(1, "1g.10gb", 0.2),
-                       inst(2, "1g.10gb", 0.2)._replace(placement_start=12)])
+    snap = mig(at(0), [replace(inst(0, "3g.40gb", 0.1), placement_start=4), inst(1, "1g.10gb", 0.2),
+                       replace(inst(2, "1g.10gb", 0.2), placement_start=12)])
     _, book, _ = _run(snap)
     assert [(iv.gi_id, iv.placement_start) for iv in book.opened] == [(0, 4), (1, None), (2, None)]

@@ -1,10 +1,11 @@
 """Property-based: the processor's decoder agrees with the fully checked reference decoder.
 
-``collector.snapshot.from_json`` parses with orjson (falling back to the standard library's
-json for what orjson refuses, so every reason stays the checked path's) and skips the
-per-instance value checks when every instance took ``_instance_fast``. Both exist only for
-speed: for any snapshot-shaped message the result (a Snapshot, or a BadSnapshot and its
-reason) must be exactly what json + the checked path + every check give.
+``collector.snapshot.from_json`` decodes with msgspec into typed structs whose constraints
+stand for the per-instance value checks (skipped then), and otherwise parses with msgspec
+(falling back to the standard library's json for what msgspec refuses, so every reason stays
+the checked path's). Both exist only for speed: for any snapshot-shaped message the result
+(a Snapshot, or a BadSnapshot and its reason) must be exactly what json + the checked path +
+every check give.
 """
 
 from __future__ import annotations
@@ -28,8 +29,8 @@ from collector.snapshot import (
 )
 from migmeter.errors import BadSnapshot
 
-# orjson reads integers up to 64 bits exactly (json: any size); wider ones are not JSON that
-# any source produces, and the decoder refuses them as integer fields either way.
+# Integers up to 64 bits (wider ones are not JSON that any source produces; the decoder
+# refuses them as integer fields either way).
 # Mostly well-formed (so most examples reach the instance checks), the rest anything.
 _EDGES = st.sampled_from([0, 1, 2, -1, 0.0, 1.0, -0.0, 1.0000001, 1.5, -1e-9, 80000.0, 2**31, 2**63 - 1])
 number = st.one_of(
@@ -127,8 +128,8 @@ def test_decoder_equals_the_checked_reference(msg: dict[str, Any]) -> None:
     assert _decoded(data) == _reference(data)
 
 
-def test_fallback_keeps_the_reasons_orjson_cannot_give() -> None:
-    # orjson refuses these outright; the reasons are json's / the checks' as before.
+def test_fallback_keeps_the_reasons_msgspec_cannot_give() -> None:
+    # msgspec refuses these outright; the reasons are json's / the checks' as before.
     good = {"v": 1, "ts": "2025-01-06T00:00:15.000Z", "interval_s": 15.0, "source": "s", "cluster": "c",
             "host": "h", "gpu_uuid": "GPU-a", "gpu_index": 0, "gpu_model": "H100", "mig_enabled": True,
             "total_slices": 7, "instances": [{"gi_id": 1, "profile": "1g", "slices": 1,

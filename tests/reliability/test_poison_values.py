@@ -18,6 +18,7 @@ import uuid
 import json
 from pathlib import Path
 
+import msgspec
 import psycopg
 import pytest
 
@@ -106,7 +107,7 @@ def test_labels_at_the_byte_limit_are_stored(fresh_db: str) -> None:
     snap = SimulatedFleet(seed=5, hosts=1, gpus_per_host=1, models=("A100-SXM4-80GB",)).read()[0]
     inst = snap.instances[0]
     big = replace(snap, gpu_uuid=label("GPU-"), host=label("h"), cluster=label("c"), instances=(
-        inst._replace(profile=label("1g"), tenant=Tenant(label("ns"), label("pod"), label("ctr"))),
+        msgspec.structs.replace(inst, profile=label("1g"), tenant=Tenant(label("ns"), label("pod"), label("ctr"))),
         *snap.instances[1:]))
     decoded = from_json(big.to_json())  # the contract accepts it...
     # each within one four-byte character of the limit ("GPU-" + 127 x 4 bytes = 512 exactly)

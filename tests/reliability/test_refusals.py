@@ -18,6 +18,7 @@ import json
 import logging
 import uuid
 
+import msgspec
 import psycopg
 import pytest
 from kafka import KafkaConsumer, TopicPartition
@@ -58,7 +59,7 @@ def _poisoned(fleet: SimulatedFleet, rounds: int) -> tuple[list[Snapshot], set[i
     for n in range(rounds):
         for g, snap in enumerate(fleet.read()):
             if (n, g) in POISON_AT:
-                inst = snap.instances[0]._replace(tenant=Tenant(POISON, "pod-x", "c"))
+                inst = msgspec.structs.replace(snap.instances[0], tenant=Tenant(POISON, "pod-x", "c"))
                 snap = dataclasses.replace(snap, instances=(inst, *snap.instances[1:]))
                 poison.add(len(out))
             out.append(snap)
