@@ -5,7 +5,6 @@ state counts everything up to its last ts as billed, and the month still reconci
 
 from __future__ import annotations
 
-import shutil
 from datetime import date
 from pathlib import Path
 
@@ -13,11 +12,10 @@ import psycopg
 import pytest
 from psycopg.types.json import Jsonb
 
-from migmeter import settings
 from warehouse.migrate import migrate
 from warehouse import reports
 from tests.integration.feed import feed
-from tests.integration.test_migrate import empty_db  # noqa: F401 - fixture
+from tests.integration.test_migrate import empty_db, migrate_before  # noqa: F401 - fixture
 from tests.processor.build import T0, at, inst, mig
 
 pytestmark = pytest.mark.integration
@@ -33,12 +31,7 @@ def _old_warehouse(url: str, tmp_path: Path) -> None:
     """Migrations 001-012 only, then what the v1 processor wrote for GPU-a: one 7g instance
     (tenant t/p, 50 % busy) scraped at 15, 30, 45 and 60 s, 15 s each into the bucket of ts:
     minute T0 holds 15, 30, 45 (45 s), minute T0+60 holds 60 (15 s)."""
-    old = tmp_path / "sql_v1"
-    old.mkdir()
-    for path in sorted(settings.SQL_DIR.glob("0*.sql")):
-        if path.name < "013":
-            shutil.copy(path, old / path.name)
-    migrate(url, old)
+    migrate_before(url, tmp_path, "013")
     with psycopg.connect(url) as conn:
         for grain, rows in (("1m", ((T0, 45.0, 3), (at(60), 15.0, 1))), ("1h", ((T0, 60.0, 4),)),
                             ("1d", ((T0, 60.0, 4),))):

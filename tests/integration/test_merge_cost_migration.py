@@ -4,16 +4,14 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import psycopg
 import pytest
 
-from migmeter import settings
 from processor.fold import BatchFold
 from processor.sink import Sink
-from tests.integration.test_migrate import empty_db  # noqa: F401 - fixture
+from tests.integration.test_migrate import empty_db, migrate_before  # noqa: F401 - fixture
 from tests.processor.build import at, inst, mig
 from warehouse.migrate import migrate
 
@@ -46,12 +44,7 @@ def _chunk_settings(conn: psycopg.Connection, table: str) -> tuple[set[str | Non
 
 
 def test_existing_and_new_chunks_take_the_settings(empty_db: str, tmp_path: Path) -> None:  # noqa: F811
-    before = tmp_path / "sql_before_035"
-    before.mkdir()
-    for path in sorted(settings.SQL_DIR.glob("0*.sql")):
-        if path.name < "035":
-            shutil.copy(path, before / path.name)
-    migrate(empty_db, before)
+    migrate_before(empty_db, tmp_path, "035")
     _write(empty_db, range(15, 61, 15), 0)  # day 0: chunks made before the migration
     assert "035_merge_cost" in migrate(empty_db)
     _write(empty_db, range(86400 * 3, 86400 * 3 + 46, 15), 4)  # three days on: 1m and 1h chunks made after

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import uuid
@@ -43,6 +44,17 @@ def empty_db(admin_url: str) -> Iterator[str]:
     finally:
         with psycopg.connect(admin_url, autocommit=True) as conn:
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+def migrate_before(url: str, tmp_path: Path, first_skipped: str) -> None:
+    """Migrate ``url`` with the project's migrations that sort before ``first_skipped`` ("013"):
+    a warehouse as an older release left it, for upgrade tests."""
+    older = tmp_path / f"sql_before_{first_skipped}"
+    older.mkdir()
+    for path in sorted(settings.SQL_DIR.glob("0*.sql")):
+        if path.name < first_skipped:
+            shutil.copy(path, older / path.name)
+    migrate(url, older)
 
 
 @pytest.fixture
