@@ -120,8 +120,10 @@ def db_url_for(url: str, dbname: str) -> str:
 
 
 @contextlib.contextmanager
-def fresh_database(admin_url: str | None = None, *, migrated: bool = True) -> Iterator[str]:
-    """A new database ``bench_<hex>`` (migrated unless told otherwise); dropped on exit."""
+def fresh_database(admin_url: str | None = None, *, migrated: bool = True,
+                   sql_dir: Path | None = None) -> Iterator[str]:
+    """A new database ``bench_<hex>`` (migrated unless told otherwise, with ``sql_dir``'s
+    migrations: default this tree's); dropped on exit."""
     admin_url = admin_url or settings.database_url()
     name = f"bench_{uuid.uuid4().hex[:10]}"
     with psycopg.connect(admin_url, autocommit=True) as conn:
@@ -129,7 +131,7 @@ def fresh_database(admin_url: str | None = None, *, migrated: bool = True) -> It
     url = db_url_for(admin_url, name)
     try:
         if migrated:
-            migrate(url)
+            migrate(url, sql_dir or settings.SQL_DIR)
         else:
             with psycopg.connect(url, autocommit=True) as conn:
                 conn.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")

@@ -153,7 +153,8 @@ def process_once(loaded: Loaded, batch_records: int, batch_ms: int = 2000, proce
     """Run ``processes`` processors in one fresh group into a fresh database until caught up."""
     target = sum(loaded.end.values())
     group = f"bench-{os.urandom(4).hex()}"
-    with fresh_database() as url:
+    # An older revision runs on its own schema (its sql/), so a before/after compares both halves.
+    with fresh_database(sql_dir=root / "sql" if root is not None else None) as url:
         prog = _Progress(url, group, loaded.topic, target)
         env = dict(os.environ, MIGMETER_KAFKA_BOOTSTRAP=settings.kafka_bootstrap(), PYTHONUNBUFFERED="1")
         rows_before = _rows_written(url)
