@@ -42,6 +42,7 @@ __all__ = [
     "DENSE_MODEL",
     "DenseFleet",
     "coarsen",
+    "merged",
     "Measure",
     "load_average",
     "median",
@@ -290,6 +291,22 @@ def own_cpu_s() -> float:
     return r.ru_utime + r.ru_stime
 
 
+def merged(a: Any, b: Any) -> Any:
+    """``a`` then ``b`` (two sums of one class of ``processor.aggregate``) merged by their role
+    lists, as the database merges rows (``processor.sink``): attributes from ``b``, sums added,
+    min/max of the values that are not None. Neither is changed."""
+    out = replace(a)
+    for n in a.ATTRS:
+        setattr(out, n, getattr(b, n))
+    for n in a.SUMS:
+        setattr(out, n, getattr(a, n) + getattr(b, n))
+    for names, pick in ((a.MINS, min), (a.MAXS, max)):
+        for n in names:
+            x, y = getattr(a, n), getattr(b, n)
+            setattr(out, n, y if x is None else x if y is None else pick(x, y))
+    return out
+
+
 def coarsen(partials: Aggregates, width_s: int) -> Aggregates:
     """Partials merged into buckets of ``width_s`` by their role lists, as the sink's rollups merge
     them in SQL (attributes: the latest bucket's; sums add; min/max). For benchmarks that need
@@ -300,15 +317,5 @@ def coarsen(partials: Aggregates, width_s: int) -> Aggregates:
         for key, sums in sorted(getattr(partials, attr).items(), key=lambda kv: kv[0][0]):
             coarse = key._replace(bucket=key.bucket // width_s * width_s)
             have = dst.get(coarse)
-            if have is None:
-                dst[coarse] = replace(sums)
-                continue
-            for n in sums.ATTRS:
-                setattr(have, n, getattr(sums, n))
-            for n in sums.SUMS:
-                setattr(have, n, getattr(have, n) + getattr(sums, n))
-            for names, pick in ((sums.MINS, min), (sums.MAXS, max)):
-                for n in names:
-                    a, b = getattr(have, n), getattr(sums, n)
-                    setattr(have, n, b if a is None else a if b is None else pick(a, b))
+            dst[coarse] = sums if have is None else merged(have, sums)
     return out

@@ -473,19 +473,13 @@ def _check_text(s: Snapshot) -> None:
     """Strings the warehouse can store: PostgreSQL text holds no NUL, a lone surrogate (legal
     in a JSON \\u escape) cannot be encoded as UTF-8, and a field over MAX_TEXT_BYTES overflows
     the btree index; each made the processor's batch fail, or crash it, on every retry. One
-    joined string keeps the common (clean, ASCII: bytes = characters) case cheap; the fields'
-    names are looked up only when one fails."""
-    values = [s.source, s.cluster, s.host, s.gpu_uuid, s.gpu_model]
-    for inst in s.instances:
-        t = inst.tenant
-        values += (inst.profile, t.namespace, t.pod, t.container)
-        for share in inst.tenants:
-            t = share.tenant
-            values += (t.namespace, t.pod, t.container)
+    joined string keeps the common (clean, ASCII: bytes = characters) case cheap."""
+    fields = _text_fields(s)
+    values = [v for _, v in fields]
     text = "".join(values)
     if "\x00" not in text and text.isascii() and max(map(len, values)) <= MAX_TEXT_CHARS:
         return
-    for name, value in _text_fields(s):
+    for name, value in fields:
         if "\x00" in value:
             raise BadSnapshot(f"field {name!r} contains a NUL character, which the warehouse cannot store")
         if not _encodable(value):

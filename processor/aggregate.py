@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from typing import ClassVar, NamedTuple
 
 from collector.snapshot import Snapshot
-from processor.grains import GRAINS
+from processor.grains import FOLD_GRAIN, GRAINS
 from processor.timeline import split, to_us
 
 __all__ = [
@@ -280,7 +280,7 @@ def fold_snapshot(snap: Snapshot, agg: Aggregates, parts: Sequence[tuple[int, fl
     """
     if parts is None:
         ts_us = to_us(snap.ts.timestamp())
-        parts = split(ts_us - to_us(snap.interval_s), ts_us, GRAINS["1m"])
+        parts = split(ts_us - to_us(snap.interval_s), ts_us, GRAINS[FOLD_GRAIN])
     gpu = snap.gpu_uuid
     total = snap.total_slices
     cluster = snap.cluster

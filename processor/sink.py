@@ -229,9 +229,13 @@ class Sink:
         self.url = url
         self.consumer_group = consumer_group
         self.connect_timeout_s = connect_timeout_s
-        self._families = tuple((fine, attr, FOLD_GRAIN in grains,
-                                tuple((width, spec) for grain, width, spec in coarser if grain in grains))
-                               for fine, attr, coarser in _USAGE_FAMILIES)
+        # Per family: the staged table, its Aggregates dict, and the statements (composed once)
+        # that merge the staged rows into the family's tables of ``grains``: [(table, SQL), ...].
+        self._families: list[tuple[TableSpec, str, list[tuple[str, sql.Composed]]]] = []
+        for fine, attr, coarser in _USAGE_FAMILIES:
+            merges = [(fine.name, fine.upsert_sql())] if FOLD_GRAIN in grains else []
+            merges += [(spec.name, spec.rollup_sql(fine, width)) for grain, width, spec in coarser if grain in grains]
+            self._families.append((fine, attr, merges))
         self._conn: psycopg.Connection[Any] | None = None
         self._ts_cache: dict[int, datetime] = {}
         # Staging table -> type names of the COPY columns, for binary COPY (read per connection).
@@ -359,18 +363,15 @@ class Sink:
                     self._fence_states(cur, batch)
                     # Steps 2-3: COPY the 1-minute partials into staging, merge them additively
                     # into the 1m tables and, grouped by hour and day, into the 1h and 1d tables.
-                    for fine, attr, store_fine, coarser in self._families:
+                    for fine, attr, merges in self._families:
                         parts = getattr(batch.aggregates, attr)
                         if not parts:
                             continue
-                        staged = self._copy(cur, fine.stage, fine.columns, _usage_rows(parts, fine, self._bucket_ts),
-                                            self._stage_types[fine.stage])
-                        if store_fine:
-                            cur.execute(fine.upsert_sql())
-                            rows[fine.name] = staged
-                        for width, spec in coarser:
-                            cur.execute(spec.rollup_sql(fine, width))
-                            rows[spec.name] = cur.rowcount
+                        self._copy(cur, fine.stage, fine.columns, _usage_rows(parts, fine, self._bucket_ts),
+                                   self._stage_types[fine.stage])
+                        for table, statement in merges:
+                            cur.execute(statement)
+                            rows[table] = cur.rowcount
                     # Step 4: layout events and intervals.
                     if batch.events:
                         self._copy(cur, "layout_events", _EVENT_COLUMNS, (

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import dataclasses
 import random
 from typing import NamedTuple
 
 import pytest
 
+from bench.common import merged  # by the role lists, as the database merges rows
 from processor.aggregate import (
     Aggregates,
     GpuSums,
@@ -47,23 +47,6 @@ def ratios(g: GpuSums) -> Ratios:
         simple=g.simple_util_seconds / g.simple_seconds if g.simple_seconds else None,
         allocation=g.alloc_gpu_seconds / g.seconds if g.seconds else None,
     )
-
-
-def merged(a, b):  # type: ignore[no-untyped-def]
-    """``a`` then ``b`` merged by the role lists, as the database merges them (processor.sink):
-    attributes from ``b``, sums added, min/max of the non-None values."""
-    def pick(f, x, y):  # type: ignore[no-untyped-def]
-        return y if x is None else x if y is None else f(x, y)
-    out = dataclasses.replace(a)
-    for n in a.ATTRS:
-        setattr(out, n, getattr(b, n))
-    for n in a.SUMS:
-        setattr(out, n, getattr(a, n) + getattr(b, n))
-    for n in a.MINS:
-        setattr(out, n, pick(min, getattr(a, n), getattr(b, n)))
-    for n in a.MAXS:
-        setattr(out, n, pick(max, getattr(a, n), getattr(b, n)))
-    return out
 
 
 def _fold(*snaps):  # type: ignore[no-untyped-def]
