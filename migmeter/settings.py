@@ -101,8 +101,9 @@ def redact_url(url: str) -> str:
 def redact_text(text: str) -> str:
     """``text`` with the password of every URL (``scheme://user:PASSWORD@``, up to the line's last
     ``@``: a password may hold spaces and ``@``) and every ``password=...`` masked: for messages
-    that may quote a command line or a flag's value."""
-    text = re.sub(r"(://[^:/@\s]*:).*@", r"\1***@", text)
+    that may quote a command line or a flag's value. A URL given where a path was expected shows
+    as ``scheme:/user:PASSWORD@`` (a path folds ``//``), and is masked the same."""
+    text = re.sub(r"(:/+[^:/@\s]*:).*@", r"\1***@", text)
     return re.sub(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'?|[^\s&]+)", r"\1***", text, flags=re.IGNORECASE)
 
 

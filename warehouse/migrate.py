@@ -69,11 +69,15 @@ class AppliedMigration:
 def discover(sql_dir: Path = settings.SQL_DIR) -> list[Migration]:
     """The migration files of ``sql_dir`` in the order they apply. Other files (report
     queries) are ignored; two files with the same number are refused (ambiguous order)."""
-    if not sql_dir.is_dir():
-        raise MigrationError(f"migrations folder {sql_dir} does not exist")
+    try:
+        if not sql_dir.is_dir():
+            raise MigrationError(f"migrations folder {sql_dir} does not exist")
+        paths = sorted(sql_dir.iterdir())
+    except OSError as exc:  # a name too long, a folder without read permission
+        raise MigrationError(f"migrations folder {sql_dir} cannot be read: {exc.strerror or exc}") from None
     found: list[Migration] = []
     numbers: dict[str, str] = {}
-    for path in sorted(sql_dir.iterdir()):
+    for path in paths:
         m = MIGRATION_FILE.match(path.name)
         if m is None or not path.is_file():
             continue

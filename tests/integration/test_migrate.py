@@ -145,6 +145,12 @@ def test_duplicate_numbers_are_refused(sql_dir: Path) -> None:
         discover(sql_dir)
 
 
+def test_a_folder_that_cannot_be_read_is_a_clear_error(tmp_path: Path) -> None:
+    # A name longer than the file system allows (found by the CLI fuzz: it crashed with OSError).
+    with pytest.raises(MigrationError, match="cannot be read: File name too long"):
+        discover(tmp_path / ("9" * 300))
+
+
 def test_project_migrations_create_hypertables_and_are_idempotent(fresh_db: str) -> None:
     """fresh_db ran the project's sql/ once; the hypertables are there and a rerun is a no-op."""
     names = [m.name for m in discover(settings.SQL_DIR)]

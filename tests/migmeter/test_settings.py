@@ -36,3 +36,10 @@ def test_database_url_flag_then_environment_then_the_local_stack(monkeypatch: py
 
 def test_a_url_in_a_log_line_shows_no_password() -> None:
     assert settings.redact_url("postgresql://meter:hunter2@db:5432/x") == "postgresql://meter:***@db:5432/x"
+
+
+def test_a_url_folded_into_a_path_shows_no_password() -> None:
+    # `--sql-dir http://u:pw@host/x` comes back from pathlib as http:/u:pw@host/x (found by the CLI fuzz).
+    assert settings.redact_text("migrations folder http:/u:hunter2@db:5432/x does not exist") == (
+        "migrations folder http:/u:***@db:5432/x does not exist")
+    assert settings.redact_text("see postgresql://meter:hunter2@db/x") == "see postgresql://meter:***@db/x"
