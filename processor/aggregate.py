@@ -38,11 +38,12 @@ is associative.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar, NamedTuple
 
 from collector.snapshot import Snapshot
 from processor.grains import FOLD_GRAIN, GRAINS
+from processor.layout import Signature, signature_of
 from processor.timeline import split, to_us
 
 __all__ = [
@@ -254,6 +255,11 @@ class GpuSums(_Mergeable):
             self.whole_util_max = _max(self.whole_util_max, busy)
 
 
+# What the fold remembers per (bucket, GPU): the layout signature, per instance (its row, its
+# primary tenant's row), and the GPU's row.
+_LayoutRows = tuple[Signature, list[tuple[InstanceSums, TenantSums]], GpuSums]
+
+
 @dataclass(slots=True)
 class Aggregates:
     """Partials of one batch at one grain, keyed like the tables' primary keys."""
@@ -261,6 +267,9 @@ class Aggregates:
     instances: dict[InstanceKey, InstanceSums]
     tenants: dict[TenantKey, TenantSums]
     gpus: dict[GpuKey, GpuSums]
+    # The fold's index into the rows above, not data: (bucket, GPU) -> (layout signature, per
+    # instance (its row, its primary tenant's row), the GPU's row). See fold_snapshot.
+    layouts: dict[tuple[int, str], _LayoutRows] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def empty(cls) -> Aggregates:
@@ -270,57 +279,39 @@ class Aggregates:
         return len(self.instances) + len(self.tenants) + len(self.gpus)
 
 
-def fold_snapshot(snap: Snapshot, agg: Aggregates, parts: Sequence[tuple[int, float]] | None = None) -> None:
+def fold_snapshot(snap: Snapshot, agg: Aggregates, parts: Sequence[tuple[int, float]] | None = None,
+                  sig: Signature | None = None) -> None:
     """Fold one (already validated, not duplicate) snapshot into ``agg``, one row per bucket part.
 
     ``parts`` are (bucket start, seconds) pairs from :func:`processor.timeline.split`, the last
     one holding ``ts`` (it gets the counts); default: ``(ts - interval_s, ts]`` split into
-    1-minute buckets, what a GPU's first snapshot covers. This is the processor's hot path:
-    per-instance values are computed once, then added to each part.
+    1-minute buckets, what a GPU's first snapshot covers. ``sig``: the snapshot's
+    :func:`processor.layout.signature_of`, when the caller has it already.
+
+    This is the processor's hot path. Per-instance values are computed once, then added to
+    each part's rows. The rows of a (bucket, GPU) are found once per layout: ``agg.layouts``
+    remembers, per (bucket, GPU), the layout signature its rows were made for and the rows in
+    instance order, so a snapshot with that layout (nearly every one) adds to them without
+    building or looking up a key per instance (:func:`_layout_rows` does that for any other).
+    The signature holds every key field and attribute the rows take from an instance, so the
+    remembered rows are exactly the ones the keys would find.
     """
     if parts is None:
         ts_us = to_us(snap.ts.timestamp())
         parts = split(ts_us - to_us(snap.interval_s), ts_us, GRAINS[FOLD_GRAIN])
-    gpu = snap.gpu_uuid
+    if sig is None:
+        sig = signature_of(snap)
     total = snap.total_slices
-    cluster = snap.cluster
-    model = snap.gpu_model
-    instances_d = agg.instances
-    tenants_d = agg.tenants
-    gpus_d = agg.gpus
     alloc = util_alloc = busy = u_sum = 0.0
     n_known = 0
-    # (bucket, seconds, count): the count (samples, snapshots) goes to the part holding ts.
-    if len(parts) == 1:
-        b, dt = parts[0]
-        counted: Sequence[tuple[int, float, int]] = ((b, dt, 1),)
-    else:
-        counted = [(b, dt, 0) for b, dt in parts[:-1]]
-        counted.append((parts[-1][0], parts[-1][1], 1))
+    # Per instance: (share of the GPU, utilization, framebuffer used, shares or None when one
+    # tenant holds it); the shares are not part of the layout, so they are read per snapshot.
+    values = []
     for inst in snap.instances:
         w = inst.slices / total
         metrics = inst.metrics
         u = metrics.gr_engine_active
-        fb = metrics.fb_used_mib
-        tenant = inst.tenant
-        ns, pod = tenant.namespace, tenant.pod
-        # Several pods on one instance: each is billed its share of the instance's time.
-        owners = ((tenant, 1.0),) if not inst.tenants else inst.shares()
-        for b, dt, n in counted:
-            # Keys through tuple.__new__: a NamedTuple's own __new__ is a Python call per key.
-            ikey = _new_key(InstanceKey, (b, gpu, inst.gi_id, inst.profile, ns, pod))
-            isum = instances_d.get(ikey)
-            if isum is None:
-                isum = instances_d[ikey] = InstanceSums(cluster, model, inst.slices, total, tenant.container)
-            else:
-                isum.container = tenant.container
-            isum.add(dt, w, u, fb, n)
-            for owner, share in owners:
-                tkey = _new_key(TenantKey, (b, gpu, owner.namespace, owner.pod))
-                tsum = tenants_d.get(tkey)
-                if tsum is None:
-                    tsum = tenants_d[tkey] = TenantSums(cluster, model)
-                tsum.add(dt * share, w, u, n)
+        values.append((w, u, metrics.fb_used_mib, inst.shares() if inst.tenants else None))
         alloc += w
         if u is not None:
             util_alloc += w
@@ -329,9 +320,55 @@ def fold_snapshot(snap: Snapshot, agg: Aggregates, parts: Sequence[tuple[int, fl
             n_known += 1
     n_inst = len(snap.instances)
     simple = u_sum / n_known if n_known else None
-    for b, dt, n in counted:
-        gsum = _gpu_row(gpus_d, b, snap)
-        gsum.add_snapshot(dt, snap.mig_enabled, alloc, util_alloc, busy, simple, n_inst, n_known == n_inst, n)
+    all_known = n_known == n_inst
+    last = len(parts) - 1
+    layouts = agg.layouts
+    gpu = snap.gpu_uuid
+    for i, (b, dt) in enumerate(parts):
+        n = 1 if i == last else 0  # the counts (samples, snapshots) go to the part holding ts
+        ref = (b, gpu)
+        rows = layouts.get(ref)
+        if rows is None or rows[0] != sig:
+            rows = layouts[ref] = _layout_rows(snap, agg, b, sig)
+        for (isum, tsum), (w, u, fb, shares) in zip(rows[1], values):
+            isum.add(dt, w, u, fb, n)
+            if shares is None:
+                tsum.add(dt, w, u, n)
+            else:  # several pods on one instance: each is billed its share of the instance's time
+                for owner, share in shares:
+                    _tenant_row(agg, b, gpu, owner.namespace, owner.pod, snap).add(dt * share, w, u, n)
+        gsum = rows[2]
+        gsum.host = snap.host
+        gsum.add_snapshot(dt, snap.mig_enabled, alloc, util_alloc, busy, simple, n_inst, all_known, n)
+
+
+def _layout_rows(snap: Snapshot, agg: Aggregates, b: int, sig: Signature) -> _LayoutRows:
+    """The rows of bucket ``b`` for ``snap``'s GPU and layout, found (or made) by key: per
+    instance its row and its primary tenant's, then the GPU's row."""
+    gpu = snap.gpu_uuid
+    instances_d = agg.instances
+    rows = []
+    for inst in snap.instances:
+        tenant = inst.tenant
+        ns, pod = tenant.namespace, tenant.pod
+        # Keys through tuple.__new__: a NamedTuple's own __new__ is a Python call per key.
+        ikey = _new_key(InstanceKey, (b, gpu, inst.gi_id, inst.profile, ns, pod))
+        isum = instances_d.get(ikey)
+        if isum is None:
+            isum = instances_d[ikey] = InstanceSums(snap.cluster, snap.gpu_model, inst.slices, snap.total_slices,
+                                                    tenant.container)
+        else:
+            isum.container = tenant.container
+        rows.append((isum, _tenant_row(agg, b, gpu, ns, pod, snap)))
+    return sig, rows, _gpu_row(agg.gpus, b, snap)
+
+
+def _tenant_row(agg: Aggregates, b: int, gpu: str, ns: str, pod: str, snap: Snapshot) -> TenantSums:
+    tkey = _new_key(TenantKey, (b, gpu, ns, pod))
+    tsum = agg.tenants.get(tkey)
+    if tsum is None:
+        tsum = agg.tenants[tkey] = TenantSums(snap.cluster, snap.gpu_model)
+    return tsum
 
 
 def add_unmetered(snap: Snapshot, agg: Aggregates, parts: Sequence[tuple[int, float]], sign: int) -> None:

@@ -56,7 +56,7 @@ from collector.snapshot import Snapshot, format_ts
 from migmeter.errors import BadSnapshot
 from processor.aggregate import GRAINS, Aggregates, add_unmetered, fold_snapshot
 from processor.grains import FOLD_GRAIN
-from processor.layout import GpuState, IntervalBook, LayoutEvent, diff_layout
+from processor.layout import GpuState, IntervalBook, LayoutEvent, diff_layout, signature_of
 from processor.timeline import US, bill, split, to_us
 
 __all__ = [
@@ -258,11 +258,12 @@ class BatchFold:
             parts = split(billed[0][0], billed[0][1], width)
         else:
             parts = [p for a, b in billed for p in split(a, b, width)]
-        fold_snapshot(snap, self._agg, parts)
+        sig = signature_of(snap)  # the layout, for the fold's rows and the layout diff alike
+        fold_snapshot(snap, self._agg, parts, sig)
         for a, b, sign in unmetered:
             add_unmetered(snap, self._agg, split(a, b, width), sign)
         if state is None or newer:
-            events, new_state = diff_layout(state, snap, self._book, partition, offset)
+            events, new_state = diff_layout(state, snap, self._book, partition, offset, sig)
             if events:
                 self._events.extend(events)
             new_state.feed = feed

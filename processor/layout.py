@@ -195,12 +195,15 @@ def diff_layout(
     book: IntervalBook,
     partition: int | None = None,
     offset: int | None = None,
+    sig: Signature | None = None,
 ) -> tuple[list[LayoutEvent], GpuState]:
     """Events between ``prev`` and ``snap`` (appending interval changes to ``book``) and the new state.
 
-    ``snap`` must be newer than ``prev.last_ts`` (duplicates are filtered before this).
+    ``snap`` must be newer than ``prev.last_ts`` (duplicates are filtered before this). ``sig``:
+    ``snap``'s :func:`signature_of`, when the caller has it already.
     """
-    sig = signature_of(snap)
+    if sig is None:
+        sig = signature_of(snap)
     if prev is not None and prev.signature == sig:
         # Hot path: nothing changed, only the clock moved on.
         return [], GpuState(snap.ts, snap.mig_enabled, prev.layout, partition, offset, sig)

@@ -142,6 +142,27 @@ def test_tenant_changes_inside_a_bucket_split_the_instance_rows():
     assert len(agg.tenants) == 2
 
 
+
+def test_a_layout_that_changes_and_comes_back_inside_a_bucket_finds_its_rows_again():
+    # Minute 0 of one GPU, 15 s apart: GI 1 held by a/p (container c1, u 0.5), then by b/q
+    # (u 0.2), then a/p again with container c2 (u 1.0): the fold's remembered rows follow the
+    # layout, and a/p's third snapshot adds to its first row, whose container becomes c2.
+    agg = _fold(mig(at(15), [inst(1, "3g.40gb", 0.5, "a", "p", "c1")]),
+                mig(at(30), [inst(1, "3g.40gb", 0.2, "b", "q")]),
+                mig(at(45), [inst(1, "3g.40gb", 1.0, "a", "p", "c2")]))
+    rows = {k.pod: s for k, s in agg.instances.items()}
+    assert sorted(rows) == ["p", "q"]
+    assert (rows["p"].seconds, rows["p"].samples, rows["p"].container) == (30.0, 2, "c2")
+    assert rows["p"].busy_seconds == pytest.approx(22.5)  # 0.5 x 15 + 1.0 x 15
+    assert (rows["q"].seconds, rows["q"].busy_seconds) == (15.0, pytest.approx(3.0))
+    tenants = {k.pod: s for k, s in agg.tenants.items()}
+    assert tenants["p"].alloc_gpu_seconds == pytest.approx(90 / 7)  # 3/7 x 30
+    assert tenants["q"].alloc_gpu_seconds == pytest.approx(45 / 7)
+    ((_, gpu),) = agg.gpus.items()
+    assert (gpu.seconds, gpu.snapshots, gpu.instance_samples) == (45.0, 3, 3)
+    assert gpu.busy_gpu_seconds == pytest.approx(3 / 7 * 25.5)  # 3/7 x (7.5 + 3 + 15)
+
+
 def _random_sums(rng: random.Random, cls):  # type: ignore[no-untyped-def]
     agg = Aggregates.empty()
     for t in range(rng.randint(1, 5)):

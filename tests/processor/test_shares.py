@@ -47,3 +47,27 @@ def test_an_unshared_instance_is_billed_whole_as_before() -> None:
     fold_snapshot(mig(at(0), [inst(1, "3g.40gb", 0.6, "team-a", "bert-0")]), agg)
     ((key, t),) = agg.tenants.items()
     assert (key.pod, t.seconds, t.alloc_gpu_seconds) == ("bert-0", 15.0, pytest.approx(45 / 7))
+
+
+def test_shares_that_change_under_one_layout_are_read_per_snapshot() -> None:
+    """The fold remembers a (bucket, GPU)'s rows by layout, and a layout names only the primary
+    tenant: shares that move between snapshots of one layout must still be billed as sent."""
+    agg = Aggregates.empty()
+
+    def shared(a: float) -> Instance:
+        return Instance(1, "3g.40gb", 3, Metrics(gr_engine_active=1.0), A,
+                        tenants=(TenantShare(A, a), TenantShare(C, 1 - a)))
+
+    # Three 15 s snapshots in minute 0, same layout (GI 1, primary tenant A): A's shares 0.6,
+    # 0.2, then the instance held by A alone (1.0).
+    alone = inst(1, "3g.40gb", 1.0, A.namespace, A.pod, A.container)
+    for t, one in ((15, shared(0.6)), (30, shared(0.2)), (45, alone)):
+        fold_snapshot(mig(at(t), [one]), agg)
+    by_pod = {(k.namespace, k.pod): v for k, v in agg.tenants.items()}
+    a, c = by_pod[("team-a", "bert-0")], by_pod[("team-b", "etl-3")]
+    assert a.seconds == pytest.approx(9 + 3 + 15)  # 15 x 0.6 + 15 x 0.2 + 15
+    assert c.seconds == pytest.approx(6 + 12)  # 15 x 0.4 + 15 x 0.8
+    assert a.busy_gpu_seconds == pytest.approx(27 * 3 / 7)
+    assert (a.samples, c.samples) == (3, 2)
+    (row,) = agg.instances.values()
+    assert (row.seconds, row.samples) == (45.0, 3)
