@@ -128,6 +128,31 @@ def test_decoder_equals_the_checked_reference(msg: dict[str, Any]) -> None:
     assert _decoded(data) == _reference(data)
 
 
+def test_text_checks_hold_whether_or_not_the_message_is_plain_ascii() -> None:
+    # The fast path skips the text checks only for ASCII bytes without a backslash-u escape;
+    # everything else (raw UTF-8, escapes) is checked field by field, as the reference does.
+    def message(pod: str, ensure_ascii: bool) -> bytes:
+        msg = {"v": 1, "ts": "2025-01-06T00:00:15.000Z", "interval_s": 15.0, "source": "s", "cluster": "c",
+               "host": "h", "gpu_uuid": "GPU-a", "gpu_index": 0, "gpu_model": "H100", "mig_enabled": True,
+               "total_slices": 7, "instances": [{"gi_id": 1, "profile": "1g", "slices": 1,
+                                                 "tenant": {"namespace": "ns", "pod": pod}}]}
+        return json.dumps(msg, ensure_ascii=ensure_ascii).encode()
+
+    nul = "field 'pod' contains a NUL character, which the warehouse cannot store"
+    assert _decoded(message("a\x00b", True)) == _decoded(message("a\x00b", False)) == nul
+    # 200 euro signs: 200 characters (under msgspec's bound of 256) but 600 bytes of UTF-8.
+    long_utf8 = "\u20ac" * 200
+    for ensure_ascii in (True, False):
+        assert _decoded(message(long_utf8, ensure_ascii)) == (
+            "field 'pod' is over 256 characters or 512 bytes of UTF-8 (200 characters, 600 bytes)")
+        assert _decoded(message(long_utf8, ensure_ascii)) == _reference(message(long_utf8, ensure_ascii))
+        ok = _decoded(message("tr\u00e4ining-\u20ac", ensure_ascii))
+        assert isinstance(ok, Snapshot) and ok.instances[0].tenant.pod == "tr\u00e4ining-\u20ac"
+    escaped = message("plain", True).replace(b'"plain"', b'"pl\\u0061in"')
+    ok = _decoded(escaped)
+    assert isinstance(ok, Snapshot) and ok.instances[0].tenant.pod == "plain"
+
+
 def test_fallback_keeps_the_reasons_msgspec_cannot_give() -> None:
     # msgspec refuses these outright; the reasons are json's / the checks' as before.
     good = {"v": 1, "ts": "2025-01-06T00:00:15.000Z", "interval_s": 15.0, "source": "s", "cluster": "c",
