@@ -160,10 +160,12 @@ def fresh_topic(partitions: int = 4, bootstrap: str | None = None) -> Iterator[s
         admin.close()
 
 
-def preload(topic: str, snapshots: Iterator[Snapshot], bootstrap: str | None = None) -> tuple[int, int, float]:
-    """Publish snapshots with the collector's own publisher; returns (snapshots, instances, seconds)."""
+def preload(topic: str, snapshots: Iterator[Snapshot], bootstrap: str | None = None,
+            compression: str | None = None) -> tuple[int, int, float]:
+    """Publish snapshots with the collector's own publisher (its default compression unless
+    ``compression`` names one); returns (snapshots, instances, seconds)."""
     pub = KafkaPublisher(bootstrap or settings.kafka_bootstrap(), topic, linger_ms=50,
-                         client_id="migmeter-bench-preload")
+                         client_id="migmeter-bench-preload", compression=compression)
     n = inst = 0
     t0 = time.perf_counter()
     try:

@@ -7,9 +7,9 @@ snapshot silently: a snapshot is delivered, spooled, or counted in ``stats.dropp
 Kafka delivery (:class:`KafkaPublisher`):
 
 - key = GPU UUID, so a GPU's snapshots share a partition and stay in order; ``acks="all"``
-  and the idempotent producer, so a retried batch is written once; compression (lz4 when the
-  ``lz4`` package is importable, else gzip, which kafka-python supports with no extra
-  dependency); ``linger_ms`` batching.
+  and the idempotent producer, so a retried batch is written once; compression zstd (the
+  ``zstandard`` package, a dependency: it decompresses at lz4's speed and stores like gzip,
+  ``python -m bench.codec``; gzip if it is missing); ``linger_ms`` batching.
 - ``flush(timeout_s)`` is the delivery check: it waits for every record sent since the last
   flush. If any is not acknowledged in time (broker down, unreachable, partition offline),
   the producer is aborted and every unacknowledged record goes to the spool, in send order.
@@ -50,7 +50,7 @@ from dataclasses import dataclass
 from typing import IO, Any, Protocol
 
 from kafka import KafkaProducer
-from kafka.codec import has_lz4
+from kafka.codec import has_zstd
 from kafka.errors import KafkaError, KafkaTimeoutError
 
 from collector.snapshot import Snapshot
@@ -537,5 +537,5 @@ def _any_reachable(servers: list[str], timeout_s: float) -> bool:
 
 
 def default_compression() -> str:
-    """lz4 when its package is importable (fast), else gzip (built into kafka-python)."""
-    return "lz4" if has_lz4() else "gzip"
+    """zstd (its package is a dependency), else gzip (built into kafka-python)."""
+    return "zstd" if has_zstd() else "gzip"
