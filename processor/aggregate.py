@@ -25,7 +25,11 @@ u_i = gr_engine_active):
 - tenant (per GPU, so one processor writes each row): alloc/busy GPU-seconds per tenant;
   unassigned instances under namespace '' and pod ''. An instance shared by several pods
   (``Instance.shares()``) bills each pod its share of dt; the instance row keeps its primary
-  tenant.
+  tenant. A tenant's row is not folded a second time: it is the sum of its instances' rows,
+  column by column (:data:`TENANT_FROM_INSTANCE`), which the sink computes in SQL from the
+  staged instance rows (:func:`tenant_rows` is the same in Python). The fold keeps tenant
+  sums only as corrections for shared instances (``Aggregates.tenants``): the primary
+  tenant's share minus the whole, and every other pod's share.
 
 Unknown utilization stays unknown: allocated time without a value is out of the numerator
 and the denominator of every utilization (weighted, whole-GPU, simple); all unknown -> None.
@@ -38,7 +42,7 @@ is associative.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import ClassVar, NamedTuple
 
 from collector.snapshot import Snapshot
@@ -48,6 +52,8 @@ from processor.timeline import split, to_us
 
 __all__ = [
     "GRAINS",
+    "TENANT_FROM_INSTANCE",
+    "tenant_rows",
     "bucket_start",
     "InstanceKey",
     "TenantKey",
@@ -192,6 +198,19 @@ class TenantSums(_Mergeable):
             self.busy_gpu_seconds += w * u * dt
 
 
+# A tenant's row from its instances' rows (same bucket, GPU, namespace and pod; attributes
+# cluster and gpu_model by name): (tenant sum, instance sum, weighted), weighted = times the
+# instance's share of the GPU, slices / total_slices. The sink's SQL and tenant_rows() are
+# both made from this table.
+TENANT_FROM_INSTANCE: tuple[tuple[str, str, bool], ...] = (
+    ("seconds", "seconds", False),
+    ("alloc_gpu_seconds", "alloc_gpu_seconds", False),
+    ("util_alloc_gpu_seconds", "util_seconds", True),
+    ("busy_gpu_seconds", "busy_gpu_seconds", False),
+    ("samples", "samples", False),
+)
+
+
 @dataclass(slots=True)
 class GpuSums(_Mergeable):
     """Sums for one (bucket, physical GPU)."""
@@ -255,9 +274,9 @@ class GpuSums(_Mergeable):
             self.whole_util_max = _max(self.whole_util_max, busy)
 
 
-# What the fold remembers per (bucket, GPU): the layout signature, per instance (its row, its
-# primary tenant's row), and the GPU's row.
-_LayoutRows = tuple[Signature, list[tuple[InstanceSums, TenantSums]], GpuSums]
+# What the fold remembers per (bucket, GPU): the layout signature, each instance's row, and the
+# GPU's row.
+_LayoutRows = tuple[Signature, list[InstanceSums], GpuSums]
 
 
 @dataclass(slots=True)
@@ -265,10 +284,10 @@ class Aggregates:
     """Partials of one batch at one grain, keyed like the tables' primary keys."""
 
     instances: dict[InstanceKey, InstanceSums]
-    tenants: dict[TenantKey, TenantSums]
+    tenants: dict[TenantKey, TenantSums]  # corrections for shared instances only: see tenant_rows()
     gpus: dict[GpuKey, GpuSums]
-    # The fold's index into the rows above, not data: (bucket, GPU) -> (layout signature, per
-    # instance (its row, its primary tenant's row), the GPU's row). See fold_snapshot.
+    # The fold's index into the rows above, not data: (bucket, GPU) -> (layout signature, each
+    # instance's row, the GPU's row). See fold_snapshot.
     layouts: dict[tuple[int, str], _LayoutRows] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
@@ -304,14 +323,18 @@ def fold_snapshot(snap: Snapshot, agg: Aggregates, parts: Sequence[tuple[int, fl
     total = snap.total_slices
     alloc = util_alloc = busy = u_sum = 0.0
     n_known = 0
-    # Per instance: (share of the GPU, utilization, framebuffer used, shares or None when one
-    # tenant holds it); the shares are not part of the layout, so they are read per snapshot.
+    # Per instance: (share of the GPU, utilization, framebuffer used); shared instances also
+    # (index, instance) in ``shared``: shares are not part of the layout, so they are read per
+    # snapshot.
     values = []
+    shared = []
     for inst in snap.instances:
         w = inst.slices / total
         metrics = inst.metrics
         u = metrics.gr_engine_active
-        values.append((w, u, metrics.fb_used_mib, inst.shares() if inst.tenants else None))
+        values.append((w, u, metrics.fb_used_mib))
+        if inst.tenants:
+            shared.append((w, u, inst))
         alloc += w
         if u is not None:
             util_alloc += w
@@ -330,21 +353,26 @@ def fold_snapshot(snap: Snapshot, agg: Aggregates, parts: Sequence[tuple[int, fl
         rows = layouts.get(ref)
         if rows is None or rows[0] != sig:
             rows = layouts[ref] = _layout_rows(snap, agg, b, sig)
-        for (isum, tsum), (w, u, fb, shares) in zip(rows[1], values):
+        for isum, (w, u, fb) in zip(rows[1], values):
             isum.add(dt, w, u, fb, n)
-            if shares is None:
-                tsum.add(dt, w, u, n)
-            else:  # several pods on one instance: each is billed its share of the instance's time
-                for owner, share in shares:
-                    _tenant_row(agg, b, gpu, owner.namespace, owner.pod, snap).add(dt * share, w, u, n)
+        for w, u, inst in shared:
+            # Several pods on one instance: each is billed its share of the instance's time. The
+            # instance's row bills it whole to its primary tenant (the first of the shares), so
+            # that tenant is corrected by its share minus the whole, the others by their shares.
+            for i, (owner, share) in enumerate(inst.shares()):
+                tkey = _new_key(TenantKey, (b, gpu, owner.namespace, owner.pod))
+                tsum = agg.tenants.get(tkey)
+                if tsum is None:
+                    tsum = agg.tenants[tkey] = TenantSums(snap.cluster, snap.gpu_model)
+                tsum.add(dt * (share - 1.0) if i == 0 else dt * share, w, u, 0 if i == 0 else n)
         gsum = rows[2]
         gsum.host = snap.host
         gsum.add_snapshot(dt, snap.mig_enabled, alloc, util_alloc, busy, simple, n_inst, all_known, n)
 
 
 def _layout_rows(snap: Snapshot, agg: Aggregates, b: int, sig: Signature) -> _LayoutRows:
-    """The rows of bucket ``b`` for ``snap``'s GPU and layout, found (or made) by key: per
-    instance its row and its primary tenant's, then the GPU's row."""
+    """The rows of bucket ``b`` for ``snap``'s GPU and layout, found (or made) by key: each
+    instance's row, then the GPU's row."""
     gpu = snap.gpu_uuid
     instances_d = agg.instances
     rows = []
@@ -359,16 +387,26 @@ def _layout_rows(snap: Snapshot, agg: Aggregates, b: int, sig: Signature) -> _La
                                                     tenant.container)
         else:
             isum.container = tenant.container
-        rows.append((isum, _tenant_row(agg, b, gpu, ns, pod, snap)))
+        rows.append(isum)
     return sig, rows, _gpu_row(agg.gpus, b, snap)
 
 
-def _tenant_row(agg: Aggregates, b: int, gpu: str, ns: str, pod: str, snap: Snapshot) -> TenantSums:
-    tkey = _new_key(TenantKey, (b, gpu, ns, pod))
-    tsum = agg.tenants.get(tkey)
-    if tsum is None:
-        tsum = agg.tenants[tkey] = TenantSums(snap.cluster, snap.gpu_model)
-    return tsum
+def tenant_rows(agg: Aggregates) -> dict[TenantKey, TenantSums]:
+    """The tenant rows of ``agg``: its instances' rows summed per tenant by
+    :data:`TENANT_FROM_INSTANCE`, plus its shared-instance corrections. What the sink derives
+    in SQL; for tests and benchmarks. ``agg`` is not changed."""
+    out = {k: replace(v) for k, v in agg.tenants.items()}
+    for key, isum in agg.instances.items():
+        tkey = _new_key(TenantKey, (key.bucket, key.gpu_uuid, key.namespace, key.pod))
+        tsum = out.get(tkey)
+        if tsum is None:
+            tsum = out[tkey] = TenantSums(isum.cluster, isum.gpu_model)
+        for tenant_col, instance_col, weighted in TENANT_FROM_INSTANCE:
+            value = getattr(isum, instance_col)
+            if weighted:
+                value = value * isum.slices / isum.total_slices
+            setattr(tsum, tenant_col, getattr(tsum, tenant_col) + value)
+    return out
 
 
 def add_unmetered(snap: Snapshot, agg: Aggregates, parts: Sequence[tuple[int, float]], sign: int) -> None:

@@ -15,12 +15,15 @@ cover, and advancing them only by compare-and-set. :meth:`Sink.write` runs these
    partitions (an unkeyed producer, a topic whose partitions grew) can be held by two
    processors; a changed version raises :class:`StateConflict` (an OffsetConflict): roll back,
    re-read, re-fold. So no second is billed twice and ``last_ts`` never moves backward.
-2. COPY the batch's 1-minute usage partials into per-connection TEMP staging tables.
+2. COPY the batch's 1-minute usage partials into per-connection TEMP staging tables. Tenant
+   rows are staged from the staged instance rows (``INSERT ... SELECT``, one per instance
+   row, by ``processor.aggregate.TENANT_FROM_INSTANCE``) next to the fold's corrections for
+   shared instances: the processor never formats a second copy of a dense fleet's rows.
 3. Merge them additively: ``INSERT ... SELECT FROM staging ON CONFLICT (key) DO UPDATE SET
    x = t.x + EXCLUDED.x`` (LEAST/GREATEST for min/max; attributes take the newer value),
-   into the 1m tables, and the same staged rows grouped by hour and by day into the 1h and
-   1d tables (:meth:`TableSpec.rollup_sql`: sums add, min/max keep theirs, attributes are
-   those of the latest minute). The column roles come from ``processor.aggregate``, so the
+   into the 1m tables (tenant rows grouped per key first), and the same staged rows grouped
+   by hour and by day into the 1h and 1d tables (:meth:`TableSpec.rollup_sql`: sums add,
+   min/max keep theirs, attributes are those of the latest minute). The column roles come from ``processor.aggregate``, so the
    fold, the rollups and the upserts merge alike; rolling up in the server spares the
    processor's one Python thread a second and third copy of every partial (README
    "Performance").
@@ -54,7 +57,7 @@ from psycopg.types.json import Jsonb
 
 from migmeter import settings
 from migmeter.errors import SinkError
-from processor.aggregate import GpuSums, InstanceKey, InstanceSums, TenantKey, TenantSums, GpuKey
+from processor.aggregate import TENANT_FROM_INSTANCE, GpuKey, GpuSums, InstanceKey, InstanceSums, TenantKey, TenantSums
 from processor.fold import FoldedBatch
 from processor.grains import FOLD_GRAIN, GRAINS, usage_table
 from processor.layout import GpuState
@@ -137,6 +140,23 @@ class TableSpec:
             values=sql.SQL(", ").join(values), stage=sql.Identifier(finer.stage),
             groups=sql.SQL(", ").join([sql.SQL("1"), *other_keys]), conflict=self._on_conflict())
 
+    def derive_sql(self, source: TableSpec) -> sql.Composed:
+        """Stage one tenant row per staged ``source`` (instance) row: keys and attributes by name,
+        sums by :data:`processor.aggregate.TENANT_FROM_INSTANCE` (a weighted one times
+        ``slices / total_slices``, in the order :func:`processor.aggregate.tenant_rows` computes it)."""
+        values: dict[str, sql.Composable] = {c: sql.Identifier(c) for c in self.keys + self.attrs}
+        for tenant_col, instance_col, weighted in TENANT_FROM_INSTANCE:
+            values[tenant_col] = sql.SQL("{} * {} / {}").format(
+                sql.Identifier(instance_col), sql.Identifier("slices"), sql.Identifier("total_slices")
+            ) if weighted else sql.Identifier(instance_col)
+        missing = [c for c in self.columns if c not in values] + [
+            c for c in (*self.keys, *self.attrs, *(i for _, i, _ in TENANT_FROM_INSTANCE)) if c not in source.columns]
+        if missing or self.mins or self.maxs:
+            raise ValueError(f"{self.name} cannot be derived from {source.name} (columns {missing})")
+        return sql.SQL("INSERT INTO {stage} ({cols}) SELECT {values} FROM {source}").format(
+            stage=sql.Identifier(self.stage), cols=sql.SQL(", ").join(map(sql.Identifier, self.columns)),
+            values=sql.SQL(", ").join(values[c] for c in self.columns), source=sql.Identifier(source.stage))
+
     def _on_conflict(self) -> sql.Composed:
         """``ON CONFLICT (keys) DO UPDATE``: each column merged by its role."""
         t, ex = sql.Identifier("t"), sql.Identifier("excluded")
@@ -177,6 +197,9 @@ _USAGE_FAMILIES: tuple[tuple[TableSpec, str, tuple[tuple[str, int, TableSpec], .
                        if a == attr and grain != FOLD_GRAIN))
     for g, fine, attr in USAGE_TABLES if g == FOLD_GRAIN
 )
+# Families whose staged rows are derived from another's (Aggregates dict -> the source's):
+# tenant rows from instance rows (processor.aggregate.TENANT_FROM_INSTANCE).
+_DERIVED_FROM = {"tenants": "instances"}
 _GPUS = TableSpec("gpus", ("gpu_uuid",), ("cluster", "host", "gpu_index", "gpu_model", "total_slices", "mig_enabled"),
                   mins=("first_seen",), maxs=("last_seen",))
 _GPU_STATE = TableSpec("gpu_state", ("gpu_uuid",),
@@ -229,13 +252,19 @@ class Sink:
         self.url = url
         self.consumer_group = consumer_group
         self.connect_timeout_s = connect_timeout_s
-        # Per family: the staged table, its Aggregates dict, and the statements (composed once)
-        # that merge the staged rows into the family's tables of ``grains``: [(table, SQL), ...].
-        self._families: list[tuple[TableSpec, str, list[tuple[str, sql.Composed]]]] = []
+        # Per family: the staged table, its Aggregates dict, the statement that stages rows
+        # derived from another family's (or None), and the statements (composed once) that merge
+        # the staged rows into the family's tables of ``grains``: [(table, SQL), ...]. Derived
+        # rows repeat a key (a tenant's instances), so their 1m merge groups them first.
+        fine_of = {attr: fine for fine, attr, _ in _USAGE_FAMILIES}
+        self._families: list[tuple[TableSpec, str, sql.Composed | None, list[tuple[str, sql.Composed]]]] = []
         for fine, attr, coarser in _USAGE_FAMILIES:
-            merges = [(fine.name, fine.upsert_sql())] if FOLD_GRAIN in grains else []
+            source = _DERIVED_FROM.get(attr)
+            derive = fine.derive_sql(fine_of[source]) if source else None
+            merge = fine.rollup_sql(fine, GRAINS[FOLD_GRAIN]) if derive is not None else fine.upsert_sql()
+            merges = [(fine.name, merge)] if FOLD_GRAIN in grains else []
             merges += [(spec.name, spec.rollup_sql(fine, width)) for grain, width, spec in coarser if grain in grains]
-            self._families.append((fine, attr, merges))
+            self._families.append((fine, attr, derive, merges))
         self._conn: psycopg.Connection[Any] | None = None
         self._ts_cache: dict[int, datetime] = {}
         # Staging table -> type names of the COPY columns, for binary COPY (read per connection).
@@ -363,12 +392,17 @@ class Sink:
                     self._fence_states(cur, batch)
                     # Steps 2-3: COPY the 1-minute partials into staging, merge them additively
                     # into the 1m tables and, grouped by hour and day, into the 1h and 1d tables.
-                    for fine, attr, merges in self._families:
+                    for fine, attr, derive, merges in self._families:
                         parts = getattr(batch.aggregates, attr)
-                        if not parts:
+                        staged = bool(parts)
+                        if parts:
+                            self._copy(cur, fine.stage, fine.columns, _usage_rows(parts, fine, self._bucket_ts),
+                                       self._stage_types[fine.stage])
+                        if derive is not None:
+                            cur.execute(derive)
+                            staged = staged or cur.rowcount > 0
+                        if not staged:
                             continue
-                        self._copy(cur, fine.stage, fine.columns, _usage_rows(parts, fine, self._bucket_ts),
-                                   self._stage_types[fine.stage])
                         for table, statement in merges:
                             cur.execute(statement)
                             rows[table] = cur.rowcount

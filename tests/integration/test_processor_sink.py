@@ -129,3 +129,40 @@ def test_a_sink_writes_only_the_grains_it_is_given(fresh_db):  # type: ignore[no
     sink.close()
     with pytest.raises(ValueError, match="unknown grains"):
         Sink(fresh_db, "g", grains=("5m",))
+
+
+def test_tenant_rows_are_derived_from_the_instance_rows_in_the_database(fresh_db):  # type: ignore[no-untyped-def]
+    """The sink stages tenant rows from the staged instance rows and the fold's corrections for
+    shared instances (processor.sink step 2); per tenant they add up to what each was billed."""
+    from collector.snapshot import Instance, Metrics, Tenant, TenantShare
+    from processor.aggregate import tenant_rows
+
+    a, c = Tenant("team-a", "bert-0", "trainer"), Tenant("team-b", "etl-3", "worker")
+    shared = Instance(3, "3g.40gb", 3, Metrics(gr_engine_active=0.8), a,
+                      tenants=(TenantShare(a, 0.25), TenantShare(c, 0.75)))
+    # Minute 0, two 15 s snapshots of one 7-slice GPU: team-b/etl-3 holds a 1g (u 0.5) and a 2g
+    # (u unknown); the 3g (u 0.8) is shared, team-a/bert-0 (primary) 1/4, team-b/etl-3 3/4.
+    layout = [inst(1, "1g.10gb", 0.5, "team-b", "etl-3"), inst(2, "2g.20gb", None, "team-b", "etl-3"), shared]
+    sink = Sink(fresh_db, "g")
+    batch = _batch([mig(at(15), layout), mig(at(30), layout)], sink)
+    sink.write(batch)
+    with psycopg.connect(fresh_db) as conn:
+        got = {r[0]: tuple(float(x) for x in r[1:]) for r in conn.execute(
+            "SELECT pod, seconds, alloc_gpu_seconds, util_alloc_gpu_seconds, busy_gpu_seconds, samples "
+            "FROM tenant_usage_1m WHERE bucket = %s", (T0,))}
+        hour = conn.execute("SELECT sum(alloc_gpu_seconds) FROM tenant_usage_1h").fetchone()[0]
+    # bert-0: 3g x 1/4 of 30 s = 7.5 s; alloc 3/7 x 7.5; busy 0.8 x that; 2 samples.
+    assert got["bert-0"] == pytest.approx((7.5, 22.5 / 7, 22.5 / 7, 18 / 7, 2))
+    # etl-3: 1g 30 s + 2g 30 s + 3g x 3/4 of 30 s = 82.5 s; alloc (1 + 2) / 7 x 30 + 3/7 x 22.5 =
+    # 157.5 / 7; util known for the 1g and the 3g: (30 + 67.5) / 7; busy (0.5 x 30 + 0.8 x 67.5) / 7
+    # = 69 / 7; samples 2 x 3 (its two instances and its share of the third).
+    assert got["etl-3"] == pytest.approx((82.5, 157.5 / 7, 97.5 / 7, 69 / 7, 6))
+    # The Python derivation (tests, benchmarks) says the same as the database's.
+    py = {k.pod: (v.seconds, v.alloc_gpu_seconds, v.util_alloc_gpu_seconds, v.busy_gpu_seconds, v.samples)
+          for k, v in tenant_rows(batch.aggregates).items()}
+    assert py.keys() == got.keys()
+    for pod, values in got.items():
+        assert py[pod] == pytest.approx(values), pod
+    # Tenants add up to the GPU's allocated time: 6/7 of 30 s.
+    assert float(hour) == pytest.approx(180 / 7)
+    sink.close()

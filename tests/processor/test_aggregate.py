@@ -15,6 +15,7 @@ from processor.aggregate import (
     TenantSums,
     bucket_start,
     fold_snapshot,
+    tenant_rows,
 )
 from tests.processor.build import KNOWN_VALUES, at, inst, mig, whole
 
@@ -86,7 +87,7 @@ def test_a30_four_slices():
     assert r.whole == pytest.approx((2 * 0.5 + 1 * 1.0) / 4)  # 50 %
     assert r.weighted == pytest.approx((2 * 0.5 + 1 * 1.0) / 3)  # 66.67 %
     assert r.simple == pytest.approx(0.75)
-    assert sum(t.alloc_gpu_seconds for t in agg.tenants.values()) == pytest.approx(0.75 * 15)
+    assert sum(t.alloc_gpu_seconds for t in tenant_rows(agg).values()) == pytest.approx(0.75 * 15)
 
 
 def test_mig_on_without_instances_has_allocation_zero():
@@ -102,7 +103,7 @@ def test_whole_gpu_is_weight_one():
     (gsum,) = agg.gpus.values()
     assert ratios(gsum) == (pytest.approx(0.4), pytest.approx(0.4), pytest.approx(0.4), 1.0)
     assert gsum.mig_seconds == 0
-    (tsum,) = agg.tenants.values()
+    (tsum,) = tenant_rows(agg).values()
     assert tsum.alloc_gpu_seconds == 15 and tsum.busy_gpu_seconds == pytest.approx(6)
 
 
@@ -132,14 +133,14 @@ def test_sample_is_split_at_the_bucket_edge_in_proportion_to_time():
     agg = _fold(mig(at(67), [inst(0, "7g.40gb", 1.0, "a", "p")]))
     base = at(0).timestamp()
     assert sorted((k.bucket - base, s.seconds, s.snapshots) for k, s in agg.gpus.items()) == [(0, 8, 0), (60, 7, 1)]
-    assert sorted((k.bucket - base, s.alloc_gpu_seconds, s.samples) for k, s in agg.tenants.items()) == [
+    assert sorted((k.bucket - base, s.alloc_gpu_seconds, s.samples) for k, s in tenant_rows(agg).items()) == [
         (0, 8, 0), (60, 7, 1)]
 
 
 def test_tenant_changes_inside_a_bucket_split_the_instance_rows():
     agg = _fold(mig(at(0), [inst(0, "1g.10gb", 0.2, "a", "p1")]), mig(at(15), [inst(0, "1g.10gb", 0.2, "b", "p2")]))
     assert sorted((k.namespace, s.samples) for k in agg.instances for s in [agg.instances[k]]) == [("a", 1), ("b", 1)]
-    assert len(agg.tenants) == 2
+    assert len(tenant_rows(agg)) == 2
 
 
 
@@ -155,7 +156,7 @@ def test_a_layout_that_changes_and_comes_back_inside_a_bucket_finds_its_rows_aga
     assert (rows["p"].seconds, rows["p"].samples, rows["p"].container) == (30.0, 2, "c2")
     assert rows["p"].busy_seconds == pytest.approx(22.5)  # 0.5 x 15 + 1.0 x 15
     assert (rows["q"].seconds, rows["q"].busy_seconds) == (15.0, pytest.approx(3.0))
-    tenants = {k.pod: s for k, s in agg.tenants.items()}
+    tenants = {k.pod: s for k, s in tenant_rows(agg).items()}
     assert tenants["p"].alloc_gpu_seconds == pytest.approx(90 / 7)  # 3/7 x 30
     assert tenants["q"].alloc_gpu_seconds == pytest.approx(45 / 7)
     ((_, gpu),) = agg.gpus.items()
@@ -168,7 +169,7 @@ def _random_sums(rng: random.Random, cls):  # type: ignore[no-untyped-def]
     for t in range(rng.randint(1, 5)):
         u = rng.choice([None, rng.random()])
         fold_snapshot(mig(at(t * 15), [inst(0, "2g.20gb", u, "ns", "p", fb_used=rng.random() * 100)]), agg)
-    pick = {InstanceSums: agg.instances, TenantSums: agg.tenants, GpuSums: agg.gpus}[cls]
+    pick = {InstanceSums: agg.instances, TenantSums: tenant_rows(agg), GpuSums: agg.gpus}[cls]
     return next(iter(pick.values()))
 
 

@@ -6,6 +6,7 @@ import pytest
 
 from collector.snapshot import Snapshot, from_json
 from migmeter.errors import BadSnapshot
+from processor.aggregate import tenant_rows
 from processor.fold import DEAD_LETTER, DUPLICATE, MERGED, BatchFold
 from processor.layout import GpuState
 from tests.processor.build import at, inst, mig
@@ -120,7 +121,9 @@ def test_finish_gives_the_one_minute_partials():
     for t in range(15, 7201, 15):  # covers (0, 7200]: the first snapshot covers (0, 15]
         _add(f, t, mig(at(t), [inst(0, "3g.40gb", 0.5, "a", "p")]))
     aggs = f.finish().aggregates  # 1h and 1d are the sink's rollups (tests/integration/test_processor_sink.py)
-    assert (len(aggs.gpus), len(aggs.instances), len(aggs.tenants)) == (120, 120, 120)
+    # No shared instance: the tenant rows are the instance rows' (derived by the sink), and the
+    # fold keeps no tenant corrections.
+    assert (len(aggs.gpus), len(aggs.instances), len(aggs.tenants), len(tenant_rows(aggs))) == (120, 120, 0, 120)
     assert {k.bucket % 60 for k in aggs.gpus} == {0}
     assert sum(s.busy_gpu_seconds for s in aggs.gpus.values()) == pytest.approx(0.5 * 3 / 7 * 7200)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from collector.snapshot import Instance, Metrics, Tenant, TenantShare
-from processor.aggregate import Aggregates, fold_snapshot
+from processor.aggregate import Aggregates, fold_snapshot, tenant_rows
 from tests.processor.build import at, inst, mig
 
 A, C = Tenant("team-a", "bert-0", "trainer"), Tenant("team-b", "etl-3", "worker")
@@ -19,7 +19,7 @@ def test_each_pod_is_billed_its_share_and_the_gpu_reconciles() -> None:
     agg = Aggregates.empty()
     # dt = 15 s; GI 1 (3g, w = 3/7, u = 0.6) shared by A and C; GI 2 (2g, w = 2/7, u = 0.2) unassigned.
     fold_snapshot(mig(at(0), [_shared_3g(0.6), inst(2, "2g.20gb", 0.2)]), agg)
-    by_pod = {(k.namespace, k.pod): v for k, v in agg.tenants.items()}
+    by_pod = {(k.namespace, k.pod): v for k, v in tenant_rows(agg).items()}
     assert set(by_pod) == {("team-a", "bert-0"), ("team-b", "etl-3"), ("", "")}
     for pod in (("team-a", "bert-0"), ("team-b", "etl-3")):
         t = by_pod[pod]
@@ -45,7 +45,7 @@ def test_each_pod_is_billed_its_share_and_the_gpu_reconciles() -> None:
 def test_an_unshared_instance_is_billed_whole_as_before() -> None:
     agg = Aggregates.empty()
     fold_snapshot(mig(at(0), [inst(1, "3g.40gb", 0.6, "team-a", "bert-0")]), agg)
-    ((key, t),) = agg.tenants.items()
+    ((key, t),) = tenant_rows(agg).items()
     assert (key.pod, t.seconds, t.alloc_gpu_seconds) == ("bert-0", 15.0, pytest.approx(45 / 7))
 
 
@@ -63,7 +63,7 @@ def test_shares_that_change_under_one_layout_are_read_per_snapshot() -> None:
     alone = inst(1, "3g.40gb", 1.0, A.namespace, A.pod, A.container)
     for t, one in ((15, shared(0.6)), (30, shared(0.2)), (45, alone)):
         fold_snapshot(mig(at(t), [one]), agg)
-    by_pod = {(k.namespace, k.pod): v for k, v in agg.tenants.items()}
+    by_pod = {(k.namespace, k.pod): v for k, v in tenant_rows(agg).items()}
     a, c = by_pod[("team-a", "bert-0")], by_pod[("team-b", "etl-3")]
     assert a.seconds == pytest.approx(9 + 3 + 15)  # 15 x 0.6 + 15 x 0.2 + 15
     assert c.seconds == pytest.approx(6 + 12)  # 15 x 0.4 + 15 x 0.8

@@ -5,6 +5,8 @@ The transaction itself runs against the real database in tests/integration/test_
 
 from __future__ import annotations
 
+import pytest
+
 from processor.aggregate import GpuSums, InstanceSums, TenantSums
 from processor.grains import GRAINS, USAGE_FAMILIES
 from processor.sink import USAGE_TABLES, TableSpec
@@ -44,3 +46,17 @@ def test_upsert_adds_sums_keeps_extremes_and_takes_the_latest_attribute() -> Non
 def test_a_table_name_is_an_identifier_never_sql_text() -> None:
     text = TableSpec('x"; DROP TABLE gpus; --', ("k",), sums=("n",)).upsert_sql().as_string(None)
     assert 'INSERT INTO "x""; DROP TABLE gpus; --" AS t' in text  # quoted, the quote doubled
+
+
+def test_tenant_rows_are_staged_from_the_instance_rows_by_the_derivation_table() -> None:
+    by_attr = {attr: spec for _, spec, attr in USAGE_TABLES[:3]}
+    text = by_attr["tenants"].derive_sql(by_attr["instances"]).as_string(None)
+    assert text == (
+        'INSERT INTO "_stage_tenant_usage_1m" ("bucket", "gpu_uuid", "namespace", "pod", "cluster", "gpu_model", '
+        '"seconds", "alloc_gpu_seconds", "util_alloc_gpu_seconds", "busy_gpu_seconds", "samples") '
+        'SELECT "bucket", "gpu_uuid", "namespace", "pod", "cluster", "gpu_model", "seconds", "alloc_gpu_seconds", '
+        '"util_seconds" * "slices" / "total_slices", "busy_gpu_seconds", "samples" FROM "_stage_instance_usage_1m"'
+    )
+    # A GPU row has no namespace or pod to derive a tenant row from.
+    with pytest.raises(ValueError, match="cannot be derived"):
+        by_attr["tenants"].derive_sql(by_attr["gpus"])
