@@ -30,6 +30,8 @@ from processor.consumer import (
     DEFAULT_METADATA_MAX_AGE_MS,
     DEFAULT_SESSION_TIMEOUT_MS,
     DEFAULT_SUMMARY_EVERY_S,
+    DEFAULT_WRITERS,
+    MAX_WRITERS,
     RETRY_MAX_S,
     Processor,
     ProcessorConfig,
@@ -80,6 +82,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="commit a batch at this many records (default %(default)s)")
     parser.add_argument("--batch-ms", type=positive_int, default=DEFAULT_BATCH_MS,
                         help="... or this long after its first record (default %(default)s)")
+    parser.add_argument("--writers", type=_writers, default=DEFAULT_WRITERS, metavar="N",
+                        help="database connections writing each batch at once, split by partition into N "
+                             f"transactions, each exactly-once by itself (default %(default)s, at most {MAX_WRITERS}; "
+                             "more use more of the database's cores)")
     parser.add_argument("--max-future-skew", type=positive_float, default=DEFAULT_MAX_FUTURE_SKEW_S,
                         metavar="SECONDS", help="dead-letter snapshots whose ts is further ahead of this "
                         "processor's clock (default %(default)g)")
@@ -120,6 +126,7 @@ def run(args: argparse.Namespace) -> int:
         group=args.group,
         batch_records=args.batch_records,
         batch_ms=args.batch_ms,
+        writers=args.writers,
         max_future_skew_s=args.max_future_skew,
         max_backward_skew_s=args.max_backward_skew,
         max_age_s=args.max_age * 86400,
@@ -170,6 +177,13 @@ def _max_gap(flag: float | None) -> float:
         return non_negative_float(raw)
     except argparse.ArgumentTypeError:
         raise ConfigError(f"${ENV_MAX_GAP}={raw[:40]!r} is not a number of seconds >= 0") from None
+
+
+def _writers(text: str) -> int:
+    value = positive_int(text)
+    if value > MAX_WRITERS:
+        raise argparse.ArgumentTypeError(f"{text} is more than {MAX_WRITERS} connections")
+    return value
 
 
 def _metadata_max_age(text: str) -> float:

@@ -67,7 +67,7 @@ from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata
 
 from collector.snapshot import Snapshot, from_json
-from migmeter.errors import BadSnapshot, MigmeterError, SinkError
+from migmeter.errors import BadSnapshot, ConfigError, MigmeterError, SinkError
 from processor.fold import (
     DEFAULT_MAX_AGE_S,
     DEFAULT_MAX_BACKWARD_SKEW_S,
@@ -86,6 +86,8 @@ __all__ = [
     "DEFAULT_GROUP",
     "DEFAULT_BATCH_RECORDS",
     "DEFAULT_BATCH_MS",
+    "DEFAULT_WRITERS",
+    "MAX_WRITERS",
     "DEFAULT_METADATA_MAX_AGE_MS",
     "DEFAULT_SESSION_TIMEOUT_MS",
     "JOIN_STALL_SESSIONS",
@@ -149,6 +151,12 @@ DLQ_PAYLOAD_MAX = 64 * 1024
 # database's work per sample (bench/RESULTS.md), and a backlog bounds latency anyway. Caught
 # up, batches close at --batch-records or --batch-ms as configured.
 BACKLOG_BATCH_FACTOR = 4
+# Database connections writing at once: a batch is split by partition (FoldedBatch.split) into
+# this many transactions, each exactly-once by itself, committed in parallel. One transaction
+# per batch left the loop waiting on one database backend (the write took ~2x the fold per
+# sample: bench/RESULTS.md); more connections use more of the database's cores.
+DEFAULT_WRITERS = 2
+MAX_WRITERS = 16
 # Folding a batch allocates some 25 container objects per instance-sample (parsed JSON,
 # snapshot objects, partials), nearly all freed by reference counting. CPython's default
 # (700, 10, 10) runs a young collection every 700 net allocations and, as the batch grows, full
@@ -177,6 +185,7 @@ class ProcessorConfig:
     group: str = DEFAULT_GROUP
     batch_records: int = DEFAULT_BATCH_RECORDS
     batch_ms: int = DEFAULT_BATCH_MS
+    writers: int = DEFAULT_WRITERS  # connections writing a batch's parts at once (FoldedBatch.split)
     max_future_skew_s: float = DEFAULT_MAX_FUTURE_SKEW_S
     max_backward_skew_s: float = DEFAULT_MAX_BACKWARD_SKEW_S
     max_age_s: float = DEFAULT_MAX_AGE_S
@@ -209,13 +218,18 @@ class Processor:
                  sink: Sink | None = None, clock: Callable[[], float] = time.time) -> None:
         self.config = config
         self.metrics = metrics or ProcessorMetrics()
-        # Two connections: the writer thread's transactions, and the loop's reads (offsets,
-        # GPU states), which must never run inside a batch's transaction.
+        # Connections: the writer threads' transactions (a batch's parts, one per writer), and
+        # the loop's reads (offsets, GPU states), which must never run inside a transaction of
+        # a batch.
+        if not 1 <= config.writers <= MAX_WRITERS:
+            raise ConfigError(f"writers must be 1..{MAX_WRITERS}, not {config.writers}")
         self.sink = sink or Sink(config.database_url, config.group)
+        self.sinks = [self.sink] + [Sink(config.database_url, config.group) for _ in range(config.writers - 1)]
         self.reader = Sink(config.database_url, config.group)
-        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="migmeter-writer")
-        self._inflight: tuple[Future[tuple[dict[str, int], float]], FoldedBatch, float] | None = None
-        self._inflight_records: list[Any] = []  # the records of the batch in flight, to bisect it
+        self._writer = ThreadPoolExecutor(max_workers=config.writers, thread_name_prefix="migmeter-writer")
+        # The batch being written: its parts' writes, and when its first record arrived.
+        self._inflight: tuple[list[tuple[Future[tuple[dict[str, int], float]], FoldedBatch]], float] | None = None
+        self._inflight_records: list[Any] = []  # the records of the batch in flight, to bisect a part
         # Data refusals so far per (topic, partition, stored offset the refused batch started at).
         self._refused: dict[tuple[str, int, int | None], int] = {}
         self.clock = clock
@@ -254,13 +268,14 @@ class Processor:
         except KafkaError as exc:
             # kafka-python raises once its bootstrap timeout passes: one clear line and exit 1
             # (the supervisor restarts us), not an uncaught traceback.
-            self.sink.close()
+            for sink in self.sinks:
+                sink.close()
             self.reader.close()
             self._writer.shutdown()
             raise MigmeterError(f"cannot reach Kafka at {cfg.bootstrap}: {exc.__class__.__name__}") from None
         self._subscribe(self._consumer)
-        log.info("processing %s in group %s (batch %d records / %d ms) into %r", cfg.topic, cfg.group,
-                 cfg.batch_records, cfg.batch_ms, self.sink)
+        log.info("processing %s in group %s (batch %d records / %d ms, %d writer connection(s)) into %r",
+                 cfg.topic, cfg.group, cfg.batch_records, cfg.batch_ms, cfg.writers, self.sink)
         try:
             while not self._stop.is_set():
                 if self._need_seek:
@@ -268,7 +283,7 @@ class Processor:
                     continue
                 self._poll_once()
                 self._restart_stalled_join()
-                if self._inflight is not None and self._inflight[0].done():
+                if self._inflight is not None and all(f.done() for f, _ in self._inflight[0]):
                     self._collect()
                 if self._pending and self._batch_due():
                     self._flush()
@@ -321,7 +336,8 @@ class Processor:
             except KafkaError as exc:
                 log.warning("closing the dead-letter producer: %s", exc)
         self._writer.shutdown(wait=True)
-        self.sink.close()
+        for sink in self.sinks:
+            sink.close()
         self.reader.close()
         log.info("processor stopped")
 
@@ -413,31 +429,42 @@ class Processor:
             self._stored[TopicPartition(topic, partition)] = prog.next_offset
         if not self._collect():
             return  # the batch before failed: this one was folded on top of it, drop it
-        self._inflight = (self._writer.submit(self._write, batch), batch, started)
+        parts = batch.split(len(self.sinks))
+        self._inflight = ([(self._writer.submit(self._write, sink, part), part)
+                           for sink, part in zip(self.sinks, parts)], started)
         self._inflight_records = records
 
-    def _write(self, batch: FoldedBatch) -> tuple[dict[str, int], float]:
-        """Runs in the writer thread: one transaction (see processor.sink)."""
+    @staticmethod
+    def _write(sink: Sink, batch: FoldedBatch) -> tuple[dict[str, int], float]:
+        """Runs in a writer thread: one transaction (see processor.sink)."""
         t0 = time.monotonic()
-        rows = self.sink.write(batch)
+        rows = sink.write(batch)
         return rows, time.monotonic() - t0
 
     def _collect(self) -> bool:
-        """Wait for the batch in flight; account for it. False if it failed (memory dropped)."""
+        """Wait for the batch in flight; account for its parts. False if a part failed (memory
+        dropped; the parts that committed stay committed, each with its own offsets)."""
         if self._inflight is None:
             return not self._need_seek
-        future, batch, started = self._inflight
+        writes, started = self._inflight
         self._inflight = None
-        try:
-            rows, write_s = future.result()
-        except DataRefused as exc:
-            self._data_refused(exc, batch, self._inflight_records)
-            return False
-        except SinkError as exc:
-            self._failed(exc, batch.records)
-            return False
-        self._committed(batch, rows, started, write_s)
-        return True
+        failed: tuple[SinkError, FoldedBatch] | None = None
+        for future, part in writes:
+            try:
+                rows, write_s = future.result()
+            except SinkError as exc:
+                failed = failed or (exc, part)
+                continue
+            self._committed(part, rows, started, write_s)
+        if failed is None:
+            return True
+        error, part = failed
+        if isinstance(error, DataRefused):
+            tps = set(part.progress)
+            self._data_refused(error, part, [r for r in self._inflight_records if (r.topic, r.partition) in tps])
+        else:
+            self._failed(error, part.records)
+        return False
 
     def _failed(self, exc: SinkError, records: int) -> None:
         if isinstance(exc, OffsetConflict):
@@ -513,7 +540,7 @@ class Processor:
     def _write_now(self, batch: FoldedBatch) -> None:
         """Write one batch through the writer thread and wait for it; account for it on success."""
         started = time.monotonic()
-        rows, write_s = self._writer.submit(self._write, batch).result()
+        rows, write_s = self._writer.submit(self._write, self.sink, batch).result()
         self._states.update(batch.states)
         for (topic, partition), prog in batch.progress.items():
             self._stored[TopicPartition(topic, partition)] = prog.next_offset
@@ -637,15 +664,16 @@ class Processor:
         allowed); the main loop waits and recovers in :meth:`_recover`.
         """
         if self._inflight is not None:
-            # Let the write in flight finish first: its outcome must be in the database
+            # Let the writes in flight finish first: their outcome must be in the database
             # before the offsets are re-read.
-            future, batch, started = self._inflight
+            writes, started = self._inflight
             self._inflight = None
-            try:
-                rows, write_s = future.result()
-                self._committed(batch, rows, started, write_s)
-            except SinkError:
-                pass
+            for future, part in writes:
+                try:
+                    rows, write_s = future.result()
+                    self._committed(part, rows, started, write_s)
+                except SinkError:
+                    pass
         self._pending = []
         self._states.clear()
         self._next.clear()

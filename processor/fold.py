@@ -120,6 +120,7 @@ class PartitionProgress:
     dead_letters: int = 0
     trimmed: int = 0  # billed in part
     trimmed_seconds: float = 0.0  # seconds not billed again (of trimmed records and duplicates)
+    instance_samples: int = 0  # of the snapshots that billed time (whole or in part)
 
     @property
     def records(self) -> int:
@@ -153,10 +154,70 @@ class FoldedBatch:
     progress: dict[tuple[str, int], PartitionProgress]
     instance_samples: int
     multi_fed: dict[str, tuple[str, str]] = field(default_factory=dict)  # GPU -> (feed before, new feed)
+    # GPU -> the partitions its billed snapshots came from (one, unless a producer is not keyed
+    # by GPU or the topic's partitions grew): what :meth:`split` keeps together.
+    gpu_partitions: dict[str, set[tuple[str, int]]] = field(default_factory=dict)
 
     @property
     def records(self) -> int:
         return sum(p.records for p in self.progress.values())
+
+    def split(self, n: int) -> list[FoldedBatch]:
+        """This batch as at most ``n`` batches over disjoint partitions and disjoint GPUs, each
+        one transaction of its own (``processor.sink``): offsets, GPU states and usage rows are
+        all per partition or per GPU, so each part is exactly-once by itself and parts can be
+        written at once on separate connections.
+
+        1. Partitions that share a GPU (one billed from two partitions) form one group.
+        2. Groups go to the part with the fewest records so far, largest group first.
+        3. Every row, event, interval, state and dead letter goes to its GPU's (or its
+           record's) part; nothing is copied but the containers.
+        """
+        parent = {tp: tp for tp in self.progress}
+
+        def root(tp: tuple[str, int]) -> tuple[str, int]:
+            while parent[tp] != tp:
+                parent[tp] = parent[parent[tp]]
+                tp = parent[tp]
+            return tp
+
+        for tps in self.gpu_partitions.values():
+            if len(tps) > 1:
+                first, *rest = tps
+                for tp in rest:
+                    parent[root(tp)] = root(first)
+        groups: dict[tuple[str, int], list[tuple[str, int]]] = {}
+        for tp in self.progress:
+            groups.setdefault(root(tp), []).append(tp)
+        if n <= 1 or len(groups) <= 1:
+            return [self]
+        loads = [0] * min(n, len(groups))
+        part_of: dict[tuple[str, int], int] = {}
+        for members in sorted(groups.values(), key=lambda m: -sum(self.progress[tp].records for tp in m)):
+            i = loads.index(min(loads))
+            loads[i] += sum(self.progress[tp].records for tp in members)
+            part_of.update(dict.fromkeys(members, i))
+        of_gpu = {uuid: part_of[next(iter(tps))] for uuid, tps in self.gpu_partitions.items()}
+        parts = [FoldedBatch(Aggregates.empty(), [], IntervalBook(), {}, {}, [], {}, 0) for _ in loads]
+        for tp, prog in self.progress.items():
+            part = parts[part_of[tp]]
+            part.progress[tp] = prog
+            part.instance_samples += prog.instance_samples
+        for attr in ("instances", "tenants", "gpus"):
+            for key, sums in getattr(self.aggregates, attr).items():
+                getattr(parts[of_gpu[key[1]]].aggregates, attr)[key] = sums
+        for e in self.events:
+            parts[of_gpu[e.gpu_uuid]].events.append(e)
+        for (uuid, gi), ts in self.intervals.closes.items():
+            parts[of_gpu[uuid]].intervals.closes[(uuid, gi)] = ts
+        for iv in self.intervals.opened:
+            parts[of_gpu[iv.gpu_uuid]].intervals.opened.append(iv)
+        for name in ("gpus", "states", "multi_fed", "gpu_partitions"):
+            for uuid, value in getattr(self, name).items():
+                getattr(parts[of_gpu[uuid]], name)[uuid] = value
+        for d in self.dead_letters:
+            parts[part_of[(d.topic, d.partition)]].dead_letters.append(d)
+        return parts
 
 
 @dataclass
@@ -181,6 +242,7 @@ class BatchFold:
     _instance_samples: int = 0
     _multi_fed: dict[str, tuple[str, str]] = field(default_factory=dict)
     _feeds: dict[tuple[str, str], str] = field(default_factory=dict)
+    _gpu_partitions: dict[str, set[tuple[str, int]]] = field(default_factory=dict)
 
     def state_of(self, gpu_uuid: str) -> GpuState | None:
         """The GPU's state as of the records folded so far."""
@@ -218,6 +280,11 @@ class BatchFold:
                                     f"ts {format_ts(snap.ts)} is {behind:.0f} s behind the GPU's last ts "
                                     f"{format_ts(state.last_ts)} (limit {self.max_backward_skew_s:g} s)",
                                     "clock_backward")
+        tps = self._gpu_partitions.get(uuid)
+        if tps is None:
+            self._gpu_partitions[uuid] = {(topic, partition)}
+        elif (topic, partition) not in tps:
+            tps.add((topic, partition))
         return self._bill(prog, snap, state, ts, last, partition, offset)
 
     def _bill(self, prog: PartitionProgress, snap: Snapshot, state: GpuState | None, ts: float,
@@ -253,6 +320,7 @@ class BatchFold:
         else:
             prog.snapshots += 1
         self._instance_samples += len(snap.instances)
+        prog.instance_samples += len(snap.instances)
         width = GRAINS[FOLD_GRAIN]
         if len(billed) == 1:
             parts = split(billed[0][0], billed[0][1], width)
@@ -318,4 +386,4 @@ class BatchFold:
     def finish(self) -> FoldedBatch:
         """The batch: its 1-minute partials, layout, states, dead letters and progress."""
         return FoldedBatch(self._agg, self._events, self._book, self._gpus, self._new_states, self._dead,
-                           self._progress, self._instance_samples, self._multi_fed)
+                           self._progress, self._instance_samples, self._multi_fed, self._gpu_partitions)

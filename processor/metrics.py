@@ -35,15 +35,17 @@ class ProcessorMetrics:
             "migmeter_processor_consumer_lag", "Records in the partition not yet committed to the warehouse",
             ["topic", "partition"], registry=r)
         self.batch_records = Histogram(
-            "migmeter_processor_batch_records", "Records per committed batch", buckets=_BATCH_RECORD_BUCKETS,
-            registry=r)
+            "migmeter_processor_batch_records", "Records per committed batch part (one transaction; --writers)",
+            buckets=_BATCH_RECORD_BUCKETS, registry=r)
         self.batch_seconds = Histogram(
             "migmeter_processor_batch_seconds", "Seconds from a batch's first record to its commit",
             buckets=_LATENCY_BUCKETS, registry=r)
         self.write_seconds = Histogram(
-            "migmeter_processor_write_seconds", "Seconds spent in the batch's database transaction",
+            "migmeter_processor_write_seconds", "Seconds spent in a batch part's database transaction",
             buckets=_LATENCY_BUCKETS, registry=r)
-        self.batches = Counter("migmeter_processor_batches", "Batches committed", registry=r)
+        self.batches = Counter("migmeter_processor_batches",
+                               "Batch parts committed (one transaction each; a batch is split by partition over "
+                               "--writers connections)", registry=r)
         self.records = Counter("migmeter_processor_records", "Kafka records committed (any outcome)", registry=r)
         self.snapshots = Counter("migmeter_processor_snapshots", "Snapshots merged", registry=r)
         self.instance_samples = Counter(

@@ -215,3 +215,48 @@ def test_state_from_before_migration_counts_everything_up_to_last_ts_as_billed()
     assert _add(f, 1, mig(at(45), [inst(0, "1g.10gb", 0.5)])) == MERGED
     b = f.finish()
     assert _seconds(b) == 15.0 and b.states["GPU-a"].version == 1
+
+
+# -- splitting a batch over writer connections (FoldedBatch.split) ------------------------------
+
+
+def test_split_gives_each_part_its_partitions_gpus_and_dead_letters():
+    f = _fold()
+    # Partition 0: GPU-a (2 snapshots) and a dead letter; partition 1: GPU-b (1); partition 2:
+    # GPU-c (3, one of them a layout change).
+    _add(f, 0, mig(at(15), [inst(0, "3g.40gb", 0.5)], gpu="GPU-a"), 0)
+    _add(f, 1, mig(at(30), [inst(0, "3g.40gb", 0.5)], gpu="GPU-a"), 0)
+    f.add("t", 0, 2, b"GPU-a", b"{}", BadSnapshot("not a snapshot"))
+    _add(f, 0, mig(at(15), [inst(0, "1g.10gb", 1.0), inst(1, "1g.10gb", 1.0)], gpu="GPU-b"), 1)
+    for i, t in enumerate((15, 30)):
+        _add(f, i, mig(at(t), [inst(0, "2g.20gb", 0.2)], gpu="GPU-c"), 2)
+    _add(f, 2, mig(at(45), [inst(0, "2g.20gb", 0.2, "ns", "pod")], gpu="GPU-c"), 2)
+    batch = f.finish()
+    parts = batch.split(2)
+    # Records: p0 3, p1 1, p2 3; largest first into the emptier part: {p0} 3 then {p2} 3, then
+    # p1 (1) joins the first part with 3 (the first of the equal ones).
+    assert [sorted(p for _, p in part.progress) for part in parts] == [[0, 1], [2]]
+    first, second = parts
+    assert {k.gpu_uuid for k in first.aggregates.instances} == {"GPU-a", "GPU-b"}
+    assert {k.gpu_uuid for k in second.aggregates.gpus} == {"GPU-c"}
+    assert set(first.states) == {"GPU-a", "GPU-b"} and set(second.states) == {"GPU-c"}
+    assert [d.offset for d in first.dead_letters] == [2] and second.dead_letters == []
+    assert [e.event for e in second.events] == ["tenant_changed"] and first.events == []
+    assert {iv.gpu_uuid for iv in first.intervals.opened} == {"GPU-a", "GPU-b"}
+    assert (first.instance_samples, second.instance_samples) == (4, 3) and batch.instance_samples == 7
+    assert (first.records, second.records) == (4, 3)
+    # Nothing lost or doubled: the parts' rows are the batch's rows.
+    for attr in ("instances", "tenants", "gpus"):
+        assert sum(len(getattr(p.aggregates, attr)) for p in parts) == len(getattr(batch.aggregates, attr))
+
+
+def test_partitions_that_share_a_gpu_stay_in_one_part():
+    f = _fold()
+    # GPU-a reaches partitions 0 and 1 (a producer not keyed by GPU): one transaction must hold
+    # both, or two writers would race on its state; partition 2 is free to go alone.
+    _add(f, 0, mig(at(15), [inst(0, "3g.40gb", 0.5)], gpu="GPU-a"), 0)
+    _add(f, 0, mig(at(30), [inst(0, "3g.40gb", 0.5)], gpu="GPU-a"), 1)
+    _add(f, 0, mig(at(15), [inst(0, "3g.40gb", 0.5)], gpu="GPU-b"), 2)
+    batch = f.finish()
+    assert [sorted(p for _, p in part.progress) for part in batch.split(4)] == [[0, 1], [2]]
+    assert batch.split(1) == [batch]
