@@ -324,8 +324,8 @@ def fold_snapshot(snap: Snapshot, agg: Aggregates, parts: Sequence[tuple[int, fl
     alloc = util_alloc = busy = u_sum = 0.0
     n_known = 0
     # Per instance: (share of the GPU, utilization, framebuffer used); shared instances also
-    # (index, instance) in ``shared``: shares are not part of the layout, so they are read per
-    # snapshot.
+    # (share of the GPU, utilization, instance) in ``shared``: shares are not part of the
+    # layout, so they are read per snapshot.
     values = []
     shared = []
     for inst in snap.instances:
@@ -359,12 +359,12 @@ def fold_snapshot(snap: Snapshot, agg: Aggregates, parts: Sequence[tuple[int, fl
             # Several pods on one instance: each is billed its share of the instance's time. The
             # instance's row bills it whole to its primary tenant (the first of the shares), so
             # that tenant is corrected by its share minus the whole, the others by their shares.
-            for i, (owner, share) in enumerate(inst.shares()):
+            for k, (owner, share) in enumerate(inst.shares()):
                 tkey = _new_key(TenantKey, (b, gpu, owner.namespace, owner.pod))
                 tsum = agg.tenants.get(tkey)
                 if tsum is None:
                     tsum = agg.tenants[tkey] = TenantSums(snap.cluster, snap.gpu_model)
-                tsum.add(dt * (share - 1.0) if i == 0 else dt * share, w, u, 0 if i == 0 else n)
+                tsum.add(dt * (share - 1.0) if k == 0 else dt * share, w, u, 0 if k == 0 else n)
         gsum = rows[2]
         gsum.host = snap.host
         gsum.add_snapshot(dt, snap.mig_enabled, alloc, util_alloc, busy, simple, n_inst, all_known, n)

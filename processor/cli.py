@@ -82,7 +82,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="commit a batch at this many records (default %(default)s)")
     parser.add_argument("--batch-ms", type=positive_int, default=DEFAULT_BATCH_MS,
                         help="... or this long after its first record (default %(default)s)")
-    parser.add_argument("--writers", type=_writers, default=DEFAULT_WRITERS, metavar="N",
+    parser.add_argument("--writers", type=positive_int, default=DEFAULT_WRITERS, metavar="N",
                         help="database connections writing each batch at once, split by partition into N "
                              f"transactions, each exactly-once by itself (default %(default)s, at most {MAX_WRITERS}; "
                              "more use more of the database's cores)")
@@ -177,13 +177,6 @@ def _max_gap(flag: float | None) -> float:
         return non_negative_float(raw)
     except argparse.ArgumentTypeError:
         raise ConfigError(f"${ENV_MAX_GAP}={raw[:40]!r} is not a number of seconds >= 0") from None
-
-
-def _writers(text: str) -> int:
-    value = positive_int(text)
-    if value > MAX_WRITERS:
-        raise argparse.ArgumentTypeError(f"{text} is more than {MAX_WRITERS} connections")
-    return value
 
 
 def _metadata_max_age(text: str) -> float:

@@ -199,6 +199,10 @@ class ProcessorConfig:
     metadata_max_age_ms: int = DEFAULT_METADATA_MAX_AGE_MS  # how soon added partitions are consumed
     kafka_options: tuple[tuple[str, Any], ...] = ()  # TLS/SASL pass-through for consumer and producer
 
+    def __post_init__(self) -> None:
+        if not 1 <= self.writers <= MAX_WRITERS:
+            raise ConfigError(f"--writers must be 1..{MAX_WRITERS}, not {self.writers}")
+
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
     def __init__(self, processor: Processor) -> None:
@@ -221,8 +225,6 @@ class Processor:
         # Connections: the writer threads' transactions (a batch's parts, one per writer), and
         # the loop's reads (offsets, GPU states), which must never run inside a transaction of
         # a batch.
-        if not 1 <= config.writers <= MAX_WRITERS:
-            raise ConfigError(f"writers must be 1..{MAX_WRITERS}, not {config.writers}")
         self.sink = sink or Sink(config.database_url, config.group)
         self.sinks = [self.sink] + [Sink(config.database_url, config.group) for _ in range(config.writers - 1)]
         self.reader = Sink(config.database_url, config.group)

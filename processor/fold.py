@@ -152,7 +152,6 @@ class FoldedBatch:
     states: dict[str, GpuState]  # new state of every GPU merged in this batch (version = base + 1)
     dead_letters: list[DeadLetter]
     progress: dict[tuple[str, int], PartitionProgress]
-    instance_samples: int
     multi_fed: dict[str, tuple[str, str]] = field(default_factory=dict)  # GPU -> (feed before, new feed)
     # GPU -> the partitions its billed snapshots came from (one, unless a producer is not keyed
     # by GPU or the topic's partitions grew): what :meth:`split` keeps together.
@@ -161,6 +160,10 @@ class FoldedBatch:
     @property
     def records(self) -> int:
         return sum(p.records for p in self.progress.values())
+
+    @property
+    def instance_samples(self) -> int:
+        return sum(p.instance_samples for p in self.progress.values())
 
     def split(self, n: int) -> list[FoldedBatch]:
         """This batch as at most ``n`` batches over disjoint partitions and disjoint GPUs, each
@@ -191,18 +194,18 @@ class FoldedBatch:
             groups.setdefault(root(tp), []).append(tp)
         if n <= 1 or len(groups) <= 1:
             return [self]
+        sized = sorted(((sum(self.progress[tp].records for tp in m), m) for m in groups.values()),
+                       key=lambda sm: -sm[0])
         loads = [0] * min(n, len(groups))
         part_of: dict[tuple[str, int], int] = {}
-        for members in sorted(groups.values(), key=lambda m: -sum(self.progress[tp].records for tp in m)):
+        for size, members in sized:
             i = loads.index(min(loads))
-            loads[i] += sum(self.progress[tp].records for tp in members)
+            loads[i] += size
             part_of.update(dict.fromkeys(members, i))
         of_gpu = {uuid: part_of[next(iter(tps))] for uuid, tps in self.gpu_partitions.items()}
-        parts = [FoldedBatch(Aggregates.empty(), [], IntervalBook(), {}, {}, [], {}, 0) for _ in loads]
+        parts = [FoldedBatch(Aggregates.empty(), [], IntervalBook(), {}, {}, [], {}) for _ in loads]
         for tp, prog in self.progress.items():
-            part = parts[part_of[tp]]
-            part.progress[tp] = prog
-            part.instance_samples += prog.instance_samples
+            parts[part_of[tp]].progress[tp] = prog
         for attr in ("instances", "tenants", "gpus"):
             for key, sums in getattr(self.aggregates, attr).items():
                 getattr(parts[of_gpu[key[1]]].aggregates, attr)[key] = sums
@@ -239,7 +242,6 @@ class BatchFold:
     _new_states: dict[str, GpuState] = field(default_factory=dict)
     _dead: list[DeadLetter] = field(default_factory=list)
     _progress: dict[tuple[str, int], PartitionProgress] = field(default_factory=dict)
-    _instance_samples: int = 0
     _multi_fed: dict[str, tuple[str, str]] = field(default_factory=dict)
     _feeds: dict[tuple[str, str], str] = field(default_factory=dict)
     _gpu_partitions: dict[str, set[tuple[str, int]]] = field(default_factory=dict)
@@ -283,7 +285,7 @@ class BatchFold:
         tps = self._gpu_partitions.get(uuid)
         if tps is None:
             self._gpu_partitions[uuid] = {(topic, partition)}
-        elif (topic, partition) not in tps:
+        else:
             tps.add((topic, partition))
         return self._bill(prog, snap, state, ts, last, partition, offset)
 
@@ -319,7 +321,6 @@ class BatchFold:
             prog.trimmed += 1
         else:
             prog.snapshots += 1
-        self._instance_samples += len(snap.instances)
         prog.instance_samples += len(snap.instances)
         width = GRAINS[FOLD_GRAIN]
         if len(billed) == 1:
@@ -386,4 +387,4 @@ class BatchFold:
     def finish(self) -> FoldedBatch:
         """The batch: its 1-minute partials, layout, states, dead letters and progress."""
         return FoldedBatch(self._agg, self._events, self._book, self._gpus, self._new_states, self._dead,
-                           self._progress, self._instance_samples, self._multi_fed, self._gpu_partitions)
+                           self._progress, self._multi_fed, self._gpu_partitions)

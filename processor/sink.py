@@ -23,10 +23,10 @@ cover, and advancing them only by compare-and-set. :meth:`Sink.write` runs these
    x = t.x + EXCLUDED.x`` (LEAST/GREATEST for min/max; attributes take the newer value),
    into the 1m tables (tenant rows grouped per key first), and the same staged rows grouped
    by hour and by day into the 1h and 1d tables (:meth:`TableSpec.rollup_sql`: sums add,
-   min/max keep theirs, attributes are those of the latest minute). The column roles come from ``processor.aggregate``, so the
-   fold, the rollups and the upserts merge alike; rolling up in the server spares the
-   processor's one Python thread a second and third copy of every partial (README
-   "Performance").
+   min/max keep theirs, attributes are those of the latest minute). The column roles come
+   from ``processor.aggregate``, so the fold, the rollups and the upserts merge alike;
+   rolling up in the server spares the processor's one Python thread a second and third copy
+   of every partial (README "Performance").
 4. Append layout events; close and open instance intervals.
 5. Upsert ``gpus`` and ``gpu_state`` (last ts, layout, billed time, version + 1). The state
    upsert applies only on top of the version the batch read (``WHERE t.version =
@@ -57,7 +57,8 @@ from psycopg.types.json import Jsonb
 
 from migmeter import settings
 from migmeter.errors import SinkError
-from processor.aggregate import TENANT_FROM_INSTANCE, GpuKey, GpuSums, InstanceKey, InstanceSums, TenantKey, TenantSums
+from processor.aggregate import (TENANT_FROM_INSTANCE, GpuKey, GpuSums, InstanceKey, InstanceSums, TenantKey,
+                                 TenantSums)
 from processor.fold import FoldedBatch
 from processor.grains import FOLD_GRAIN, GRAINS, usage_table
 from processor.layout import GpuState
@@ -149,8 +150,8 @@ class TableSpec:
             values[tenant_col] = sql.SQL("{} * {} / {}").format(
                 sql.Identifier(instance_col), sql.Identifier("slices"), sql.Identifier("total_slices")
             ) if weighted else sql.Identifier(instance_col)
-        missing = [c for c in self.columns if c not in values] + [
-            c for c in (*self.keys, *self.attrs, *(i for _, i, _ in TENANT_FROM_INSTANCE)) if c not in source.columns]
+        needed = (*self.keys, *self.attrs, *(i for _, i, _ in TENANT_FROM_INSTANCE), "slices", "total_slices")
+        missing = [c for c in self.columns if c not in values] + [c for c in needed if c not in source.columns]
         if missing or self.mins or self.maxs:
             raise ValueError(f"{self.name} cannot be derived from {source.name} (columns {missing})")
         return sql.SQL("INSERT INTO {stage} ({cols}) SELECT {values} FROM {source}").format(
